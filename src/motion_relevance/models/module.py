@@ -1,0 +1,159 @@
+"""The LightningModule that trains and evaluates a clip classifier (C3D by default).
+
+Batches are the dicts of :mod:`motion_relevance.data` (``clip`` ``(B, 3, T, H, W)``, ``label`` ``(B,)``, optional
+``skipped`` list of undecodable files). Optimiser and scheduler come from config as partials
+(``_partial_: true``), as in lightning-hydra-template; the paper's set-up is SGD (lr 1e-3, momentum 0.9) with
+ReduceLROnPlateau (factor 0.1, patience 10 epochs) on the validation loss.
+
+Checkpoints carry what is needed to rebuild the model and its input pipeline without the training config:
+``checkpoint["motion_relevance"] = {"model": <net config>, "preprocessing": <data transform config>,
+"class_names": [...]}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from motion_relevance.data.failures import FailureTracker
+
+CHECKPOINT_KEY = "motion_relevance"
+
+
+class VideoClassifier(pl.LightningModule):
+    """Cross-entropy training of ``net`` on clips, with top-1 accuracy and a count of skipped videos.
+
+    Args:
+        net: the network, ``(B, C, T, H, W) -> (B, num_classes)`` logits.
+        optimizer: a partial taking the parameters (``torch.optim.SGD`` with ``_partial_: true``).
+        scheduler: optional partial taking the optimiser (``ReduceLROnPlateau`` …).
+        scheduler_monitor: metric the scheduler watches (``val/loss``).
+        max_failure_fraction: stop with an error when more than this share of the videos a stage tried
+            could not be decoded.
+        net_config: the net's config (plain dict with ``_target_``), stored in checkpoints.
+        preprocessing: the data's transform config (plain dict), stored in checkpoints.
+        class_names: names of the classes, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_monitor: str = "val/loss",
+        max_failure_fraction: float = 0.1,
+        net_config: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(optimizer):
+            raise ValueError(
+                f"model.optimizer must be a callable taking the parameters (a Hydra partial), got {optimizer!r}"
+            )
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        num_classes = int(getattr(net, "num_classes", 0)) or None
+        if num_classes is None:
+            raise ValueError("model.net must expose num_classes (e.g. motion_relevance.models.C3D)")
+        self.num_classes = num_classes
+        self.criterion = nn.CrossEntropyLoss()
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.skipped = {stage: SumMetric() for stage in ("train", "val", "test")}
+        for stage, metric in self.skipped.items():
+            self.add_module(f"skipped_{stage}", metric)
+        self.failures = {stage: FailureTracker(max_failure_fraction) for stage in ("train", "val", "test")}
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.net(clips)
+
+    # ------------------------------------------------------------------ steps
+    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
+        skipped = list(batch.get("skipped", []) or [])
+        n_ok = 0 if batch.get("clip") is None else int(batch["clip"].shape[0])
+        self.failures[stage].update(n_ok, skipped)
+        self.skipped[stage].update(torch.tensor(float(len(skipped)), device=self.device))
+        self.log(f"{stage}/skipped_videos", self.skipped[stage], on_step=False, on_epoch=True, reduce_fx="sum")
+        if n_ok == 0:
+            return None
+        clips, labels = batch["clip"], batch["label"]
+        logits = self(clips)
+        loss = self.criterion(logits, labels)
+        preds = logits.argmax(dim=1)
+        loss_metric = getattr(self, f"{stage}_loss")
+        acc_metric = getattr(self, f"{stage}_acc")
+        loss_metric(loss.detach(), weight=clips.shape[0])
+        acc_metric(preds, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=clips.shape[0])
+        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=clips.shape[0])
+        if on_step:
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=clips.shape[0])
+        return loss
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        # Sanity-check validation must not leak into the best-accuracy tracker.
+        self.val_loss.reset()
+        self.val_acc.reset()
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def on_train_epoch_start(self) -> None:
+        self.failures["train"].reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.failures["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.failures["test"].reset()
+
+    # ------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> Any:
+        optimizer = self.hparams.optimizer(params=[p for p in self.parameters() if p.requires_grad])
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.hparams.scheduler_monitor,
+                "interval": "epoch",
+                "frequency": 1,
+            },
+        }
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "model": dict(self.hparams.net_config or {}),
+            "preprocessing": dict(self.hparams.preprocessing or {}),
+            "class_names": list(self.hparams.class_names or []),
+            "num_classes": self.num_classes,
+        }

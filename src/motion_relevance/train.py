@@ -1,0 +1,122 @@
+"""Train, checkpoint and test a clip classifier: ``python -m motion_relevance.train`` (or ``mr-train``).
+
+Everything comes from ``conf/train.yaml``; override on the command line, e.g.
+``mr-train trainer.max_epochs=3 data.videos_per_class=20 logger=csv``. Resume with ``ckpt_path=…/last.ckpt``.
+The last line printed is ``Run folder: <path>``; the run folder holds ``checkpoints/`` (best and ``last.ckpt``),
+``csv/metrics.csv`` (per-epoch train/val/test metrics), ``metrics.json`` (final numbers) and ``wandb/`` (the offline
+W&B run).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from motion_relevance.utils.instantiate import instantiate_group
+from motion_relevance.utils.loggers import default_wandb_offline
+from motion_relevance.utils.run import apply_extras, finish_wandb, metric_value, write_metrics
+from motion_relevance.utils.validation import validate_train_config
+
+log = logging.getLogger(__name__)
+
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """Instantiate ``cfg.data``."""
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    return hydra.utils.instantiate(cfg.data, _recursive_=False)
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
+    """Instantiate ``cfg.model``, taking the class count and preprocessing from the data."""
+    model_cfg = cfg.model
+    num_classes = int(datamodule.num_classes)
+    with open_dict(model_cfg):
+        if model_cfg.net.get("num_classes") is None:
+            model_cfg.net.num_classes = num_classes
+    if int(model_cfg.net.num_classes) != num_classes:
+        raise ValueError(
+            f"model.net.num_classes={model_cfg.net.num_classes} but the data set has {num_classes} classes; "
+            "set model.net.num_classes=null to take the class count from the data"
+        )
+    net_config = OmegaConf.to_container(model_cfg.net, resolve=True)
+    log.info("Instantiating model <%s> with net <%s>", model_cfg._target_, model_cfg.net._target_)
+    return hydra.utils.instantiate(
+        model_cfg,
+        net_config=net_config,
+        preprocessing=datamodule.transform_config(),
+        class_names=list(datamodule.class_names),
+    )
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train and/or test as configured; returns (metrics, objects). Raises before any work on a bad config."""
+    default_wandb_offline()
+    validate_train_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    hparams = {"cfg": OmegaConf.to_container(cfg, resolve=True)}
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "loggers": loggers}
+    metrics: dict[str, Any] = {}
+    if cfg.get("train"):
+        log.info("Starting training")
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(trainer.callback_metrics)
+    if cfg.get("test"):
+        ckpt = _test_checkpoint(trainer, cfg)
+        log.info("Testing with %s", ckpt or "the current weights")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(trainer.callback_metrics)
+    checkpoint_cb = trainer.checkpoint_callback
+    if checkpoint_cb is not None:
+        metrics["best_checkpoint"] = checkpoint_cb.best_model_path or None
+        metrics["last_checkpoint"] = getattr(checkpoint_cb, "last_model_path", None) or None
+    return metrics, objects
+
+
+def _test_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:
+    """Best checkpoint of this run if training ran, else the given ckpt_path (test-only runs)."""
+    if cfg.get("train"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            return best
+        log.warning("No best checkpoint was saved (fast_dev_run?); testing the current weights")
+        return None
+    return cfg.get("ckpt_path")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
+    output_dir = Path(cfg.paths.output_dir)
+    apply_extras(cfg)
+    metrics: dict[str, Any] = {}
+    try:
+        metrics, _ = train(cfg)
+    finally:
+        finish_wandb()
+        if metrics:
+            write_metrics(output_dir, metrics)
+        print(f"Run folder: {output_dir}", flush=True)
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

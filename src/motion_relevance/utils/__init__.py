@@ -1,0 +1,1 @@
+"""Small helpers shared by the entry points: config checks, instantiation, loggers, run records."""

@@ -1,0 +1,100 @@
+"""Run-folder bookkeeping: the local record of every run, printing the config, closing W&B."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def to_python(value: Any) -> Any:
+    """Tensors and numpy scalars to plain floats/ints/lists, NaN to None (valid JSON)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        with contextlib.suppress(ValueError, AttributeError):
+            value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): to_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_python(v) for v in value]
+    return value
+
+
+def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str = METRICS_FILE) -> Path:
+    """Write ``metrics`` as JSON into the run folder (atomic: a crash never leaves half a file)."""
+    path = Path(output_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_python(dict(metrics)), indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """Optional niceties from ``cfg.extras``: print the config tree, silence warnings."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("print_config"):
+        print_config_tree(cfg, save_to=cfg.paths.get("output_dir"))
+
+
+def print_config_tree(cfg: DictConfig, save_to: str | None = None) -> None:
+    """Print the resolved config as a rich tree (and save it as ``config_tree.log``)."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", guide_style="dim")
+    for key, node in cfg.items():
+        if key == "hydra":
+            continue
+        branch = tree.add(str(key), guide_style="dim")
+        text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)
+    if save_to:
+        with open(Path(save_to) / "config_tree.log", "w") as handle:
+            rich.print(tree, file=handle)
+
+
+def finish_wandb() -> None:
+    """Close the W&B run if one is open, so multirun jobs stay separate runs."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover - wandb is a dependency
+        return
+    if wandb.run is not None:
+        log.info("Closing the W&B run")
+        try:
+            wandb.finish()
+        except Exception as err:  # noqa: BLE001 - never lose results over W&B
+            log.error("wandb.finish() failed: %s", err)
+
+
+def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
+    """The value of ``name`` in ``metrics`` for sweepers; a clear error if it was never logged."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric={name!r} was not logged; logged metrics are: {', '.join(sorted(metrics))}. "
+            "Set optimized_metric to one of them."
+        )
+    return float(to_python(metrics[name]))
