@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
-from motion_relevance.utils.run import apply_extras, finish_wandb, metric_value, write_metrics
+from motion_relevance.utils.run import apply_extras, finish_wandb, loggable_config, metric_value, write_metrics
 from motion_relevance.utils.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
         )
     net_config = OmegaConf.to_container(model_cfg.net, resolve=True)
     log.info("Instantiating model <%s> with net <%s>", model_cfg._target_, model_cfg.net._target_)
-    return hydra.utils.instantiate(
-        model_cfg,
+    # Instantiate as a partial so that the plain dicts below are not themselves instantiated by Hydra.
+    build = hydra.utils.instantiate(model_cfg, _partial_=True)
+    return build(
         net_config=net_config,
         preprocessing=datamodule.transform_config(),
         class_names=list(datamodule.class_names),
@@ -69,9 +70,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    hparams = {"cfg": OmegaConf.to_container(cfg, resolve=True)}
     for logger in loggers:
-        logger.log_hyperparams(hparams)
+        logger.log_hyperparams(loggable_config(cfg))
 
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "loggers": loggers}
     metrics: dict[str, Any] = {}

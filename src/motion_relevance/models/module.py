@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -24,6 +25,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from motion_relevance.data.failures import FailureTracker
 
 CHECKPOINT_KEY = "motion_relevance"
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (Hydra passes config nodes) to plain dicts/lists, for checkpoints."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 class VideoClassifier(pl.LightningModule):
@@ -44,7 +52,7 @@ class VideoClassifier(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_monitor: str = "val/loss",
         max_failure_fraction: float = 0.1,
@@ -53,11 +61,15 @@ class VideoClassifier(pl.LightningModule):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if not callable(optimizer):
+        if optimizer is not None and not callable(optimizer):
             raise ValueError(
                 f"model.optimizer must be a callable taking the parameters (a Hydra partial), got {optimizer!r}"
             )
-        self.save_hyperparameters(ignore=["net"], logger=False)
+        # Partials are kept out of the checkpoint's hyperparameters: torch.load(weights_only=True), which
+        # Lightning uses when resuming, refuses to unpickle them.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.net = net
         num_classes = int(getattr(net, "num_classes", 0)) or None
         if num_classes is None:
@@ -135,10 +147,12 @@ class VideoClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=[p for p in self.parameters() if p.requires_grad])
-        if self.hparams.scheduler is None:
+        if self.optimizer_factory is None:
+            raise ValueError("model.optimizer is not set; configure one (e.g. torch.optim.SGD with _partial_: true)")
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
@@ -152,8 +166,8 @@ class VideoClassifier(pl.LightningModule):
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "model": dict(self.hparams.net_config or {}),
-            "preprocessing": dict(self.hparams.preprocessing or {}),
-            "class_names": list(self.hparams.class_names or []),
+            "model": _plain(self.hparams.net_config or {}),
+            "preprocessing": _plain(self.hparams.preprocessing or {}),
+            "class_names": list(_plain(self.hparams.class_names or [])),
             "num_classes": self.num_classes,
         }

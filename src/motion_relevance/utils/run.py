@@ -46,6 +46,15 @@ def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str 
     return path
 
 
+def loggable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without Hydra's own node, as plain containers (for logger hyperparameters)."""
+    return {
+        str(key): OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        for key, node in cfg.items()
+        if key != "hydra"
+    }
+
+
 def apply_extras(cfg: DictConfig) -> None:
     """Optional niceties from ``cfg.extras``: print the config tree, silence warnings."""
     extras = cfg.get("extras") or {}

@@ -1,0 +1,62 @@
+"""Shared helpers for benchmarks: machine description and result writing (JSON + markdown)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core counts, and versions of the libraries the benchmarks measure."""
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for mod in ("torch", "cv2", "numpy", "torchmetrics", "decord"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # a missing library is reported, not fatal
+            info[mod] = None
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:
+        pass
+    return info
+
+
+def write_results(name: str, results: dict[str, Any], markdown: str | None = None) -> tuple[Path, Path | None]:
+    """Write ``results/<name>.json`` (with machine info) and, if given, ``results/<name>.md``; return the paths."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    payload = {"name": name, "machine": machine_info(), "results": results}
+    json_path = RESULTS_DIR / f"{name}.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, json_path)
+    md_path = None
+    if markdown is not None:
+        md_path = RESULTS_DIR / f"{name}.md"
+        md_path.write_text(markdown.rstrip() + "\n")
+    return json_path, md_path

@@ -1,0 +1,472 @@
+"""Lightning callbacks that explain validation/test clips and measure the explanations (SPEC §2–4).
+
+:class:`AttributionCallback` runs the configured explainers (DTD, Grad-CAM, Guided Backprop, Guided Grad-CAM by
+default) on the batches of the chosen stages, with gradients enabled, on at most ``num_clips`` clips every
+``every_n_epochs`` epochs. It measures each baseline explanation (flow precision, ground-truth metrics on synthetic
+data, agreement between methods, time per clip) and hands every explained batch to its listeners.
+
+:class:`SelectiveRelevanceCallback` listens to it: it applies selective relevance for one or several sigmas and
+measures the selective maps (flow precision, selectivity, ground truth, spatial bias, the selective step's time).
+
+All numbers go through ``torchmetrics`` metrics with sum-type states, so they are exact under DDP. Logged keys are
+``<stage>/<metric>/<method>``, e.g. ``test/precision/dtd``, ``test/precision/dtd_selective``,
+``test/selectivity_area/dtd``, ``test/agreement/dtd~gradcam``, ``test/overhead_ms/selective``; each mean has
+``…_std`` and ``…_n`` siblings (``test/precision_std/dtd``) and undefined clips are counted in ``…_n_undefined``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from motion_relevance.data.transforms import ClipTransform
+from motion_relevance.explain.selective import selective_relevance
+from motion_relevance.metrics.classes import (
+    Agreement,
+    GroundTruthMetrics,
+    MotionPrecision,
+    Overhead,
+    Selectivity,
+    SpatialBias,
+)
+from motion_relevance.metrics.timing import OverheadTimer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("validate", "test")
+_TRANSFORM_KEYS = ("crop_size", "mean", "std", "scale", "channel_order")
+
+
+@dataclass
+class ExplainedBatch:
+    """One explained batch, as handed to listeners. Tensors on the model's device unless noted."""
+
+    stage: str
+    clips: torch.Tensor  # (B, 3, T, H, W) normalised model input
+    labels: torch.Tensor  # (B,)
+    targets: torch.Tensor  # (B,) explained class
+    relevance: dict[str, torch.Tensor]  # method -> (B, C, T, H, W)
+    moves: torch.Tensor | None = None  # (B, T, H, W) bool, CPU: optical-flow motion
+    valid: torch.Tensor | None = None  # (B, T) bool, CPU: frames with flow
+    mask: torch.Tensor | None = None  # (B, T, H, W) bool: ground-truth motion (synthetic data)
+    frames: torch.Tensor | None = None  # (B, T, H, W, 3) uint8 RGB, CPU
+    videos: list[str] = field(default_factory=list)
+
+
+def _metric_dict(factory: Callable[[], Metric], names: Sequence[str]) -> nn.ModuleDict:
+    return nn.ModuleDict({name: factory() for name in names})
+
+
+def _safe(name: str) -> str:
+    """ModuleDict keys may not contain dots."""
+    return name.replace(".", "_")
+
+
+class AttributionCallback(pl.Callback):
+    """Explain clips during validation/test and measure the baseline explanations.
+
+    Args:
+        explainers: mapping name -> explainer (``explainer(model, clips, target) -> (B, C, T, H, W)``); the names
+            are the metric keys (``dtd``, ``gradcam`` …).
+        flow: a :class:`~motion_relevance.metrics.flow.FlowEstimator` for flow precision, or None to skip it.
+        stages: ``"validate"`` and/or ``"test"``.
+        num_clips: clips explained per stage and epoch on each process (None = all).
+        every_n_epochs: explain validation every N epochs (test always runs).
+        target: ``"predicted"`` (default, as the paper) or ``"label"``.
+        mode: positive-relevance rule of SPEC §4: ``"positive"`` (``X.sum(C) > 0``) or ``"nonzero"``.
+        keep_clips: clips kept (on rank 0) for figures.
+    """
+
+    def __init__(
+        self,
+        explainers: Mapping[str, Any],
+        flow: Any | None = None,
+        stages: Sequence[str] = ("test",),
+        num_clips: int | None = 32,
+        every_n_epochs: int = 1,
+        target: str = "predicted",
+        mode: str = "positive",
+        keep_clips: int = 4,
+    ) -> None:
+        super().__init__()
+        if not explainers:
+            raise ValueError("callbacks.attribution.explainers is empty; configure at least one explainer")
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"callbacks.attribution.stages has {unknown}; allowed: {list(STAGES)}")
+        if target not in ("predicted", "label"):
+            raise ValueError(f"callbacks.attribution.target must be 'predicted' or 'label', got {target!r}")
+        if num_clips is not None and num_clips < 1:
+            raise ValueError(f"callbacks.attribution.num_clips must be >= 1 or null, got {num_clips}")
+        if every_n_epochs < 1:
+            raise ValueError(f"callbacks.attribution.every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.explainers = dict(explainers)
+        self.flow = flow
+        self.stages = tuple(stages)
+        self.num_clips = num_clips
+        self.every_n_epochs = every_n_epochs
+        self.target = target
+        self.mode = mode
+        self.keep_clips = keep_clips
+        self.listeners: list[Any] = []
+        self.transform: ClipTransform | None = None
+        self.kept: list[ExplainedBatch] = []
+        self.skipped_flow_clips = 0
+        self._seen = 0
+        self._active = False
+        names = list(self.explainers)
+        self.metrics = nn.ModuleDict(
+            {
+                "precision": _metric_dict(lambda: MotionPrecision(mode=mode), names),
+                "gt": _metric_dict(lambda: GroundTruthMetrics(mode=mode), names),
+                "overhead": _metric_dict(Overhead, names),
+                "agreement": _metric_dict(
+                    lambda: Agreement(mode=mode), [f"{a}~{b}" for a, b in itertools.combinations(names, 2)]
+                ),
+            }
+        )
+
+    # ---------------------------------------------------------------- set-up
+    def add_listener(self, listener: Any) -> None:
+        """``listener.on_explained(trainer, pl_module, batch: ExplainedBatch)`` is called for every batch."""
+        self.listeners.append(listener)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.metrics.to(pl_module.device)
+        self.transform = self._find_transform(trainer, pl_module)
+        if getattr(trainer, "inference_mode", False) or getattr(trainer, "_inference_mode", False):
+            raise ValueError(
+                "explanations need gradients in validation/test: set trainer.inference_mode=false "
+                "(Lightning's default inference_mode=true disables torch.enable_grad())"
+            )
+
+    @staticmethod
+    def _find_transform(trainer: pl.Trainer, pl_module: pl.LightningModule) -> ClipTransform | None:
+        config = None
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "transform_config"):
+            config = datamodule.transform_config()
+        elif getattr(pl_module.hparams, "preprocessing", None):
+            config = dict(pl_module.hparams.preprocessing)
+        if not config:
+            log.warning("No preprocessing config found: flow metrics and figures are skipped")
+            return None
+        return ClipTransform(**{k: config[k] for k in _TRANSFORM_KEYS if k in config})
+
+    # ---------------------------------------------------------------- epochs
+    def _stage_active(self, trainer: pl.Trainer, stage: str) -> bool:
+        if stage not in self.stages or trainer.sanity_checking:
+            return False
+        return stage == "test" or trainer.current_epoch % self.every_n_epochs == 0
+
+    def _start(self, trainer: pl.Trainer, stage: str) -> None:
+        self._active = self._stage_active(trainer, stage)
+        self._seen = 0
+        self.kept = []
+        self.skipped_flow_clips = 0
+        for group in self.metrics.values():
+            for metric in group.values():
+                metric.reset()
+        for listener in self.listeners:
+            listener.on_explain_start(trainer, stage, self._active)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, "validate")
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, "test")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._explain(trainer, pl_module, batch, "validate")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._explain(trainer, pl_module, batch, "test")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module, "validate")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module, "test")
+
+    # --------------------------------------------------------------- explain
+    def _explain(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Mapping[str, Any], stage: str
+    ) -> None:
+        if not self._active or batch.get("clip") is None or batch["clip"].numel() == 0:
+            return
+        budget = None if self.num_clips is None else self.num_clips - self._seen
+        if budget is not None and budget <= 0:
+            return
+        clips = batch["clip"][:budget].to(pl_module.device)
+        labels = batch["label"][: clips.shape[0]].to(pl_module.device)
+        self._seen += clips.shape[0]
+        net = getattr(pl_module, "net", pl_module)
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                if self.target == "label":
+                    targets = labels
+                else:
+                    with torch.no_grad():
+                        targets = net(clips).argmax(dim=1)
+                relevance: dict[str, torch.Tensor] = {}
+                for name, explainer in self.explainers.items():
+                    with OverheadTimer(pl_module.device) as timer:
+                        relevance[name] = explainer(net, clips, target=targets).detach()
+                    per_clip = timer.ms / clips.shape[0]
+                    self.metrics["overhead"][_safe(name)].update([per_clip] * clips.shape[0])
+        finally:
+            net.train(was_training)
+
+        explained = ExplainedBatch(
+            stage=stage, clips=clips.detach(), labels=labels, targets=targets, relevance=relevance,
+            videos=list(batch.get("video", []))[: clips.shape[0]],
+        )
+        mask = batch.get("mask")
+        if mask is not None:
+            explained.mask = mask[: clips.shape[0]].to(pl_module.device).bool()
+        if self.transform is not None:
+            explained.frames = self.transform.denormalize(clips)
+            if self.flow is not None:
+                explained.moves, explained.valid = self._flow(explained, batch)
+        self._measure(explained)
+        if trainer.is_global_zero and sum(b.clips.shape[0] for b in self.kept) < self.keep_clips:
+            self.kept.append(_to_cpu(explained))
+        for listener in self.listeners:
+            listener.on_explained(trainer, pl_module, explained)
+
+    def _flow(self, explained: ExplainedBatch, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = batch.get("start")
+        keys = None
+        if explained.videos and starts is not None:
+            crop = self.transform.crop_size if self.transform is not None else None
+            keys = [f"{v}|{int(s)}|{crop}" for v, s in zip(explained.videos, starts)]
+        moves, valid = self.flow(explained.frames, keys)
+        n_without = int((~valid.any(dim=1)).sum())
+        if n_without:
+            self.skipped_flow_clips += n_without
+        return moves, valid
+
+    def _measure(self, b: ExplainedBatch) -> None:
+        device = b.clips.device
+        for name, rel in b.relevance.items():
+            key = _safe(name)
+            if b.moves is not None:
+                self.metrics["precision"][key].update(rel, b.moves.to(device), b.valid.to(device))
+            if b.mask is not None:
+                self.metrics["gt"][key].update(rel, b.mask)
+        for a, c in itertools.combinations(b.relevance, 2):
+            self.metrics["agreement"][_safe(f"{a}~{c}")].update(b.relevance[a], b.relevance[c])
+
+    # ---------------------------------------------------------------- finish
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self._active:
+            return
+        prefix = "val" if stage == "validate" else "test"
+        values: dict[str, float] = {}
+        names = list(self.explainers)
+        for name in names:
+            key = _safe(name)
+            if self.flow is not None:
+                _put(values, prefix, "precision", name, self.metrics["precision"][key].compute(), "precision")
+            if self.metrics["gt"][key].update_called:
+                gt = self.metrics["gt"][key].compute()
+                for q, label in (("precision", "gt_precision"), ("recall", "gt_recall"),
+                                 ("motion_share", "motion_share"), ("f1", "gt_f1")):
+                    _put(values, prefix, label, name, gt, q)
+            _put(values, prefix, "overhead_ms", name, self.metrics["overhead"][key].compute(), "ms")
+        for a, c in itertools.combinations(names, 2):
+            _put(values, prefix, "agreement", f"{a}~{c}", self.metrics["agreement"][_safe(f"{a}~{c}")].compute(),
+                 "iou")
+        values[f"{prefix}/explained_clips"] = float(_global_sum(self._seen, pl_module))
+        if self.flow is not None:
+            values[f"{prefix}/flow_skipped_clips"] = float(_global_sum(self.skipped_flow_clips, pl_module))
+            if self.skipped_flow_clips:
+                log.warning("%d clips have fewer than 2 frames: flow metrics skipped for them", self.skipped_flow_clips)
+        for listener in self.listeners:
+            values.update(listener.on_explain_end(trainer, pl_module, stage, prefix))
+        _log_values(pl_module, values)
+
+
+class SelectiveRelevanceCallback(pl.Callback):
+    """Selective relevance (SPEC §1) of every explanation the :class:`AttributionCallback` produces, measured.
+
+    Args:
+        sigma: threshold in standard deviations of the temporal gradient; a float or a list (all evaluated in one
+            pass, the temporal gradient computed once).
+        padding: ``"replicate"`` (default) or ``"zeros"`` (the authors' code).
+        mode: positive-relevance rule (``"positive"`` or ``"nonzero"``).
+        figures: save (and log) the Figure-3 grid and overlay videos of the kept clips at each explained epoch.
+        overlay_videos: how many of the kept clips get an overlay video.
+    """
+
+    def __init__(
+        self,
+        sigma: float | Sequence[float] = 4.0,
+        padding: str = "replicate",
+        mode: str = "positive",
+        figures: bool = True,
+        overlay_videos: int = 2,
+    ) -> None:
+        super().__init__()
+        sigmas = [float(s) for s in (sigma if isinstance(sigma, Sequence) and not isinstance(sigma, str) else [sigma])]
+        if not sigmas or any(math.isnan(s) or s < 0 for s in sigmas):
+            raise ValueError(f"selective.sigma must be a non-negative number or a list of them, got {sigma!r}")
+        if padding not in ("replicate", "zeros"):
+            raise ValueError(f"selective.padding must be 'replicate' or 'zeros', got {padding!r}")
+        self.sigmas = sigmas
+        self.padding = padding
+        self.figures = figures
+        self.overlay_videos = overlay_videos
+        self.mode = mode
+        self.kept: list[dict[str, torch.Tensor]] = []
+        self._active = False
+        self.metrics: nn.ModuleDict | None = None
+        self.attribution: AttributionCallback | None = None
+
+    def suffix(self, sigma: float) -> str:
+        """Method-name suffix of the selective maps at ``sigma`` (``_selective`` when only one sigma)."""
+        return "_selective" if len(self.sigmas) == 1 else f"_selective_s{sigma:g}"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        found = [cb for cb in trainer.callbacks if isinstance(cb, AttributionCallback)]
+        if not found:
+            raise ValueError("SelectiveRelevanceCallback needs an AttributionCallback in the callbacks config")
+        self.attribution = found[0]
+        if self not in self.attribution.listeners:
+            self.attribution.add_listener(self)
+        names = list(self.attribution.explainers)
+        mode = self.mode
+        keys = [_safe(n + self.suffix(s)) for n in names for s in self.sigmas]
+        self.metrics = nn.ModuleDict(
+            {
+                "precision": _metric_dict(lambda: MotionPrecision(mode=mode), keys),
+                "gt": _metric_dict(lambda: GroundTruthMetrics(mode=mode), keys),
+                "selectivity": _metric_dict(lambda: Selectivity(mode=mode), keys),
+                "bias": _metric_dict(SpatialBias, keys),
+                "overhead": nn.ModuleDict({"selective": Overhead()}),
+            }
+        ).to(pl_module.device)
+
+    def on_explain_start(self, trainer: pl.Trainer, stage: str, active: bool) -> None:
+        self._active = active
+        self.kept = []
+        if self.metrics is not None:
+            for group in self.metrics.values():
+                for metric in group.values():
+                    metric.reset()
+
+    def on_explained(self, trainer: pl.Trainer, pl_module: pl.LightningModule, b: ExplainedBatch) -> None:
+        assert self.metrics is not None
+        device = b.clips.device
+        kept_maps: dict[str, torch.Tensor] = {}
+        for name, rel in b.relevance.items():
+            with OverheadTimer(device) as timer:
+                # a list of sigmas gives a leading sigma dimension; the temporal gradient is computed once
+                sel = selective_relevance(rel, list(self.sigmas), padding=self.padding)
+            # time per clip and sigma: the selective step's cost for one map
+            per_map = timer.ms / (rel.shape[0] * len(self.sigmas))
+            self.metrics["overhead"]["selective"].update([per_map] * rel.shape[0])
+            for sigma, sel_map in zip(self.sigmas, sel):
+                key = _safe(name + self.suffix(sigma))
+                if b.moves is not None:
+                    self.metrics["precision"][key].update(sel_map, b.moves.to(device), b.valid.to(device))
+                if b.mask is not None:
+                    self.metrics["gt"][key].update(sel_map, b.mask)
+                self.metrics["selectivity"][key].update(rel, sel_map)
+                self.metrics["bias"][key].update(rel, sel_map)
+                kept_maps[name + self.suffix(sigma)] = sel_map.detach().cpu()
+        limit = self.attribution.keep_clips if self.attribution else 0
+        if trainer.is_global_zero and sum(next(iter(m.values())).shape[0] for m in self.kept) < limit:
+            self.kept.append(kept_maps)
+
+    def on_explain_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, prefix: str) -> dict:
+        if not self._active or self.metrics is None or self.attribution is None:
+            return {}
+        values: dict[str, float] = {}
+        for name in self.attribution.explainers:
+            for sigma in self.sigmas:
+                method = name + self.suffix(sigma)
+                key = _safe(method)
+                if self.attribution.flow is not None:
+                    _put(values, prefix, "precision", method, self.metrics["precision"][key].compute(), "precision")
+                if self.metrics["gt"][key].update_called:
+                    gt = self.metrics["gt"][key].compute()
+                    for q, label in (("precision", "gt_precision"), ("recall", "gt_recall"),
+                                     ("motion_share", "motion_share"), ("f1", "gt_f1")):
+                        _put(values, prefix, label, method, gt, q)
+                sel = self.metrics["selectivity"][key].compute()
+                # selectivity and spatial bias are properties of the baseline method at this sigma
+                base = name if len(self.sigmas) == 1 else f"{name}@s{sigma:g}"
+                _put(values, prefix, "selectivity_area", base, sel, "area")
+                _put(values, prefix, "selectivity_mass", base, sel, "mass")
+                _put(values, prefix, "spatial_bias", base, self.metrics["bias"][key].compute(), "bias")
+        _put(values, prefix, "overhead_ms", "selective", self.metrics["overhead"]["selective"].compute(), "ms")
+        if trainer.is_global_zero and self.figures and self.kept and self.attribution.kept:
+            self._figures(trainer, pl_module, prefix)
+        return values
+
+    def _figures(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+        """Figure-3 grid and overlay videos of the kept clips; a failure here never loses the numbers."""
+        from motion_relevance.callbacks.figures import concat_kept, describe_rows, grid_columns, save_epoch_figures
+
+        assert self.attribution is not None
+        if self.attribution.kept[0].frames is None:
+            return
+        limit = self.attribution.keep_clips
+        base = concat_kept(self.attribution.kept, limit)
+        selective = {k: torch.cat([m[k] for m in self.kept])[:limit] for k in self.kept[0]}
+        columns = grid_columns(base["relevance"], selective, list(self.attribution.explainers))
+        class_names = getattr(pl_module.hparams, "class_names", None)
+        try:
+            save_epoch_figures(
+                trainer, base["frames"], columns, prefix, overlay_videos=self.overlay_videos,
+                captions=describe_rows(base["labels"], base["targets"], class_names),
+            )
+        except Exception as err:  # noqa: BLE001 - figures are a convenience, the metrics are the record
+            log.error("Could not draw the explanation figures: %s: %s", type(err).__name__, err)
+
+
+def _to_cpu(b: ExplainedBatch) -> ExplainedBatch:
+    return ExplainedBatch(
+        stage=b.stage, clips=b.clips.cpu(), labels=b.labels.cpu(), targets=b.targets.cpu(),
+        relevance={k: v.cpu() for k, v in b.relevance.items()},
+        moves=b.moves, valid=b.valid, mask=None if b.mask is None else b.mask.cpu(), frames=b.frames,
+        videos=list(b.videos),
+    )
+
+
+def _put(values: dict[str, float], prefix: str, metric: str, method: str, stats: Mapping[str, torch.Tensor],
+         quantity: str) -> None:
+    """Flatten ``{q_mean, q_std, q_n, q_n_undefined}`` into ``prefix/metric[_std|_n|_n_undefined]/method``."""
+    for suffix in ("mean", "std", "n", "n_undefined"):
+        value = stats.get(f"{quantity}_{suffix}")
+        if value is None:
+            continue
+        name = metric if suffix == "mean" else f"{metric}_{suffix}"
+        values[f"{prefix}/{name}/{method}"] = float(value)
+
+
+def _global_sum(value: int, pl_module: pl.LightningModule) -> int:
+    tensor = torch.tensor(float(value), device=pl_module.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return int(tensor.item())
+
+
+def _log_values(pl_module: pl.LightningModule, values: Mapping[str, float]) -> None:
+    """Log already-reduced numbers (identical on every rank), NaN included: an undefined mean stays visible."""
+    for key, value in values.items():
+        pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
+
+

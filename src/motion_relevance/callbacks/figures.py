@@ -1,0 +1,89 @@
+"""Figures of an explained epoch: the Figure-3 grid (PNG) and per-clip overlay videos, saved and logged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from motion_relevance.viz import render_explanation_grid, save_explanation_grid, write_overlay_video
+
+log = logging.getLogger(__name__)
+
+#: Methods whose maps are non-negative by construction are drawn with a sequential colour map.
+POSITIVE_METHODS = ("gradcam",)
+
+
+def _mode(name: str) -> str:
+    return "positive" if name.split("_selective")[0] in POSITIVE_METHODS else "signed"
+
+
+def grid_columns(
+    relevance: dict[str, torch.Tensor], selective: dict[str, torch.Tensor], order: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Columns in the paper's order: each method followed by its selective map(s)."""
+    columns: dict[str, torch.Tensor] = {}
+    for name in order:
+        columns[name] = relevance[name]
+        for key, value in selective.items():
+            if key.startswith(name + "_selective"):
+                columns[key] = value
+    return columns
+
+
+def save_epoch_figures(
+    trainer: pl.Trainer,
+    frames: torch.Tensor,
+    columns: dict[str, torch.Tensor],
+    prefix: str,
+    *,
+    overlay_videos: int = 2,
+    fps: float = 8.0,
+    captions: Sequence[str] | None = None,
+) -> list[Path]:
+    """Save the grid and overlay videos under ``<run folder>/explanations`` and log them to loggers that can."""
+    out = Path(trainer.default_root_dir) / "explanations"
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{prefix}_epoch{trainer.current_epoch:03d}"
+    modes = {name: _mode(name) for name in columns}
+    frames_np = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    cols_np = {k: v.float().numpy() for k, v in columns.items()}
+    paths: list[Path] = []
+    grid_path = save_explanation_grid(frames_np, cols_np, out / f"{tag}_grid.png", row_labels=captions, mode=modes)
+    paths.append(grid_path)
+    for i in range(min(overlay_videos, frames_np.shape[0])):
+        maps = {k: v[i] for k, v in cols_np.items()}
+        paths.append(write_overlay_video(frames_np[i], maps, out / f"{tag}_clip{i}.mp4", fps=fps, mode=modes))
+    image = None
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_image"):
+            if image is None:
+                image = render_explanation_grid(frames_np, cols_np, row_labels=captions, mode=modes)
+            logger.log_image(key=f"{prefix}/explanation_grid", images=[image], step=trainer.global_step)
+        if hasattr(logger, "log_video") and len(paths) > 1:
+            logger.log_video(key=f"{prefix}/explanation_video", videos=[str(p) for p in paths[1:]],
+                             step=trainer.global_step)
+    log.info("Explanation figures written to %s", out)
+    return paths
+
+
+def describe_rows(labels: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str] | None) -> list[str]:
+    """Row labels ``true -> explained`` using class names when known."""
+    def name(i: int) -> str:
+        return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
+
+    return [f"{name(int(a))} / pred {name(int(b))}" for a, b in zip(labels, targets)]
+
+
+def concat_kept(batches: Sequence[Any], limit: int) -> dict[str, Any]:
+    """Stack the first ``limit`` clips of kept ExplainedBatch objects (frames, relevance, labels, targets)."""
+    frames = torch.cat([b.frames for b in batches])[:limit]
+    labels = torch.cat([b.labels for b in batches])[:limit]
+    targets = torch.cat([b.targets for b in batches])[:limit]
+    relevance = {k: torch.cat([b.relevance[k] for b in batches])[:limit] for k in batches[0].relevance}
+    return {"frames": frames, "labels": labels, "targets": targets, "relevance": relevance}

@@ -1,0 +1,184 @@
+"""torchmetrics ``Metric`` classes for the SPEC §4 metrics: mean and std over clips, exact under DDP.
+
+Every class keeps, per reported quantity ``q``, four sum-type states (``dist_reduce_fx="sum"``): ``q_sum``,
+``q_sumsq`` (float64), ``q_n`` (clips used) and ``q_n_undefined`` (clips whose value is undefined, e.g. an
+all-zero explanation for precision — counted, never averaged). Summing these across processes gives exactly the
+one-process numbers, so N processes on disjoint clips report what one process on all clips reports.
+
+``compute()`` returns a flat dict, for each quantity ``q`` of the class::
+
+    {f"{q}_mean", f"{q}_std", f"{q}_n", f"{q}_n_undefined"}
+
+``std`` is the *sample* standard deviation over clips (ddof=1, as ``numpy.std(x, ddof=1)``); it is NaN with fewer
+than 2 clips and ``mean`` is NaN with none. Quantities per class: ``MotionPrecision``: ``precision``;
+``Selectivity``: ``area``, ``mass``; ``Agreement``: ``iou``; ``GroundTruthMetrics``: ``precision``, ``recall``,
+``motion_share``, ``f1``; ``SpatialBias``: ``bias``; ``Overhead``: ``ms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from motion_relevance.metrics import functional as F
+
+_STATS = ("sum", "sumsq", "n", "n_undefined")
+
+
+def _mean_std_compute(total: Tensor, total_sq: Tensor, n: Tensor, n_undefined: Tensor) -> dict[str, Tensor]:
+    """Mean and sample std (ddof=1) from sum-type states; NaN where not enough clips."""
+    nf = n.double()
+    mean = total / nf if n > 0 else torch.tensor(float("nan"), dtype=torch.float64, device=total.device)
+    if n > 1:
+        var = ((total_sq - total * mean) / (nf - 1)).clamp_min(0)
+        std = var.sqrt()
+    else:
+        std = torch.tensor(float("nan"), dtype=torch.float64, device=total.device)
+    return {"mean": mean, "std": std, "n": n.clone(), "n_undefined": n_undefined.clone()}
+
+
+class _MeanStdMetric(Metric):
+    """Base: per-clip values of named quantities → mean, std, n, n_undefined (see module docstring)."""
+
+    full_state_update: ClassVar[bool] = False
+    is_differentiable: ClassVar[bool] = False
+    higher_is_better: ClassVar[bool | None] = None
+    quantities: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for q in self.quantities:
+            self.add_state(f"{q}_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{q}_sumsq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{q}_n", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+            self.add_state(f"{q}_n_undefined", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def _accumulate(self, q: str, values: Tensor, defined: Tensor) -> None:
+        """Add the defined entries of per-clip ``values`` (B,) to quantity ``q``; count the others."""
+        sum_state = getattr(self, f"{q}_sum")
+        defined = defined.bool().to(sum_state.device) & torch.isfinite(values.to(sum_state.device))
+        v = values.to(sum_state.device, torch.float64)[defined]
+        setattr(self, f"{q}_sum", sum_state + v.sum())
+        setattr(self, f"{q}_sumsq", getattr(self, f"{q}_sumsq") + (v * v).sum())
+        setattr(self, f"{q}_n", getattr(self, f"{q}_n") + defined.sum())
+        setattr(self, f"{q}_n_undefined", getattr(self, f"{q}_n_undefined") + (~defined).sum())
+
+    def compute(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for q in self.quantities:
+            stats = _mean_std_compute(*(getattr(self, f"{q}_{s}") for s in _STATS))
+            out.update({f"{q}_{k}": v for k, v in stats.items()})
+        return out
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in ("positive", "nonzero"):
+        raise ValueError(f"mode must be 'positive' or 'nonzero', got {mode!r}")
+    return mode
+
+
+class MotionPrecision(_MeanStdMetric):
+    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over frames with flow (SPEC §4, Table 1).
+
+    ``update(relevance (B,C,T,H,W), moves (B,T,H,W) bool, valid_frames (B,T) bool | None)``.
+    Clips with ``|P(R)| = 0`` on valid frames count in ``precision_n_undefined``. Skip clips without any flow
+    (``valid_frames[b].any() == False``) before calling, or they are counted as undefined.
+    """
+
+    higher_is_better: ClassVar[bool | None] = True
+    quantities: ClassVar[tuple[str, ...]] = ("precision",)
+
+    def __init__(self, mode: str = "positive", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode = _check_mode(mode)
+
+    def update(self, relevance: Tensor, moves: Tensor, valid_frames: Tensor | None = None) -> None:
+        self._accumulate("precision", *F.motion_precision(relevance, moves, valid_frames, self.mode))
+
+
+class Selectivity(_MeanStdMetric):
+    """Area ratio ``|P(R_sel)|/|P(R)|`` and mass ratio ``Σ R_sel⁺ / Σ R⁺`` (SPEC §4, Table 3).
+
+    ``update(relevance (B,C,T,H,W), selective (B,C,T,H,W))``. Quantities ``area`` and ``mass``.
+    """
+
+    quantities: ClassVar[tuple[str, ...]] = ("area", "mass")
+
+    def __init__(self, mode: str = "positive", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode = _check_mode(mode)
+
+    def update(self, relevance: Tensor, selective: Tensor) -> None:
+        area, mass, defined = F.selectivity(relevance, selective, self.mode)
+        self._accumulate("area", area, defined)
+        self._accumulate("mass", mass, defined)
+
+
+class Agreement(_MeanStdMetric):
+    """IoU of ``P(A)`` and ``P(B)`` of two explanations of the same clips (SPEC §4, Table 2). Quantity ``iou``."""
+
+    quantities: ClassVar[tuple[str, ...]] = ("iou",)
+
+    def __init__(self, mode: str = "positive", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode = _check_mode(mode)
+
+    def update(self, a: Tensor, b: Tensor) -> None:
+        self._accumulate("iou", *F.agreement(a, b, self.mode))
+
+
+class GroundTruthMetrics(_MeanStdMetric):
+    """Precision, recall, motion share and F1 of an explanation vs the true motion mask (SPEC §4, synthetic data).
+
+    ``update(relevance (B,C,T,H,W), mask (B,T,H,W) bool)``. Pass ``R`` for the baseline or ``R_sel`` for the
+    selective map (its ``f1_mean`` is the sigma-sweep objective). Quantities ``precision``, ``recall``,
+    ``motion_share``, ``f1`` (F1 in Dice form, see :func:`~motion_relevance.metrics.functional.f1`).
+    """
+
+    quantities: ClassVar[tuple[str, ...]] = ("precision", "recall", "motion_share", "f1")
+
+    def __init__(self, mode: str = "positive", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode = _check_mode(mode)
+
+    def update(self, relevance: Tensor, mask: Tensor) -> None:
+        precision, recall, p_def, r_def = F.gt_precision_recall(relevance, mask, self.mode)
+        self._accumulate("precision", precision, p_def)
+        self._accumulate("recall", recall, r_def)
+        self._accumulate("motion_share", *F.motion_share(relevance, mask))
+        self._accumulate("f1", *F.f1(relevance, mask, self.mode))
+
+
+class SpatialBias(_MeanStdMetric):
+    """Spatial bias ``1 - Σ R_sel⁺ / Σ R⁺`` of a model under a method (SPEC §4). Quantity ``bias``.
+
+    ``update(relevance (B,C,T,H,W), selective (B,C,T,H,W))``.
+    """
+
+    quantities: ClassVar[tuple[str, ...]] = ("bias",)
+
+    def update(self, relevance: Tensor, selective: Tensor) -> None:
+        self._accumulate("bias", *F.spatial_bias(relevance, selective))
+
+
+class Overhead(_MeanStdMetric):
+    """Wall time per clip in ms (SPEC §4, Table 4), fed with measured times (see :class:`OverheadTimer`).
+
+    ``update(ms)`` with a number or a 1-D sequence/tensor of per-clip times. When timing a batch of ``B`` clips,
+    pass one time per clip (``batch_ms / B``), or time with batch size 1 for the paper's table. Non-finite
+    times count as undefined. Quantity ``ms``.
+    """
+
+    higher_is_better: ClassVar[bool | None] = False
+    quantities: ClassVar[tuple[str, ...]] = ("ms",)
+
+    def update(self, ms: Tensor | float | Sequence[float]) -> None:
+        t = torch.as_tensor(ms, dtype=torch.float64).reshape(-1)
+        self._accumulate("ms", t, torch.isfinite(t))
+
+
+__all__ = ["Agreement", "GroundTruthMetrics", "MotionPrecision", "Overhead", "Selectivity", "SpatialBias"]

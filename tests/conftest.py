@@ -1,0 +1,76 @@
+"""Shared fixtures: composed Hydra configs shrunk for tests, a tiny generated motion_shapes set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED = ROOT.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+#: Small motion_shapes set: 2 classes x 8 videos (4 groups, 1 for test), 32x32 frames.
+TINY_DATA = [
+    "data.generator.classes=[right,left]",
+    "data.generator.videos_per_class=8",
+    "data.generator.num_groups=4",
+    "data.generator.test_groups=1",
+    "data.generator.frame_size=[32,32]",
+    "data.generator.object_size=[8,10]",
+    "data.crop_size=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.index_threads=1",
+    "data.val_fraction=0.34",
+]
+
+
+def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as Hydra would, with outputs under ``tmp_path``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.extras.print_config = False
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder holding the generated data sets of the whole test session (generated once)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def train_cfg(tmp_path: Path, data_root: Path) -> Callable[..., DictConfig]:
+    """``train_cfg(*overrides)``: the real train config on the tiny data, logging to CSV, outputs in tmp_path."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = [
+            f"paths.data_dir={data_root}",
+            f"paths.cache_dir={data_root}/cache",
+            "logger=csv",
+            "callbacks=default",
+            "~callbacks.progress_bar",
+            *TINY_DATA,
+        ]
+        return compose_config("train", base + list(overrides), tmp_path)
+
+    return make

@@ -1,0 +1,158 @@
+"""Selective relevance (SPEC §1) against an independent numpy/scipy implementation of the specification."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import correlate
+
+from motion_relevance.explain import selective
+from motion_relevance.explain.selective import selective_mask, selective_relevance, temporal_gradient
+
+_B = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64)
+#: the 3x3x3 Sobel kernel of SPEC §1, index 0 = t-1
+SOBEL_T = np.stack([_B, np.zeros((3, 3)), -_B])
+
+
+def reference(relevance: np.ndarray, sigma: float, padding: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SPEC §1 written literally: channel sum, 3-D correlation with the kernel, |.|, per-clip threshold."""
+    mode = {"zeros": "constant", "replicate": "nearest"}[padding]
+    s = relevance.sum(axis=1)
+    g = np.stack([np.abs(correlate(clip, SOBEL_T, mode=mode, cval=0.0)) for clip in s])
+    masks = []
+    for clip in g:
+        if clip.size > 1 and clip.max() > clip.min():
+            masks.append(clip > sigma * clip.std(ddof=1))
+        else:
+            masks.append(np.zeros_like(clip, dtype=bool))
+    mask = np.stack(masks)[:, None]
+    return g[:, None], relevance * mask, mask
+
+
+def structured(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Integer-valued relevance with smooth and sparse parts (exact in float64, so masks compare exactly)."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-4, 5, size=shape).astype(np.float64)
+    values[rng.random(shape) < 0.5] = 0.0
+    return values + np.round(8 * np.sin(np.arange(shape[-1]) / 3.0))
+
+
+SHAPES = [(2, 3, 8, 12, 10), (1, 1, 1, 5, 7), (3, 3, 2, 3, 3), (1, 1, 3, 1, 1), (2, 2, 5, 1, 9), (1, 3, 7, 9, 11)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_matches_reference_exactly_in_float64(shape: tuple[int, ...], padding: str) -> None:
+    r = structured(shape, seed=sum(shape))
+    for sigma in (0.0, 1.0, 2.5, 4.0):
+        g_ref, sel_ref, mask_ref = reference(r, sigma, padding)
+        rel = torch.from_numpy(r)
+        np.testing.assert_array_equal(temporal_gradient(rel, padding=padding).numpy(), g_ref)
+        np.testing.assert_array_equal(selective_relevance(rel, sigma, padding=padding).numpy(), sel_ref)
+        np.testing.assert_array_equal(selective_mask(rel, sigma, padding=padding).numpy(), mask_ref)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_float32_close_to_reference(padding: str) -> None:
+    r = np.random.default_rng(1).standard_normal((2, 3, 16, 24, 20)).astype(np.float32)
+    g_ref, sel_ref, _ = reference(r.astype(np.float64), 2.0, padding)
+    g = temporal_gradient(torch.from_numpy(r), padding=padding).numpy()
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-4)
+    sel = selective_relevance(torch.from_numpy(r), 2.0, padding=padding).numpy()
+    assert np.mean((sel != 0) == (sel_ref != 0)) > 0.999  # only voxels within rounding of the threshold
+
+
+def test_sigma_sequence_adds_leading_dim_and_matches_single_calls() -> None:
+    rel = torch.from_numpy(structured((2, 3, 6, 8, 8), seed=3))
+    many = selective_relevance(rel, [0.5, 1.0, 3.0])
+    assert many.shape == (3, *rel.shape)
+    for i, sigma in enumerate([0.5, 1.0, 3.0]):
+        torch.testing.assert_close(many[i], selective_relevance(rel, sigma), rtol=0, atol=0)
+    assert selective_mask(rel, (1.0, 2.0)).shape == (2, 2, 1, 6, 8, 8)
+    assert selective_relevance(rel, torch.tensor([1.0, 2.0])).shape == (2, *rel.shape)
+
+
+def test_chunked_batches_equal_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    rel = torch.randn(5, 3, 6, 10, 12)
+    whole = selective_relevance(rel, [1.0, 2.0])
+    g_whole = temporal_gradient(rel)
+    monkeypatch.setattr(selective, "_CHUNK_VOXELS", 2 * 6 * 12 * 14)  # two clips per chunk
+    torch.testing.assert_close(selective_relevance(rel, [1.0, 2.0]), whole, rtol=0, atol=0)
+    torch.testing.assert_close(temporal_gradient(rel), g_whole, rtol=0, atol=0)
+
+
+def test_static_relevance_is_not_motion_with_replicate_padding() -> None:
+    frame = torch.randn(1, 3, 1, 16, 16)
+    static = frame.expand(-1, -1, 8, -1, -1).contiguous()
+    assert torch.count_nonzero(temporal_gradient(static, padding="replicate")) == 0
+    assert torch.count_nonzero(selective_relevance(static, 1.0)) == 0
+    # the authors' zero padding sees "motion" at the first and last frame only
+    g = temporal_gradient(static, padding="zeros")
+    assert torch.count_nonzero(g[:, :, 1:-1]) == 0 and torch.count_nonzero(g[:, :, [0, -1]]) > 0
+
+
+def test_mask_follows_a_moving_blob() -> None:
+    t, size = 10, 32
+    rel = torch.zeros(1, 1, t, size, size)
+    rel[0, 0, :, 4:10, 4:10] = 1.0  # static square: not motion
+    for k in range(t):
+        rel[0, 0, k, 20:24, 2 + 2 * k : 6 + 2 * k] = 1.0  # blob moving right, 2 px per frame
+    mask = selective_mask(rel, 1.0)[0, 0]
+    assert not mask[:, 4:10, 4:10].any()
+    for k in range(1, t - 1):
+        cols = mask[k].any(dim=0).nonzero().flatten()
+        assert cols.numel() > 0
+        # the mask sits at the blob's leading and trailing edges, which move with it
+        assert cols.min() >= 2 * k - 2 and cols.max() <= 2 * k + 8
+    assert (selective_relevance(rel, 1.0)[0, 0][~mask] == 0).all()
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_constant_and_zero_relevance_give_zeros_without_nan(padding: str) -> None:
+    cases = [torch.zeros(2, 3, 4, 5, 5), torch.ones(1, 1, 1, 1, 1)]
+    if padding == "replicate":  # zero padding turns the borders of a constant map into edges
+        cases.append(torch.full((2, 1, 4, 5, 5), 3.0))
+    for rel in cases:
+        out = selective_relevance(rel, 0.0, padding=padding)
+        assert torch.isfinite(out).all() and torch.count_nonzero(out) == 0
+    # a constant but non-zero G (1x1 frames, T=2, zero padding: G = 4|S[1]| = 4|S[0]|) is still "no motion"
+    rel = torch.tensor([1.0, -1.0]).view(1, 1, 2, 1, 1)
+    g = temporal_gradient(rel, padding="zeros")
+    assert torch.equal(g.flatten(), torch.tensor([4.0, 4.0]))
+    assert torch.count_nonzero(selective_relevance(rel, 0.0, padding="zeros")) == 0
+
+
+def test_output_dtype_device_and_input_untouched() -> None:
+    rel = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64)
+    before = rel.clone()
+    out = selective_relevance(rel)
+    assert out.dtype == torch.float64 and out.shape == rel.shape
+    assert torch.equal(rel, before)
+    assert selective_relevance(rel.half().float()).dtype == torch.float32
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    rel = torch.randn(1, 3, 4, 5, 5)
+    with pytest.raises(ValueError, match="shape"):
+        selective_relevance(rel[0])
+    with pytest.raises(TypeError, match="floating"):
+        selective_relevance(rel.long())
+    with pytest.raises(TypeError, match="Tensor"):
+        selective_relevance(rel.numpy())  # type: ignore[arg-type]
+    for sigma in (-1.0, math.nan, [1.0, -0.5]):
+        with pytest.raises(ValueError, match="sigma"):
+            selective_relevance(rel, sigma)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sigma"):
+        selective_relevance(rel, "4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="padding"):
+        selective_relevance(rel, padding="reflect")
+    for bad in (math.nan, math.inf):
+        broken = rel.clone()
+        broken[0, 1, 2, 3, 3] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            selective_relevance(broken)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            selective_relevance(broken[:, :, 2:3], padding="zeros")
