@@ -9,7 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# MR_BENCH_RESULTS_DIR redirects every benchmark's output (run_all.py --quick, gpu_check.sh use it).
+RESULTS_DIR = Path(os.environ.get("MR_BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 
 
 def _cpu_model() -> str:

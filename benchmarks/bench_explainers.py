@@ -73,7 +73,9 @@ def bare_captum(name: str, model: nn.Module, clips: torch.Tensor, target: torch.
 def bench_models(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     results, rows = [], []
     specs = [("small C3D", dict(num_classes=8, width=0.125, crop_size=56), 56, [1, 8], args.repeats)]
-    specs.append(("full C3D(101)", dict(num_classes=101), 112, [int(b) for b in args.full_batches.split(",")], 1))
+    full_batches = [int(b) for b in args.full_batches.split(",") if b.strip()]  # "" = skip the full C3D
+    if full_batches:
+        specs.append(("full C3D(101)", dict(num_classes=101), 112, full_batches, 1))
     for label, kwargs, size, batches, repeats in specs:
         torch.manual_seed(0)
         model = C3D(**kwargs)
@@ -153,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--full-batches", default="1,8", help="batch sizes for the full C3D (e.g. '1')")
+    parser.add_argument("--full-batches", default="1,8", help="batch sizes for the full C3D (e.g. '1'; '' = skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_results, model_rows = bench_models(args)

@@ -38,13 +38,21 @@ def authors_selective(relevance: torch.Tensor, sigma: float = 4.0) -> torch.Tens
     return relevance * (g > sigma * std)
 
 
-def timings(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+def timings(fn: Callable[[], object], repeats: int, warmup: int = 2, device: str = "cpu") -> list[float]:
+    """Seconds per call of ``fn`` after ``warmup`` calls; CUDA is synchronised before each clock read."""
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - start)
     return out
 
@@ -60,14 +68,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--authors-repeats", type=int, default=8)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: threads list is ignored")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    thread_list = [int(t) for t in args.threads.split(",")]
+    if args.device == "cuda":
+        thread_list = thread_list[:1]
 
     rows, results = [], []
-    for threads in [int(t) for t in args.threads.split(",")]:
+    for threads in thread_list:
         torch.set_num_threads(threads)
         for batch in (1, 8):
             gen = torch.Generator().manual_seed(batch)
-            relevance = torch.randn(batch, 3, 16, 112, 112, generator=gen)
+            relevance = torch.randn(batch, 3, 16, 112, 112, generator=gen).to(args.device)
             same_mask = bool(
                 torch.equal(
                     (selective_relevance(relevance, 4.0, padding="zeros") != 0),
@@ -85,7 +99,7 @@ def main() -> None:
                 "authors conv3d": (lambda r=relevance: authors_selective(r, 4.0), args.authors_repeats),
                 "floor R*1.0": (lambda r=relevance: r * 1.0, args.repeats),
             }
-            stats = {name: summary(timings(fn, n), batch) for name, (fn, n) in cases.items()}
+            stats = {name: summary(timings(fn, n, device=args.device), batch) for name, (fn, n) in cases.items()}
             floor = stats["floor R*1.0"]["median_ms"]
             authors = stats["authors conv3d"]["median_ms"]
             for name, st in stats.items():
@@ -96,7 +110,8 @@ def main() -> None:
                     f"| {st['max_ms']:.3f} | {st['x_floor']:.1f} | {st['speedup_vs_authors']:.0f} |"
                 )
             results.append(
-                {"threads": threads, "batch": batch, "stats": stats, "same_mask_as_authors": same_mask, "agree": agree}
+                {"threads": threads, "batch": batch, "device": args.device, "stats": stats,
+                 "same_mask_as_authors": same_mask, "agree": agree}
             )
     header = (
         "| threads | B | method | median ms/clip | IQR | min | max | x floor | speed-up vs authors |\n"
@@ -109,7 +124,8 @@ def main() -> None:
     )
     markdown = (
         "# Selective relevance: separable slices vs the authors' conv3d formulation\n\n"
-        "Relevance (B, 3, 16, 112, 112) float32, sigma = 4, CPU. `x floor` = time / time of `R * 1.0`.\n\n"
+        f"Relevance (B, 3, 16, 112, 112) float32, sigma = 4, device {args.device}. "
+        "`x floor` = time / time of `R * 1.0`.\n\n"
         f"{header}\n" + "\n".join(rows) + f"\n\n{checks}\n"
     )
     print(markdown)

@@ -81,3 +81,24 @@ def test_val_split_by_group_is_deterministic() -> None:
     assert (train, val) == split_by_group(items, 0.1, seed=0)
     with pytest.raises(ValueError, match="val_fraction"):
         split_by_group(items, 0.95)
+
+
+def test_fast_dev_run_trains_on_the_real_partial_tree(tmp_path: Path) -> None:
+    """One training/validation/test step of the real UCF-101 path on the partial tree, missing videos counted."""
+    from tests.conftest import compose_config
+
+    from motion_relevance.train import train
+
+    cfg = compose_config(
+        "train",
+        [
+            "data=ucf101", f"data.root={MINI}", "data.allow_missing=true", f"paths.cache_dir={tmp_path}/cache",
+            "data.num_workers=0", "data.batch_size=2", "data.val_fraction=0.5", "logger=csv", "callbacks=none",
+            "trainer.fast_dev_run=true",
+        ],
+        tmp_path,
+    )
+    metrics, objects = train(cfg)
+    assert objects["model"].net.num_classes == 101
+    assert metrics["data/missing_videos"] == 9535 + 3782
+    assert "train/loss" in metrics and "test/acc" in metrics

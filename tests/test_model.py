@@ -145,5 +145,25 @@ def test_wrong_state_dict_lists_keys_and_shapes(tmp_path) -> None:
 
 
 def test_missing_weights_file_names_the_key(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="model.net.pretrained"):
+    with pytest.raises(FileNotFoundError, match="model.pretrained"):
         C3D(num_classes=4, width=0.125, crop_size=56, pretrained=str(tmp_path / "nope.pickle"))
+
+
+def test_model_pretrained_override_loads_port_weights(tmp_path) -> None:
+    """`model.pretrained=<c3d.pickle>` (the experiment's key) loads the port's weights through the config."""
+    from types import SimpleNamespace
+
+    from motion_relevance.train import build_model
+    from tests.conftest import compose_config
+
+    state = _port_state_dict()
+    path = tmp_path / "c3d.pickle"
+    torch.save(state, path)
+    cfg = compose_config("train", ["model=c3d", "data.crop_size=112", f"model.pretrained={path}"], tmp_path)
+    datamodule = SimpleNamespace(num_classes=5, class_names=[f"c{i}" for i in range(5)])
+    datamodule.transform_config = lambda: {}
+    model = build_model(cfg, datamodule)
+    loaded = model.net.state_dict()
+    assert torch.equal(loaded["conv3a.weight"], state["conv3a.weight"])
+    assert loaded["fc8.weight"].shape == (5, 4096)
+    assert "pretrained" not in model.hparams

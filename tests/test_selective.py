@@ -55,6 +55,27 @@ def test_matches_reference_exactly_in_float64(shape: tuple[int, ...], padding: s
         np.testing.assert_array_equal(selective_mask(rel, sigma, padding=padding).numpy(), mask_ref)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_accelerator_conv_path_matches_reference(
+    shape: tuple[int, ...], padding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conv3d path used on GPUs (forced here on the CPU) computes the same G and masks."""
+    monkeypatch.setattr(selective, "_use_conv", lambda device: True)
+    r = structured(shape, seed=sum(shape) + 1)
+    for sigma in (0.0, 2.5):
+        g_ref, sel_ref, mask_ref = reference(r, sigma, padding)
+        rel = torch.from_numpy(r)
+        np.testing.assert_array_equal(temporal_gradient(rel, padding=padding).numpy(), g_ref)
+        np.testing.assert_array_equal(selective_relevance(rel, sigma, padding=padding).numpy(), sel_ref)
+        np.testing.assert_array_equal(selective_mask(rel, sigma, padding=padding).numpy(), mask_ref)
+    if shape[2] > 1:
+        rel = torch.from_numpy(r).clone()
+        rel.view(-1)[rel.numel() // 2] = math.nan
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            selective_relevance(rel, 2.0, padding=padding)
+
+
 @pytest.mark.parametrize("padding", ["zeros", "replicate"])
 def test_float32_close_to_reference(padding: str) -> None:
     r = np.random.default_rng(1).standard_normal((2, 3, 16, 24, 20)).astype(np.float32)

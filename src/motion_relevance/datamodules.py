@@ -117,11 +117,16 @@ class VideoDataModule(pl.LightningDataModule):
         crop = self.eval_transform.crop_size
         if crop is not None and self.resize is not None and (crop[0] > self.resize[0] or crop[1] > self.resize[1]):
             raise ValueError(f"crop_size={crop} larger than resize={self.resize}: allowed crop <= resize")
-        self.num_missing = 0
+        self.missing: dict[str, int] = {}  # listed-but-absent videos per split list ("train", "test")
         self.datasets: dict[str, VideoClipDataset] = {}
         self._class_names: list[str] | None = None
 
     # -- what the rest of the code needs --------------------------------------------------------------------
+    @property
+    def num_missing(self) -> int:
+        """Listed videos absent from the tree and skipped (``allow_missing=true``), over the lists read so far."""
+        return sum(self.missing.values())
+
     @property
     def class_names(self) -> list[str]:
         """Class names in label order (read from ``classInd.txt``)."""
@@ -148,16 +153,15 @@ class VideoDataModule(pl.LightningDataModule):
         want_fit = stage in (None, "fit", "validate")
         want_test = stage in (None, "test", "predict")
         items: dict[str, list[VideoItem]] = {}
-        self.num_missing = 0
         if want_fit and "train" not in self.datasets:
             names, train, missing = load_split(self.root, self.split, "train", self.allow_missing)
             self._class_names = names
-            self.num_missing += len(missing)
+            self.missing["train"] = len(missing)
             items["train"], items["val"] = split_by_group(train, self.val_fraction, self.val_seed)
         if want_test and "test" not in self.datasets:
             names, test, missing = load_split(self.root, self.split, "test", self.allow_missing)
             self._class_names = names
-            self.num_missing += len(missing)
+            self.missing["test"] = len(missing)
             items["test"] = test
         if not items:
             return

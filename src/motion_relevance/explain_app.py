@@ -4,17 +4,26 @@ Runs the test loop with the attribution and selective-relevance callbacks, then 
 ``metrics.json`` (every number), ``tables/table{1..4}_*.{md,csv}`` (the paper's Tables 1–4, plus the ground-truth
 table on synthetic data) and ``explanations/*.png`` (the Figure-3 grid) and logs the same to W&B (offline by
 default). The last line printed is ``Run folder: <path>``.
+
+Sweeps: ``mr-explain -m selective.sigma=1,2,3,4,5 ckpt_path=…`` runs one job (one W&B run, grouped by the
+multirun folder's name) per sigma; ``mr-report <multirun folder>`` compares them. ``selective.sigma=[1,2,3,4,5]``
+evaluates every sigma in one job. ``hparams_search=sigma_optuna`` searches sigma with Optuna, maximising the
+``objective`` this entry point returns (see :func:`objective_values`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, open_dict
 
 from motion_relevance.models.checkpoint import check_classes, load_classifier
 from motion_relevance.models.module import VideoClassifier
@@ -35,6 +44,114 @@ log = logging.getLogger(__name__)
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 _COMPARED_PREPROCESSING = ("crop_size", "mean", "std", "scale", "channel_order", "clip_len")
+#: Objectives ``objective.name`` may take (see :func:`objective_values`).
+OBJECTIVES = ("auto", "gt_f1", "flow_precision")
+
+
+def sigmas_of(value: Any) -> list[float]:
+    """``selective.sigma`` as a list of floats; raises naming the bad entries (negative, NaN, not a number)."""
+    items = list(value) if isinstance(value, (Sequence, ListConfig)) and not isinstance(value, str) else [value]
+    bad = []
+    sigmas = []
+    for item in items:
+        try:
+            sigma = float(item)
+        except (TypeError, ValueError):
+            bad.append(item)
+            continue
+        if math.isnan(sigma) or sigma < 0:
+            bad.append(item)
+        sigmas.append(sigma)
+    if bad or not items:
+        raise ValueError(
+            f"selective.sigma must be a non-negative number or a non-empty list of them, got {value!r} "
+            f"(bad: {bad}); e.g. selective.sigma=4 or selective.sigma=[1,2,3,4,5]"
+        )
+    return sigmas
+
+
+def validate_objective(cfg: DictConfig) -> None:
+    """Refuse an unknown objective name or method before any work, listing the valid ones."""
+    objective = cfg.get("objective")
+    if objective is None:
+        return
+    name = objective.get("name", "auto")
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective.name={name!r} does not exist; valid objectives: {', '.join(OBJECTIVES)}")
+    method = objective.get("method")
+    explainers = list(cfg.get("explainers") or {})
+    if method not in explainers:
+        raise ValueError(f"objective.method={method!r} is not a configured explainer; choose one of {explainers}")
+    min_mass = float(objective.get("min_mass", 0.0))
+    if math.isnan(min_mass) or not 0.0 <= min_mass <= 1.0:
+        raise ValueError(f"objective.min_mass must be in [0, 1], got {min_mass}")
+
+
+def objective_values(
+    metrics: Mapping[str, Any], objective: Mapping[str, Any], sigmas: Sequence[float], stage: str = "test"
+) -> dict[str, float]:
+    """The sweep objective of the selective map of ``objective.method`` at each sigma.
+
+    ``gt_f1``: ``<stage>/gt_f1/<method>_selective`` (F1/Dice against the ground-truth mask, synthetic data).
+    ``flow_precision``: ``<stage>/precision/<method>_selective`` if ``<stage>/selectivity_mass/<method>`` (the share
+    of positive relevance the selective map keeps) is at least ``min_mass``, else ``penalty``. ``auto`` picks
+    ``gt_f1`` when ground-truth metrics exist. Undefined values (NaN, missing) become ``penalty``.
+
+    Returns ``{"objective": best, "objective_sigma": its sigma}`` plus ``objective/s<sigma>`` for a sigma list.
+    Raises ``KeyError`` naming the missing metric when the objective cannot be computed at all.
+    """
+    name = objective.get("name", "auto")
+    method = objective["method"]
+    penalty = float(objective.get("penalty", -1.0))
+    min_mass = float(objective.get("min_mass", 0.0))
+    multi = len(sigmas) > 1
+    if name == "auto":
+        name = "gt_f1" if any(k.startswith(f"{stage}/gt_f1/") for k in metrics) else "flow_precision"
+    metric = "gt_f1" if name == "gt_f1" else "precision"
+    out: dict[str, float] = {}
+    best, best_sigma = -math.inf, math.nan
+    for sigma in sigmas:
+        suffix = f"_selective_s{sigma:g}" if multi else "_selective"
+        key = f"{stage}/{metric}/{method}{suffix}"
+        if key not in metrics:
+            raise KeyError(f"objective {name!r} needs the metric {key!r}, which this run did not log "
+                           f"(gt_f1 needs synthetic data with masks, flow_precision needs flow != none)")
+        value = _finite(metrics[key])
+        if name == "flow_precision":
+            mass = _finite(metrics.get(f"{stage}/selectivity_mass/{method}" + (f"@s{sigma:g}" if multi else "")))
+            if mass is None or mass < min_mass:
+                value = None
+        value = penalty if value is None else value
+        if multi:
+            out[f"objective/s{sigma:g}"] = value
+        if value > best:
+            best, best_sigma = value, sigma
+    out["objective"] = best
+    out["objective_sigma"] = best_sigma
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    value = to_python(value)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _sweep_bookkeeping(cfg: DictConfig) -> None:
+    """In a multirun job: W&B group = the multirun folder's name, run name = task name + job number."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    with open_dict(cfg):
+        if cfg.get("group") is None:
+            cfg.group = Path(hydra_cfg.sweep.dir).name
+        wandb = (cfg.get("logger") or {}).get("wandb")
+        if wandb is not None and "name" in wandb:
+            wandb.name = f"{cfg.task_name}-{hydra_cfg.job.num}"
 
 
 def _check_preprocessing(checkpoint: dict[str, Any], data: dict[str, Any]) -> None:
@@ -51,9 +168,23 @@ def _check_preprocessing(checkpoint: dict[str, Any], data: dict[str, Any]) -> No
         )
 
 
+def _test_batch_limit(cfg: DictConfig, datamodule: Any) -> dict[str, int]:
+    """Stop the test loop once ``num_clips`` clips per process are explained (the rest would only be decoded
+    and classified, then thrown away); ``test/acc`` then covers the explained clips. An explicit
+    ``trainer.limit_test_batches`` wins."""
+    num_clips = cfg.get("num_clips")
+    batch_size = getattr(datamodule, "batch_size", None)
+    if num_clips is None or not batch_size or cfg.trainer.get("limit_test_batches") is not None:
+        return {}
+    return {"limit_test_batches": max(1, math.ceil(int(num_clips) / int(batch_size)))}
+
+
 def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Explain the test clips of ``cfg.data`` with the model in ``cfg.ckpt_path``; returns (metrics, objects)."""
     default_wandb_offline()
+    sigmas = sigmas_of(cfg.selective.sigma)
+    validate_objective(cfg)
+    _sweep_bookkeeping(cfg)
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
     loaded = load_classifier(cfg.ckpt_path)
     if cfg.get("seed") is not None:
@@ -67,12 +198,25 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **_test_batch_limit(cfg, datamodule)
+    )
     for logger in loggers:
         logger.log_hyperparams(loggable_config(cfg))
     trainer.test(model=model, datamodule=datamodule)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
     metrics["checkpoint"] = str(loaded.path)
+    if cfg.get("objective") is not None:
+        try:
+            objective = objective_values(to_python(metrics), cfg.objective, sigmas)
+            metrics.update(objective)
+            for logger in loggers:  # W&B sweeps read `objective` from the run
+                if hasattr(logger, "log_table"):
+                    logger.log_metrics({k: v for k, v in objective.items() if math.isfinite(v)})
+        except KeyError as err:
+            if cfg.get("optimized_metric") == "objective":
+                raise
+            log.info("No sweep objective for this run: %s", err)
     if trainer.is_global_zero:
         tables = write_tables(to_python(metrics), output_dir / "tables", stage="test")
         for logger in loggers:

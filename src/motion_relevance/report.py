@@ -11,8 +11,10 @@ A run folder (``mr-explain`` or ``mr-train`` with the explanation callbacks) hol
 - ``table5_ground_truth`` (synthetic data): ground-truth precision, recall, F1, motion share and spatial bias.
 
 Each is written as markdown and CSV. A multirun folder (jobs ``0/``, ``1/`` … each with ``metrics.json`` and
-``.hydra/config.yaml``) is aggregated into ``sigma_report.{md,csv}`` plus ``sigma_report.png`` (metrics against
-sigma).
+``.hydra/config.yaml``) is aggregated into ``sigma_report.{md,csv}`` (one row per sigma and method: selective
+precision, ground-truth F1, selectivity, the job's objective), ``best_sigma.csv`` and ``sigma_report.png``
+(metrics against sigma); an Optuna multirun's ``optimization_results.yaml`` is appended. A run folder of a
+sigma-list job (``selective.sigma=[1,2,3]``) gets the same sigma report beside its tables.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,50 +150,148 @@ def _job_config(job: Path) -> dict[str, Any]:
     return _flatten(yaml.safe_load(config.read_text()) or {})
 
 
-def multirun_rows(folder: str | Path, stage: str = "test") -> list[dict[str, Any]]:
-    """One row per (job, method) with the job's overrides and every metric of that method."""
+_MULTI_SIGMA = re.compile(r"^(?P<base>.+)_selective_s(?P<sigma>[0-9.eE+-]+)$")
+#: Columns of the sigma report: baseline metric, the selective map's metrics, and selectivity at that sigma.
+SIGMA_COLUMNS = (
+    "precision", "precision_selective", "gt_f1", "gt_f1_selective", "gt_precision_selective",
+    "gt_recall_selective", "motion_share_selective", "selectivity_area", "selectivity_mass", "spatial_bias",
+)
+#: Plotted against sigma (those present).
+SIGMA_PLOT = ("precision_selective", "gt_f1_selective", "selectivity_area", "selectivity_mass")
+
+
+def _base_methods(metrics: Mapping[str, Any], stage: str) -> list[str]:
+    """Baseline explainer names: methods with metrics that are neither selective maps, pairs nor per-sigma stats."""
+    names = set()
+    for key in metrics:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == stage:
+            method = parts[2]
+            if "_selective" in method or "~" in method or "@" in method or method == "selective":
+                continue
+            names.add(method)
+    return sorted(names)
+
+
+def run_sigmas(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test") -> list[float]:
+    """The sigmas a run evaluated: parsed from ``…_selective_s<sigma>`` keys (a sigma list), else the config's."""
+    found = set()
+    for key in metrics:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == stage:
+            match = _MULTI_SIGMA.match(parts[2])
+            if match:
+                found.add(float(match["sigma"]))
+    if found:
+        return sorted(found)
+    if isinstance(config_sigma, (int, float)):
+        return [float(config_sigma)]
+    return []
+
+
+def sigma_rows(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test",
+               extra: Mapping[str, Any] | None = None, objective_method: str | None = None) -> list[dict[str, Any]]:
+    """One row per (sigma, baseline method) of one run, for single-sigma and sigma-list runs alike.
+
+    The run's sweep ``objective`` goes on the row of ``objective_method`` (the config's ``objective.method``).
+    """
+    sigmas = run_sigmas(metrics, config_sigma, stage)
+    multi = any(_MULTI_SIGMA.match(k.split("/")[-1]) for k in metrics if k.startswith(f"{stage}/"))
     rows = []
-    jobs = sorted((p for p in Path(folder).iterdir() if (p / "metrics.json").exists()), key=lambda p: p.name)
-    for job in jobs:
-        metrics = json.loads((job / "metrics.json").read_text())
-        config = _job_config(job)
-        overrides = _job_overrides(job)
-        sigma = config.get("selective.sigma")
-        methods = sorted({k.split("/", 2)[2] for k in metrics if k.startswith(f"{stage}/") and k.count("/") == 2})
-        for method in methods:
-            row: dict[str, Any] = {"job": job.name, **overrides, "sigma": sigma, "method": method}
-            for key, value in metrics.items():
-                parts = key.split("/")
-                if len(parts) == 3 and parts[0] == stage and parts[2] == method:
-                    row[parts[1]] = value
+    for sigma in sigmas:
+        for base in _base_methods(metrics, stage):
+            selective = f"{base}_selective_s{sigma:g}" if multi else f"{base}_selective"
+            at_sigma = f"{base}@s{sigma:g}" if multi else base
+            row: dict[str, Any] = {**(extra or {}), "sigma": sigma, "method": base}
+            for column in SIGMA_COLUMNS:
+                if column.endswith("_selective"):
+                    metric, method = column[: -len("_selective")], selective
+                elif column in ("selectivity_area", "selectivity_mass", "spatial_bias"):
+                    metric, method = column, at_sigma
+                else:
+                    metric, method = column, base
+                row[column] = metrics.get(f"{stage}/{metric}/{method}")
+                std = metrics.get(f"{stage}/{metric}_std/{method}")
+                if std is not None:
+                    row[f"{column}_std"] = std
+            if base == objective_method:
+                row["objective"] = metrics.get(f"objective/s{sigma:g}") if multi else metrics.get("objective")
             rows.append(row)
     return rows
 
 
-def write_multirun_report(folder: str | Path, stage: str = "test") -> Path:
-    """Aggregate a multirun folder into ``sigma_report.{md,csv,png}`` inside it."""
+def _job_dirs(folder: Path) -> list[Path]:
+    jobs = [p for p in folder.iterdir() if p.is_dir() and (p / "metrics.json").exists()]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def multirun_rows(folder: str | Path, stage: str = "test") -> list[dict[str, Any]]:
+    """One row per (job, sigma, method) of a multirun folder, with the job's overrides (``sigma_rows``)."""
+    rows = []
+    for job in _job_dirs(Path(folder)):
+        metrics = json.loads((job / "metrics.json").read_text())
+        config = _job_config(job)
+        overrides = {k: v for k, v in _job_overrides(job).items() if k != "selective.sigma"}
+        rows += sigma_rows(metrics, config.get("selective.sigma"), stage, extra={"job": job.name, **overrides},
+                           objective_method=config.get("objective.method"))
+    return rows
+
+
+def _best_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per method, the sigma with the highest objective-like value (gt F1 of the selective map, else precision)."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for metric in ("gt_f1_selective", "precision_selective"):
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                break
+        else:
+            continue
+        current = best.get(row["method"])
+        if current is None or value > current["value"]:
+            best[row["method"]] = {"method": row["method"], "criterion": metric, "best_sigma": row["sigma"],
+                                   "value": value}
+    return list(best.values())
+
+
+def write_sigma_report(rows: Sequence[Mapping[str, Any]], folder: str | Path, title: str) -> Path:
+    """``sigma_report.{md,csv,png}`` (and ``best_sigma.csv``) of ``rows`` into ``folder``; returns the md path."""
     folder = Path(folder)
+    if not rows:
+        raise FileNotFoundError(f"{folder} holds no sigma results (no selective-relevance metrics)")
+    rows = sorted(rows, key=lambda r: (str(r["method"]), float(r["sigma"]), str(r.get("job", ""))))
+    write_csv(rows, folder / "sigma_report.csv")
+    shown = ["job", "sigma", "method", "precision_selective", "gt_f1_selective", "selectivity_area",
+             "selectivity_mass", "objective"]
+    shown = [c for c in shown if any(r.get(c) is not None for r in rows)]
+    compact = [{c: r.get(c) for c in shown} | {f"{c}_std": r.get(f"{c}_std") for c in shown
+                                               if r.get(f"{c}_std") is not None} for r in rows]
+    best = _best_rows(rows)
+    text = to_markdown(compact, title=title)
+    if best:
+        write_csv(best, folder / "best_sigma.csv")
+        text += "\n" + to_markdown(best, title="best sigma per method")
+    (folder / "sigma_report.md").write_text(text)
+    plotted = [m for m in SIGMA_PLOT if any(isinstance(r.get(m), (int, float)) for r in rows)]
+    if plotted and len({r["sigma"] for r in rows}) > 1:
+        from motion_relevance.viz.plots import plot_metric_vs_sigma
+
+        plot_metric_vs_sigma(rows, folder / "sigma_report.png", metrics=plotted, title=title)
+    return folder / "sigma_report.md"
+
+
+def write_multirun_report(folder: str | Path, stage: str = "test") -> Path:
+    """Aggregate a multirun folder into ``sigma_report.{md,csv,png}`` inside it; also lists Optuna trials."""
+    folder = Path(folder).resolve()
     rows = multirun_rows(folder, stage)
     if not rows:
         raise FileNotFoundError(f"{folder} holds no job folders with metrics.json (is it a multirun folder?)")
-    write_csv(rows, folder / "sigma_report.csv")
-    columns = ["job", "sigma", "method", "precision", "selectivity_area", "selectivity_mass", "gt_f1"]
-    compact = [{c: row.get(c) for c in columns if any(c in r for r in rows)} for row in rows]
-    (folder / "sigma_report.md").write_text(to_markdown(compact, title=f"sigma sweep ({folder.name})"))
-    try:
-        from motion_relevance.viz.plots import plot_metric_vs_sigma
-
-        selective = [r for r in rows if "_selective" in str(r["method"]) and r.get("sigma") is not None]
-        for r in selective:
-            r["method"] = str(r["method"]).split("_selective")[0]
-        plot_metric_vs_sigma(
-            selective or rows, folder / "sigma_report.png",
-            metrics=[m for m in ("precision", "selectivity_area", "selectivity_mass", "gt_f1")
-                     if any(r.get(m) is not None for r in rows)],
-        )
-    except ImportError:  # pragma: no cover - viz is part of the package
-        pass
-    return folder / "sigma_report.md"
+    path = write_sigma_report(rows, folder, title=f"sigma sweep ({folder.name})")
+    results = folder / "optimization_results.yaml"
+    if results.exists():
+        with open(path, "a") as handle:
+            handle.write("\n### Optuna search\n\n```yaml\n" + results.read_text() + "```\n")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -207,6 +308,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_tables(metrics, folder / "tables", stage=args.stage)
         print((folder / "tables" / "tables.md").read_text())
         print(f"Tables written to {folder / 'tables'}")
+        config = _job_config(folder)
+        sigma = config.get("selective.sigma")
+        if len(run_sigmas(metrics, sigma, args.stage)) > 1:  # a sigma-list run: compare its sigmas too
+            rows = sigma_rows(metrics, sigma, args.stage, objective_method=config.get("objective.method"))
+            path = write_sigma_report(rows, folder,
+                                      title=f"sigma list ({folder.resolve().name})")
+            print(path.read_text())
     else:
         path = write_multirun_report(folder, stage=args.stage)
         print(path.read_text())

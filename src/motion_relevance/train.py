@@ -84,11 +84,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("Testing with %s", ckpt or "the current weights")
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(trainer.callback_metrics)
+    _record_missing_videos(datamodule, loggers, metrics)
     checkpoint_cb = trainer.checkpoint_callback
     if checkpoint_cb is not None:
         metrics["best_checkpoint"] = checkpoint_cb.best_model_path or None
         metrics["last_checkpoint"] = getattr(checkpoint_cb, "last_model_path", None) or None
     return metrics, objects
+
+
+def _record_missing_videos(datamodule: Any, loggers: list[Any], metrics: dict[str, Any]) -> None:
+    """Listed-but-absent videos skipped under ``data.allow_missing=true``: a count in the run's metrics."""
+    missing = getattr(datamodule, "num_missing", None)
+    if missing is None:
+        return
+    metrics["data/missing_videos"] = int(missing)
+    for logger in loggers:
+        logger.log_metrics({"data/missing_videos": float(missing)})
 
 
 def _test_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:
@@ -100,6 +111,14 @@ def _test_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:
         log.warning("No best checkpoint was saved (fast_dev_run?); testing the current weights")
         return None
     return cfg.get("ckpt_path")
+
+
+def _print_summary(metrics: dict[str, Any]) -> None:
+    """The headline numbers, plainly, just before the run folder."""
+    for key, label in (("val/acc_best", "Best validation accuracy"), ("test/acc", "Test accuracy")):
+        value = metric_value(metrics, key) if key in metrics else None
+        if value is not None:
+            print(f"{label}: {100 * float(value):.1f} %", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -114,6 +133,7 @@ def main(cfg: DictConfig) -> float | None:
         finish_wandb()
         if metrics:
             write_metrics(output_dir, metrics)
+        _print_summary(metrics)
         print(f"Run folder: {output_dir}", flush=True)
     return metric_value(metrics, cfg.get("optimized_metric"))
 

@@ -8,6 +8,12 @@ data, agreement between methods, time per clip) and hands every explained batch 
 :class:`SelectiveRelevanceCallback` listens to it: it applies selective relevance for one or several sigmas and
 measures the selective maps (flow precision, selectivity, ground truth, spatial bias, the selective step's time).
 
+With an :class:`~motion_relevance.explain.cache.AttributionCache` (``cache`` argument), each clip's baseline
+relevance is read from disk when the same model weights, explainer config and clip (video file, first frame,
+preprocessing, explained class) were explained before, so sigma-sweep jobs after the first skip Captum. The
+counters are logged as ``<stage>/cache_hits``, ``<stage>/cache_misses`` (summed over processes) and
+``<stage>/cache_bytes`` (the folder's size).
+
 All numbers go through ``torchmetrics`` metrics with sum-type states, so they are exact under DDP. Logged keys are
 ``<stage>/<metric>/<method>``, e.g. ``test/precision/dtd``, ``test/precision/dtd_selective``,
 ``test/selectivity_area/dtd``, ``test/agreement/dtd~gradcam``, ``test/overhead_ms/selective``; each mean has
@@ -21,6 +27,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -29,6 +36,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from motion_relevance.data.transforms import ClipTransform
+from motion_relevance.explain.cache import AttributionCache, clip_identity, explainer_hash, state_hash
 from motion_relevance.explain.selective import selective_relevance
 from motion_relevance.metrics.classes import (
     Agreement,
@@ -84,6 +92,7 @@ class AttributionCallback(pl.Callback):
         target: ``"predicted"`` (default, as the paper) or ``"label"``.
         mode: positive-relevance rule of SPEC §4: ``"positive"`` (``X.sum(C) > 0``) or ``"nonzero"``.
         keep_clips: clips kept (on rank 0) for figures.
+        cache: an :class:`~motion_relevance.explain.cache.AttributionCache` for the baseline explanations, or None.
     """
 
     def __init__(
@@ -96,6 +105,7 @@ class AttributionCallback(pl.Callback):
         target: str = "predicted",
         mode: str = "positive",
         keep_clips: int = 4,
+        cache: AttributionCache | None = None,
     ) -> None:
         super().__init__()
         if not explainers:
@@ -117,8 +127,15 @@ class AttributionCallback(pl.Callback):
         self.target = target
         self.mode = mode
         self.keep_clips = keep_clips
+        if cache is not None and not isinstance(cache, AttributionCache):
+            raise TypeError(f"callbacks.attribution.cache must be an AttributionCache or null, got {type(cache)}")
+        self.cache = cache
         self.listeners: list[Any] = []
         self.transform: ClipTransform | None = None
+        self._preprocessing: dict[str, Any] = {}
+        self._data_root: str | None = None
+        self._model_hash: str | None = None
+        self._explainer_keys: dict[str, str] = {}
         self.kept: list[ExplainedBatch] = []
         self.skipped_flow_clips = 0
         self._seen = 0
@@ -143,6 +160,15 @@ class AttributionCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.metrics.to(pl_module.device)
         self.transform = self._find_transform(trainer, pl_module)
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "transform_config"):
+            self._preprocessing = dict(datamodule.transform_config())
+        elif getattr(pl_module.hparams, "preprocessing", None):
+            self._preprocessing = dict(pl_module.hparams.preprocessing)
+        root = getattr(datamodule, "root", None)
+        self._data_root = str(root) if root is not None else None
+        if self.cache is not None:
+            self._explainer_keys = {name: explainer_hash(e) for name, e in self.explainers.items()}
         if getattr(trainer, "inference_mode", False) or getattr(trainer, "_inference_mode", False):
             raise ValueError(
                 "explanations need gradients in validation/test: set trainer.inference_mode=false "
@@ -176,6 +202,11 @@ class AttributionCallback(pl.Callback):
         for group in self.metrics.values():
             for metric in group.values():
                 metric.reset()
+        if self.cache is not None:
+            self.cache.reset_counters()
+            if self._active and self.cache.enabled:
+                # the weights may change between epochs (mr-train): hash them at every explained stage
+                self._model_hash = state_hash(getattr(trainer.lightning_module, "net", trainer.lightning_module))
         for listener in self.listeners:
             listener.on_explain_start(trainer, stage, self._active)
 
@@ -219,12 +250,10 @@ class AttributionCallback(pl.Callback):
                 else:
                     with torch.no_grad():
                         targets = net(clips).argmax(dim=1)
+                clip_ids = self._clip_ids(batch, clips.shape[0])
                 relevance: dict[str, torch.Tensor] = {}
                 for name, explainer in self.explainers.items():
-                    with OverheadTimer(pl_module.device) as timer:
-                        relevance[name] = explainer(net, clips, target=targets).detach()
-                    per_clip = timer.ms / clips.shape[0]
-                    self.metrics["overhead"][_safe(name)].update([per_clip] * clips.shape[0])
+                    relevance[name] = self._relevance(name, explainer, net, clips, targets, clip_ids, pl_module)
         finally:
             net.train(was_training)
 
@@ -244,6 +273,70 @@ class AttributionCallback(pl.Callback):
             self.kept.append(_to_cpu(explained))
         for listener in self.listeners:
             listener.on_explained(trainer, pl_module, explained)
+
+    def _clip_ids(self, batch: Mapping[str, Any], n: int) -> list[str] | None:
+        """Cache identities of the first ``n`` clips (None when the cache is off or the batch lacks video/start)."""
+        if self.cache is None or not self.cache.enabled or self._model_hash is None:
+            return None
+        videos, starts = batch.get("video"), batch.get("start")
+        if not videos or starts is None:
+            return None
+        ids = []
+        for video, start in zip(list(videos)[:n], starts[:n]):
+            stamp = ""
+            if self._data_root is not None:
+                # the file's size and mtime: a regenerated video in place never reuses entries
+                try:
+                    st = (Path(self._data_root) / str(video)).stat()
+                    stamp = f"{self._data_root}|{st.st_size}|{st.st_mtime_ns}"
+                except OSError:
+                    stamp = self._data_root
+            ids.append(clip_identity(f"{stamp}|{video}", int(start), self._preprocessing))
+        return ids
+
+    def _relevance(
+        self, name: str, explainer: Any, net: nn.Module, clips: torch.Tensor, targets: torch.Tensor,
+        clip_ids: list[str] | None, pl_module: pl.LightningModule,
+    ) -> torch.Tensor:
+        """Relevance ``(B, C, T, H, W)`` of one explainer: cached clips from disk, the others through Captum.
+
+        The overhead metric gets each clip's explanation time (the stored one for cache hits).
+        """
+        n = clips.shape[0]
+        entries: list[Any] = [None] * n
+        keys: list[str] | None = None
+        if clip_ids is not None and self.cache is not None:
+            keys = [self.cache.key(self._model_hash or "", self._explainer_keys[name], cid, int(t))
+                    for cid, t in zip(clip_ids, targets.tolist())]
+            entries = self.cache.lookup(keys)
+        missing = [i for i, e in enumerate(entries) if e is None]
+        fresh: torch.Tensor | None = None
+        per_clip = 0.0
+        if missing:
+            idx = torch.tensor(missing, device=clips.device)
+            sub_clips = clips if len(missing) == n else clips[idx]
+            sub_targets = targets if len(missing) == n else targets[idx]
+            with OverheadTimer(pl_module.device) as timer:
+                fresh = explainer(net, sub_clips, target=sub_targets).detach()
+            per_clip = timer.ms / len(missing)
+            if keys is not None and self.cache is not None:
+                for j, i in enumerate(missing):
+                    self.cache.put(keys[i], fresh[j], per_clip)
+        if fresh is not None and len(missing) == n:
+            out = fresh
+        else:
+            shape = entries[next(i for i, e in enumerate(entries) if e is not None)].relevance.shape
+            out = torch.empty((n, *shape), dtype=clips.dtype, device=clips.device)
+            for i, e in enumerate(entries):
+                if e is not None:
+                    out[i] = e.relevance.to(device=clips.device, dtype=clips.dtype)
+            if fresh is not None:
+                out[torch.tensor(missing, device=clips.device)] = fresh.to(out.dtype)
+        # One value per timed batch (its time / its clips): clips of one batch share that value, so feeding it
+        # per clip would fake a spread of 0. Cache hits carry the per-clip time of the batch that made them.
+        times = [per_clip if e is None else e.ms for e in entries]
+        self.metrics["overhead"][_safe(name)].update(list(dict.fromkeys(times)))
+        return out
 
     def _flow(self, explained: ExplainedBatch, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         starts = batch.get("start")
@@ -289,6 +382,13 @@ class AttributionCallback(pl.Callback):
             _put(values, prefix, "agreement", f"{a}~{c}", self.metrics["agreement"][_safe(f"{a}~{c}")].compute(),
                  "iou")
         values[f"{prefix}/explained_clips"] = float(_global_sum(self._seen, pl_module))
+        if self.cache is not None:
+            info = self.cache.info()
+            values[f"{prefix}/cache_hits"] = float(_global_sum(info["hits"], pl_module))
+            values[f"{prefix}/cache_misses"] = float(_global_sum(info["misses"], pl_module))
+            values[f"{prefix}/cache_corrupt"] = float(_global_sum(info["corrupt"], pl_module))
+            values[f"{prefix}/cache_bytes"] = float(info["bytes"])
+            values[f"{prefix}/cache_enabled"] = float(self.cache.enabled)
         if self.flow is not None:
             values[f"{prefix}/flow_skipped_clips"] = float(_global_sum(self.skipped_flow_clips, pl_module))
             if self.skipped_flow_clips:
@@ -376,7 +476,7 @@ class SelectiveRelevanceCallback(pl.Callback):
                 sel = selective_relevance(rel, list(self.sigmas), padding=self.padding)
             # time per clip and sigma: the selective step's cost for one map
             per_map = timer.ms / (rel.shape[0] * len(self.sigmas))
-            self.metrics["overhead"]["selective"].update([per_map] * rel.shape[0])
+            self.metrics["overhead"]["selective"].update([per_map])  # one timed call: one value
             for sigma, sel_map in zip(self.sigmas, sel):
                 key = _safe(name + self.suffix(sigma))
                 if b.moves is not None:

@@ -20,6 +20,7 @@ runs batched on any device and needs no compilation.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -105,6 +106,32 @@ def _view(buf: Tensor, *shape: int) -> Tensor:
     return buf[: math.prod(shape)].view(shape)
 
 
+@functools.lru_cache(maxsize=16)
+def _sobel_t(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The 3x3x3 Sobel kernel ``h_t`` of SPEC §1 as a conv3d weight ``(1, 1, 3, 3, 3)`` (cross-correlation)."""
+    b = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    smooth = b[:, None] * b[None, :]
+    kernel = torch.stack([smooth, torch.zeros_like(smooth), -smooth])
+    return kernel.view(1, 1, 3, 3, 3).to(dtype=dtype, device=device)
+
+
+def _gradient_conv(relevance: Tensor, out: Tensor, replicate: bool) -> Tensor:
+    """``G`` by one padded single-channel conv3d on ``S``: the accelerator path (few kernel launches).
+
+    On a GPU the per-launch cost dominates the slicing path's dozen small ops (measured on an H200: 0.67 ms
+    per clip against 0.18 ms for one cuDNN conv3d), while on a CPU conv3d is the slow one; hence two paths
+    that compute the same ``G``.
+    """
+    s = relevance.sum(1, keepdim=True)
+    sp = F.pad(s, (1, 1, 1, 1, 1, 1), mode="replicate" if replicate else "constant")
+    g = F.conv3d(sp, _sobel_t(relevance.dtype, relevance.device))
+    return torch.abs(g[:, 0], out=out)
+
+
+def _use_conv(device: torch.device) -> bool:
+    return device.type != "cpu"
+
+
 def _gradient_into(relevance: Tensor, out: Tensor, replicate: bool, bufs: tuple[Tensor, Tensor]) -> Tensor:
     """Write ``G`` of ``relevance`` ``(b, C, T, H, W)`` into ``out`` ``(b, T, H, W)``; ``bufs`` are scratch.
 
@@ -112,6 +139,8 @@ def _gradient_into(relevance: Tensor, out: Tensor, replicate: bool, bufs: tuple[
     padding) and the spatial ``[1, 2, 1]`` smoothing, as two ``[1, 1]`` box filters per axis, is plain
     shifted adds: few tensor ops, since the fixed per-op cost matters at these sizes.
     """
+    if _use_conv(relevance.device):
+        return _gradient_conv(relevance, out, replicate)
     a, b = bufs
     nb, channels, t, h, w = relevance.shape
     # 1. channel sum S (explicit adds: cheaper than a strided reduction over a short dim).
@@ -145,7 +174,8 @@ def _gradient_into(relevance: Tensor, out: Tensor, replicate: bool, bufs: tuple[
 def _chunks(relevance: Tensor) -> Iterator[tuple[slice, int]]:
     """Clip ranges of at most ``_CHUNK_VOXELS`` voxels (at least one clip) and the scratch size they need."""
     nb, _, t, h, w = relevance.shape
-    step = max(1, _CHUNK_VOXELS // (t * (h + 2) * (w + 2)))
+    # Accelerators take the whole batch at once (their allocator caches the temporaries).
+    step = nb if _use_conv(relevance.device) else max(1, _CHUNK_VOXELS // (t * (h + 2) * (w + 2)))
     for start in range(0, nb, step):
         stop = min(start + step, nb)
         yield slice(start, stop), (stop - start) * t * (h + 2) * (w + 2)
@@ -161,6 +191,10 @@ def _thresholds(g: Tensor, sigmas: list[float], scratch: Tensor) -> Tensor:
     """
     flat = g.reshape(g.shape[0], -1)
     nb, n = flat.shape
+    if n > 1 and _use_conv(g.device):
+        thr = _thresholds_on_device(flat, sigmas)
+        if thr is not None:
+            return thr
     if n > 1:
         dev = torch.sub(flat, flat.mean(1, keepdim=True), out=_view(scratch, nb, n))
         stats = torch.stack([torch.linalg.vector_norm(dev, dim=1), flat.amax(1), flat.amin(1)])
@@ -181,6 +215,18 @@ def _thresholds(g: Tensor, sigmas: list[float], scratch: Tensor) -> Tensor:
         stds = [math.inf] * nb  # a single voxel: G is constant
     thr = [[sigma * std if std < math.inf else math.inf for std in stds] for sigma in sigmas]
     return torch.tensor(thr, dtype=g.dtype, device=g.device)
+
+
+def _thresholds_on_device(flat: Tensor, sigmas: list[float]) -> Tensor | None:
+    """Accelerator version of :func:`_thresholds` for ``flat`` ``(b, N)``: the statistics stay on the device
+    (one host sync, for the finiteness check); ``None`` when a std is not finite, so that the host path can
+    retry in float64 or name the clip with NaN/Inf."""
+    std = flat.std(dim=1)
+    if not bool(torch.isfinite(std).all()):
+        return None
+    constant = flat.amax(1) <= flat.amin(1)
+    never = torch.full_like(std, math.inf)
+    return torch.stack([torch.where(constant, never, std * sigma) for sigma in sigmas])
 
 
 def _check_finite_small_t(relevance: Tensor, padding: str) -> None:

@@ -47,6 +47,9 @@ class VideoClassifier(pl.LightningModule):
         net_config: the net's config (plain dict with ``_target_``), stored in checkpoints.
         preprocessing: the data's transform config (plain dict), stored in checkpoints.
         class_names: names of the classes, stored in checkpoints.
+        pretrained: optional weights in the C3D port's layout (Sports-1M ``c3d.pickle``) loaded into ``net``
+            before training (``model.pretrained=…``); the final layer is re-initialised when its class count
+            differs. Not stored in checkpoints (they hold the trained weights).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class VideoClassifier(pl.LightningModule):
         net_config: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         class_names: list[str] | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         if optimizer is not None and not callable(optimizer):
@@ -67,9 +71,13 @@ class VideoClassifier(pl.LightningModule):
             )
         # Partials are kept out of the checkpoint's hyperparameters: torch.load(weights_only=True), which
         # Lightning uses when resuming, refuses to unpickle them.
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "pretrained"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        if pretrained:
+            from motion_relevance.models.pretrained import load_pretrained
+
+            load_pretrained(net, pretrained)
         self.net = net
         num_classes = int(getattr(net, "num_classes", 0)) or None
         if num_classes is None:

@@ -29,17 +29,17 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(
-            f"model.net.pretrained={str(file)!r} does not exist; download the Sports-1M C3D port (c3d.pickle) "
-            "and point model.net.pretrained to it, or set model.net.pretrained=null to train from scratch"
+            f"model.pretrained={str(file)!r} does not exist; download the Sports-1M C3D port (c3d.pickle) "
+            "and point model.pretrained to it, or set model.pretrained=null to train from scratch"
         )
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"model.net.pretrained={str(file)!r} is not a readable PyTorch state dict: {err}") from err
+        raise ValueError(f"model.pretrained={str(file)!r} is not a readable PyTorch state dict: {err}") from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"model.net.pretrained={str(file)!r} does not hold a state dict (name -> tensor)")
+        raise ValueError(f"model.pretrained={str(file)!r} does not hold a state dict (name -> tensor)")
     state = dict(obj)
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
@@ -72,7 +72,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, reinit_he
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
         raise ValueError(
-            f"model.net.pretrained={str(path)!r} does not fit this model — " + " | ".join(parts)
+            f"model.pretrained={str(path)!r} does not fit this model — " + " | ".join(parts)
             + ". Expected the C3D port's layout (conv1.weight … fc8.bias) at width 1.0, clip_len 16, crop 112."
         )
     head_fits = all(state[k].shape == own[k].shape for k in head_keys)
