@@ -85,9 +85,8 @@ def test_val_split_by_group_is_deterministic() -> None:
 
 def test_fast_dev_run_trains_on_the_real_partial_tree(tmp_path: Path) -> None:
     """One training/validation/test step of the real UCF-101 path on the partial tree, missing videos counted."""
-    from tests.conftest import compose_config
-
     from motion_relevance.train import train
+    from tests.conftest import compose_config
 
     cfg = compose_config(
         "train",

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 from motion_relevance.explain_app import explain
 from motion_relevance.models.checkpoint import load_classifier

@@ -53,7 +53,9 @@ def test_checkpoints_csv_and_resume(train_cfg) -> None:
 
 def test_wandb_offline_run_holds_metric_names(train_cfg, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = train_cfg("logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+    cfg = train_cfg(
+        "logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"
+    )
     from motion_relevance.utils.run import finish_wandb
 
     try:

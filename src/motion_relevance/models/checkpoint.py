@@ -41,7 +41,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The raw checkpoint dict; clear errors for a missing or unreadable file."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(file)!r} does not exist; pass ckpt_path=<run folder>/checkpoints/last.ckpt")
+        raise FileNotFoundError(
+            f"ckpt_path={str(file)!r} does not exist; pass ckpt_path=<run folder>/checkpoints/last.ckpt"
+        )
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds of errors on bad files
