@@ -103,7 +103,8 @@ PLAN: dict[str, dict[str, Any]] = {
         "est_s": 120,
         "device": False,
     },
-    "bench_sweeps": {"full": [], "quick": [], "timeout": 300, "est_s": 120, "device": False},
+    "bench_sweeps": {"full": [], "quick": ["--scenarios", "small", "--clips", "4"], "timeout": 900, "est_s": 330,
+                     "device": False},
 }
 UNKNOWN = {"full": [], "quick": [], "timeout": 300, "est_s": None, "device": False}
 QUICK_TIMEOUT = 600

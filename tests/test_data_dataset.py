@@ -149,3 +149,27 @@ def test_hydra_configs_instantiate(tmp_path: Path) -> None:
     ms = instantiate(cfg.data)
     assert ms.num_classes == 8 and ms.generator == MotionShapesConfig()  # yaml mirrors the dataclass defaults
     assert str(ms.root) == str(tmp_path / "data" / "motion_shapes")
+
+
+def test_eval_order_shuffles_videos_but_keeps_their_clips_together(tree: Path, tmp_path: Path) -> None:
+    common = {"generator": TINY, "crop_size": 32, "num_workers": 0, "cache_dir": tmp_path / "cache",
+              "val_fraction": 0.5, "clip_len": 8}
+    listed = MotionShapesDataModule(tree, eval_order="listed", **common)
+    shuffled = MotionShapesDataModule(tree, eval_order="shuffled", **common)
+    for dm in (listed, shuffled):
+        dm.setup("test")
+    a, b = listed.datasets["test"], shuffled.datasets["test"]
+    videos_a = [a.items[vi].path for vi, _ in a.samples]
+    videos_b = [b.items[vi].path for vi, _ in b.samples]
+    assert sorted(zip(videos_a, (s for _, s in a.samples))) == sorted(zip(videos_b, (s for _, s in b.samples)))
+    assert videos_a != videos_b  # another order ...
+    runs = [v for i, v in enumerate(videos_b) if i == 0 or videos_b[i - 1] != v]
+    assert len(runs) == len(set(videos_b))  # ... with each video's clips consecutive (decoded once)
+    labels_a = [a.items[vi].label for vi, _ in a.samples][:4]
+    labels_b = [b.items[vi].label for vi, _ in b.samples][:4]
+    assert len(set(labels_b)) > len(set(labels_a))  # the first clips span more classes
+    again = MotionShapesDataModule(tree, eval_order="shuffled", **common)
+    again.setup("test")
+    assert [s for s in again.datasets["test"].samples] == [s for s in b.samples]  # seeded: same on every rank
+    with pytest.raises(ValueError, match="eval_order"):
+        MotionShapesDataModule(tree, eval_order="random", **common)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ class VideoDataModule(pl.LightningDataModule):
         hflip: random horizontal flips in training (off for mirror-sensitive labels such as directions).
         mean, std, scale, channel_order: normalisation ``(x / scale - mean) / std`` in ``channel_order``.
         val_fraction, val_seed: share of training *groups* held out for validation (deterministic).
+        eval_order: order of the validation/test videos: ``"shuffled"`` (default; a fixed permutation seeded by
+            ``val_seed``, each video's clips kept together so that it is decoded once) makes the first N clips
+            that the explanation callbacks take (``num_clips``) a class-balanced sample instead of the first
+            classes of the list; ``"listed"`` keeps the split file's order. Metrics over all clips do not change.
         test_sampling, clips_per_video: evaluation clips, ``"all"`` non-overlapping or ``"uniform"`` K.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
         decoder, decoder_threads: ``"decord"`` or ``"opencv"`` and threads per reader.
@@ -75,6 +80,7 @@ class VideoDataModule(pl.LightningDataModule):
         channel_order: str = "RGB",
         val_fraction: float = 0.1,
         val_seed: int = 0,
+        eval_order: str = "shuffled",
         test_sampling: str = "all",
         clips_per_video: int = 1,
         batch_size: int = 16,
@@ -105,6 +111,7 @@ class VideoDataModule(pl.LightningDataModule):
             raise ValueError(f"val_fraction={val_fraction!r} out of range: allowed [0, 0.9]")
         self.val_fraction = float(val_fraction)
         self.val_seed = int(val_seed)
+        self.eval_order = check_choice("eval_order", eval_order, ("shuffled", "listed"))
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.allow_missing = bool(allow_missing)
@@ -182,6 +189,9 @@ class VideoDataModule(pl.LightningDataModule):
         }
         for name, its in items.items():
             train = name == "train"
+            if not train and self.eval_order == "shuffled":
+                its = list(its)
+                random.Random(self.val_seed).shuffle(its)
             self.datasets[name] = VideoClipDataset(
                 items=its,
                 sampling="random" if train else self.test_sampling,

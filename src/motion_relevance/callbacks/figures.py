@@ -77,7 +77,7 @@ def describe_rows(labels: torch.Tensor, targets: torch.Tensor, class_names: Sequ
     def name(i: int) -> str:
         return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
 
-    return [f"{name(int(a))} / pred {name(int(b))}" for a, b in zip(labels, targets)]
+    return [f"{name(int(a))}\npred {name(int(b))}" for a, b in zip(labels, targets)]
 
 
 def concat_kept(batches: Sequence[Any], limit: int) -> dict[str, Any]:
