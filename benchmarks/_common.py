@@ -9,7 +9,17 @@ import platform
 from pathlib import Path
 from typing import Any
 
+
 # MR_BENCH_RESULTS_DIR redirects every benchmark's output (run_all.py --quick, gpu_check.sh use it).
+def shared_data() -> Path:
+    """The team's real clips: $MR_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
+    root = Path(__file__).resolve().parents[1]
+    for candidate in (os.environ.get("MR_SHARED_DATA"), root.parent / "shared" / "data", "/work/shared/data"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return root.parent / "shared" / "data"
+
+
 RESULTS_DIR = Path(os.environ.get("MR_BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 
 

@@ -22,11 +22,11 @@ import cv2
 import decord
 import numpy as np
 import torch
-from _common import write_results
+from _common import shared_data, write_results
 
 from motion_relevance.metrics import FlowEstimator, agreement, compute_flow, motion_precision, moving_mask
 
-DATA = Path("/work/shared/data")
+DATA = shared_data()
 VIDEOS = [
     DATA / "videos/arm_wrestling.mp4",
     DATA / "videos/flipping_a_pancake.mkv",

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import shared_data, write_results  # noqa: E402
 
 from motion_relevance.data import (  # noqa: E402
     ClipTransform,
@@ -37,7 +37,7 @@ from motion_relevance.data import (  # noqa: E402
 )
 from motion_relevance.data.sampling import clip_indices  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = shared_data()
 VIDEOS = [
     "ucf101_mini/UCF-101/Basketball/v_Basketball_g01_c01.avi",
     "ucf101_mini/UCF-101/SoccerJuggling/v_SoccerJuggling_g23_c01.avi",

@@ -32,14 +32,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import shared_data, write_results  # noqa: E402
 
 from motion_relevance.models import C3D  # noqa: E402
 
 # The data stack (decord, OpenCV, Lightning) is imported where needed, so that ``--only full --full-data tensor``
 # runs where only torch is installed (a bare GPU machine).
 
-DATA = Path("/work/shared/data")
+DATA = shared_data()
 REAL_VIDEOS = [
     "ucf101_mini/UCF-101/Basketball/v_Basketball_g01_c01.avi",
     "ucf101_mini/UCF-101/SoccerJuggling/v_SoccerJuggling_g23_c01.avi",

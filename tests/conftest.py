@@ -15,8 +15,19 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-SHARED = ROOT.parent / "shared"
-SHARED_DATA = SHARED / "data"
+
+
+def _shared_data() -> Path:
+    """The team's real test clips: $MR_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
+    candidates = [os.environ.get("MR_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
+SHARED = SHARED_DATA.parent
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -1,4 +1,4 @@
-"""UCF-101 split handling on the real partial tree /work/shared/data/ucf101_mini (read-only: caches in tmp)."""
+"""UCF-101 split handling on the real partial tree shared/data/ucf101_mini (read-only: caches in tmp)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 
 from motion_relevance.data import VideoIndex, VideoItem, load_split, read_class_ind, split_by_group
 from motion_relevance.datamodules import VideoDataModule
+from tests.conftest import SHARED_DATA
 
-MINI = Path("/work/shared/data/ucf101_mini")
+MINI = SHARED_DATA / "ucf101_mini"
 pytestmark = pytest.mark.skipif(not MINI.is_dir(), reason="ucf101_mini not available")
 
 
