@@ -29,7 +29,6 @@ import torch
 from _common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 PHASES = ("flow", "explainers", "selective", "logging", "figures")
 
 
@@ -114,19 +113,9 @@ def find_checkpoint(given: str | None, workdir: Path) -> tuple[Path, str]:
 
 
 def compose(name: str, overrides: list[str]) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from motion_relevance.utils.compose import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.extras.print_config = False
-    return cfg
+    return compose_config(name, overrides)
 
 
 def run_once(ckpt: Path, workdir: Path, clips: int, flow_cache: Path, tag: str) -> dict[str, Any]:

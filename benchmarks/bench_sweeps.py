@@ -26,15 +26,12 @@ from typing import Any
 
 import torch
 from _common import write_results
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from motion_relevance.explain_app import explain
 from motion_relevance.train import train
+from motion_relevance.utils.compose import compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 DATA = [
     "data.generator.classes=[right,left,up,down]",
     "data.generator.videos_per_class=16",
@@ -48,14 +45,7 @@ DATA = [
 
 
 def _compose(name: str, overrides: list[str], out: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.extras.print_config = False
-    return cfg
+    return compose_config(name, overrides, out)
 
 
 #: Scenarios: the small C3D of the demo (explanations are cheap, per-job fixed costs dominate) and the full C3D

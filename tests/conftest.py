@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+
+from motion_relevance.utils.compose import compose_config as _compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -51,14 +50,9 @@ TINY_DATA = [
 
 def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfig:
     """Compose ``conf/<name>.yaml`` as Hydra would, with outputs under ``tmp_path``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
+    cfg = _compose(name, overrides, tmp_path / "run")
     with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
         cfg.paths.log_dir = str(tmp_path / "logs")
-        cfg.extras.print_config = False
     return cfg
 
 
@@ -84,3 +78,19 @@ def train_cfg(tmp_path: Path, data_root: Path) -> Callable[..., DictConfig]:
         return compose_config("train", base + list(overrides), tmp_path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """A tiny model trained for one epoch on the tiny data (its quality does not matter; never modify it)."""
+    from motion_relevance.train import train
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = compose_config(
+        "train",
+        [f"paths.data_dir={data_root}", f"paths.cache_dir={data_root}/cache", "logger=csv", "callbacks=default",
+         "~callbacks.progress_bar", "trainer.max_epochs=1", "test=false", *TINY_DATA],
+        tmp,
+    )
+    train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

@@ -17,20 +17,6 @@ from tests.conftest import TINY_DATA, compose_config
 METHODS = ("dtd", "gradcam", "gbp", "guided_gradcam")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
-    """A tiny model trained for one epoch (its quality does not matter here)."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = compose_config(
-        "train",
-        [f"paths.data_dir={data_root}", f"paths.cache_dir={data_root}/cache", "logger=csv", "callbacks=default",
-         "~callbacks.progress_bar", "trainer.max_epochs=1", "test=false", *TINY_DATA],
-        tmp,
-    )
-    train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-
-
 def _explain_cfg(tmp_path: Path, data_root: Path, ckpt: Path, *overrides: str):
     return compose_config(
         "explain",

@@ -30,20 +30,6 @@ from tests.conftest import ROOT, TINY_DATA, compose_config
 FEW_EXPLAINERS = ["~explainer@explainers.gbp", "~explainer@explainers.guided_gradcam"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
-    """A tiny model trained for one epoch (its quality does not matter here)."""
-    tmp = tmp_path_factory.mktemp("sweep_ckpt")
-    cfg = compose_config(
-        "train",
-        [f"paths.data_dir={data_root}", f"paths.cache_dir={data_root}/cache", "logger=csv", "callbacks=default",
-         "~callbacks.progress_bar", "trainer.max_epochs=1", "test=false", *TINY_DATA],
-        tmp,
-    )
-    train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-
-
 def _common(data_root: Path, ckpt: Path, cache_dir: Path) -> list[str]:
     return [f"paths.data_dir={data_root}", f"paths.cache_dir={data_root}/cache", f"cache.dir={cache_dir}",
             f"ckpt_path={ckpt}", "~callbacks.progress_bar", "extras.print_config=false", "num_clips=2",

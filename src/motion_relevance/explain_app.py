@@ -30,14 +30,7 @@ from motion_relevance.models.module import VideoClassifier
 from motion_relevance.report import write_tables
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
-from motion_relevance.utils.run import (
-    apply_extras,
-    finish_wandb,
-    loggable_config,
-    metric_value,
-    to_python,
-    write_metrics,
-)
+from motion_relevance.utils.run import loggable_config, metric_value, run_and_record, to_python
 from motion_relevance.utils.validation import ensure_writable_dir
 
 log = logging.getLogger(__name__)
@@ -232,16 +225,7 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
-    output_dir = Path(cfg.paths.output_dir)
-    apply_extras(cfg)
-    metrics: dict[str, Any] = {}
-    try:
-        metrics, _ = explain(cfg)
-    finally:
-        finish_wandb()
-        if metrics:
-            write_metrics(output_dir, metrics)
-        print(f"Run folder: {output_dir}", flush=True)
+    metrics = run_and_record(cfg, explain)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
-from motion_relevance.utils.run import apply_extras, finish_wandb, loggable_config, metric_value, write_metrics
+from motion_relevance.utils.run import loggable_config, metric_value, run_and_record
 from motion_relevance.utils.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -124,17 +124,7 @@ def _print_summary(metrics: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
-    output_dir = Path(cfg.paths.output_dir)
-    apply_extras(cfg)
-    metrics: dict[str, Any] = {}
-    try:
-        metrics, _ = train(cfg)
-    finally:
-        finish_wandb()
-        if metrics:
-            write_metrics(output_dir, metrics)
-        _print_summary(metrics)
-        print(f"Run folder: {output_dir}", flush=True)
+    metrics = run_and_record(cfg, train, _print_summary)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

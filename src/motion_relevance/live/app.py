@@ -47,7 +47,7 @@ from motion_relevance.live.windows import POLICIES, Pacer, SlidingWindow, Window
 from motion_relevance.models.checkpoint import LoadedClassifier, load_classifier
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
-from motion_relevance.utils.run import apply_extras, finish_wandb, loggable_config, to_python, write_metrics
+from motion_relevance.utils.run import loggable_config, run_and_record, to_python
 from motion_relevance.utils.validation import ensure_writable_dir
 
 log = logging.getLogger(__name__)
@@ -543,16 +543,7 @@ def _log_summary(loggers: list[Any], metrics: Mapping[str, Any], timeline: Path 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="live")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the measured windows/s."""
-    output_dir = Path(cfg.paths.output_dir)
-    apply_extras(cfg)
-    metrics: dict[str, Any] = {}
-    try:
-        metrics, _ = run(cfg)
-    finally:
-        finish_wandb()
-        if metrics:
-            write_metrics(output_dir, metrics)
-        print(f"Run folder: {output_dir}", flush=True)
+    metrics = run_and_record(cfg, run)
     value = metrics.get("live/windows_per_s")
     return None if value is None or not math.isfinite(value) else float(value)
 

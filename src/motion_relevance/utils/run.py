@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +107,25 @@ def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
             "Set optimized_metric to one of them."
         )
     return float(to_python(metrics[name]))
+
+
+def run_and_record(
+    cfg: DictConfig,
+    task: Callable[[DictConfig], tuple[dict[str, Any], dict[str, Any]]],
+    summary: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run an entry point's ``task(cfg)`` so that nothing is lost when it fails: W&B is finished, the metrics
+    gathered so far go to ``metrics.json`` and ``Run folder: <path>`` is always the last line printed."""
+    output_dir = Path(cfg.paths.output_dir)
+    apply_extras(cfg)
+    metrics: dict[str, Any] = {}
+    try:
+        metrics, _ = task(cfg)
+    finally:
+        finish_wandb()
+        if metrics:
+            write_metrics(output_dir, metrics)
+        if summary is not None:
+            summary(metrics)
+        print(f"Run folder: {output_dir}", flush=True)
+    return metrics
