@@ -157,3 +157,21 @@ def test_too_many_corrupt_videos_stop_the_run(train_cfg, tmp_path: Path) -> None
 def test_metrics_json_is_valid_json_with_nan(tmp_path: Path) -> None:
     path = write_metrics(tmp_path, {"a": torch.tensor(1.5), "b": float("nan"), "c": "x"})
     assert json.loads(path.read_text()) == {"a": 1.5, "b": None, "c": "x"}
+
+
+def test_cpu_threads_leave_a_core_per_worker(monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from motion_relevance.utils.run import cpu_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    cfg = OmegaConf.create({"threads": "auto", "trainer": {"accelerator": "cpu"}, "data": {"num_workers": 2}})
+    assert cpu_threads(cfg) == 2
+    cfg.data.num_workers = 8
+    assert cpu_threads(cfg) == 1  # never below one
+    cfg.trainer.accelerator = "gpu"
+    assert cpu_threads(cfg) is None  # the GPU does the work
+    assert cpu_threads(OmegaConf.create({"threads": 3})) == 3
+    assert cpu_threads(OmegaConf.create({"threads": None})) is None
+    with pytest.raises(ValueError, match="threads"):
+        cpu_threads(OmegaConf.create({"threads": 0}))

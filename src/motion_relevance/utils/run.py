@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -55,8 +56,39 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def cpu_threads(cfg: DictConfig) -> int | None:
+    """Torch intra-op threads for ``cfg.threads``: an int, ``null`` (torch's default) or ``auto``.
+
+    ``auto`` leaves one core to each DataLoader worker when the run is on the CPU: ``max(1, usable cores -
+    data.num_workers)``. Oversubscribing the cores is far worse than using fewer threads: measured here on 2
+    cores with 2 workers and one other busy process, 2 epochs of the demo took 229 s with 2 threads and 39 s
+    with 1 (each of torch's small ops waits on a thread that has no core).
+    """
+    threads = cfg.get("threads", None)
+    if threads is None:
+        return None
+    if str(threads) != "auto":
+        value = int(threads)
+        if value < 1:
+            raise ValueError(f"threads={threads!r}: allowed values are auto, null or an integer >= 1")
+        return value
+    trainer = cfg.get("trainer") or {}
+    if str(trainer.get("accelerator", "cpu")) not in ("cpu", "auto") or (
+        str(trainer.get("accelerator")) == "auto" and torch.cuda.is_available()
+    ):
+        return None  # the GPU does the work: keep torch's default for the host side
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = int((cfg.get("data") or {}).get("num_workers", 0) or 0)
+    return max(1, usable - workers)
+
+
 def apply_extras(cfg: DictConfig) -> None:
-    """Optional niceties from ``cfg.extras``: print the config tree, silence warnings."""
+    """Run-wide settings before any work: torch CPU threads (``cfg.threads``), and the niceties of
+    ``cfg.extras`` (print the config tree, silence warnings)."""
+    threads = cpu_threads(cfg)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        log.info("torch CPU threads: %d", threads)
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
