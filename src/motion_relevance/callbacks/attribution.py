@@ -217,10 +217,10 @@ class AttributionCallback(pl.Callback):
         self._start(trainer, "test")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._explain(trainer, pl_module, batch, "validate")
+        self._explain(trainer, pl_module, batch, "validate", outputs)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._explain(trainer, pl_module, batch, "test")
+        self._explain(trainer, pl_module, batch, "test", outputs)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, pl_module, "validate")
@@ -230,7 +230,8 @@ class AttributionCallback(pl.Callback):
 
     # --------------------------------------------------------------- explain
     def _explain(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Mapping[str, Any], stage: str
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Mapping[str, Any], stage: str,
+        outputs: Any = None,
     ) -> None:
         if not self._active or batch.get("clip") is None or batch["clip"].numel() == 0:
             return
@@ -245,8 +246,12 @@ class AttributionCallback(pl.Callback):
         net.eval()
         try:
             with torch.inference_mode(False), torch.enable_grad():
+                step_logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
                 if self.target == "label":
                     targets = labels
+                elif step_logits is not None and step_logits.shape[0] >= clips.shape[0]:
+                    # the evaluation step's own prediction: no second forward pass
+                    targets = step_logits[: clips.shape[0]].argmax(dim=1).to(clips.device)
                 else:
                     with torch.no_grad():
                         targets = net(clips).argmax(dim=1)

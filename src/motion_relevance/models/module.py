@@ -121,16 +121,24 @@ class VideoClassifier(pl.LightningModule):
                  batch_size=clips.shape[0])
         if on_step:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=clips.shape[0])
+        self._last_logits = logits.detach()
         return loss
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def _eval_step(self, batch: Mapping[str, Any], stage: str) -> dict[str, torch.Tensor] | None:
+        """Evaluation steps return the batch's logits ``(B, num_classes)`` so that callbacks (the explanation
+        callback's predicted-class targets) need no second forward pass."""
+        if self._shared_step(batch, stage) is None:
+            return None
+        return {"logits": self._last_logits}
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        return self._eval_step(batch, "test")
 
     def on_train_start(self) -> None:
         # Sanity-check validation must not leak into the best-accuracy tracker.
