@@ -118,7 +118,8 @@ def explanation_grid_figure(
     line_in = _TITLE_FONT * 1.25 / 72.0
     head = 2 * line_in + 0.06
     top = head + (_SUPTITLE_FONT * 1.6 / 72.0 if title else 0.0)
-    left = (_TITLE_FONT * 1.6 / 72.0 + 0.04) if row_labels is not None else _MARGIN
+    label_lines = max((str(lab).count("\n") + 1 for lab in row_labels), default=1) if row_labels is not None else 0
+    left = (label_lines * _TITLE_FONT * 1.3 / 72.0 + 0.08) if row_labels is not None else _MARGIN
     fig_w = left + n_cols * pw + (n_cols - 1) * _GAP + _MARGIN
     fig_h = top + n_rows * ph + (n_rows - 1) * _GAP + _MARGIN
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
