@@ -80,21 +80,27 @@ class RandomClips(Dataset):
         }
 
 
-def small_loader(workers: int, batch: int) -> tuple[DataLoader, int]:
-    """The default motion_shapes training loader (conf/data/motion_shapes.yaml) with ``workers``; 8 classes."""
+def shapes_loader(root: str, workers: int, batch: int, **options: Any) -> tuple[DataLoader, int]:
+    """A motion_shapes training loader (conf/data/motion_shapes.yaml defaults plus ``options``), its classes."""
     from motion_relevance.datamodules import MotionShapesDataModule
 
     dm = MotionShapesDataModule(
-        CACHE / "motion_shapes",
+        CACHE / root,
         batch_size=batch,
         num_workers=workers,
         persistent_workers=True,
         masks=True,
         cache_dir=CACHE / "index",
         index_threads=2,
+        **options,
     )
     dm.setup("fit")
     return dm.train_dataloader(), dm.num_classes
+
+
+def small_loader(workers: int, batch: int) -> tuple[DataLoader, int]:
+    """The default motion_shapes training loader with ``workers``; 8 classes."""
+    return shapes_loader("motion_shapes", workers, batch)
 
 
 def full_loader(workers: int, batch: int, data: str) -> tuple[DataLoader, int]:
@@ -111,23 +117,10 @@ def full_loader(workers: int, batch: int, data: str) -> tuple[DataLoader, int]:
         VideoItem,
         collate_skipping,
     )
-    from motion_relevance.datamodules import MotionShapesDataModule
-
     if data == "shapes":
         gen = MotionShapesConfig(frame_size=(128, 171), videos_per_class=16, num_groups=8, test_groups=2)
-        dm = MotionShapesDataModule(
-            CACHE / "motion_shapes_128x171",
-            generator=gen,
-            crop_size=112,
-            batch_size=batch,
-            num_workers=workers,
-            persistent_workers=True,
-            masks=True,
-            cache_dir=CACHE / "index",
-            index_threads=2,
-        )
-        dm.setup("fit")
-        return dm.train_dataloader(), 101
+        loader, _ = shapes_loader("motion_shapes_128x171", workers, batch, generator=gen, crop_size=112)
+        return loader, 101  # the full C3D keeps its 101 outputs (throughput only)
     index = VideoIndex.build(DATA, REAL_VIDEOS, None, num_threads=2, progress=False)
     items = [VideoItem(rel, i, "g01") for i, rel in enumerate(REAL_VIDEOS)] * 8  # 40 random windows per epoch
     ds = VideoClipDataset(

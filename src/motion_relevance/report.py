@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from motion_relevance.utils.mapping import flatten_mapping
+
 TABLES: dict[str, tuple[str, ...]] = {
     "table1_precision": ("precision",),
     "table2_agreement": ("agreement",),
@@ -120,17 +122,6 @@ def write_tables(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "
 
 
 # ------------------------------------------------------------------ multirun
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _job_overrides(job: Path) -> dict[str, str]:
     overrides = job / ".hydra" / "overrides.yaml"
     if not overrides.exists():
@@ -147,7 +138,7 @@ def _job_config(job: Path) -> dict[str, Any]:
         return {}
     import yaml
 
-    return _flatten(yaml.safe_load(config.read_text()) or {})
+    return flatten_mapping(yaml.safe_load(config.read_text()) or {})
 
 
 _MULTI_SIGMA = re.compile(r"^(?P<base>.+)_selective_s(?P<sigma>[0-9.eE+-]+)$")

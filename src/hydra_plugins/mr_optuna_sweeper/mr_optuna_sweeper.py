@@ -37,6 +37,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from motion_relevance.utils.mapping import flatten_mapping
+
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
@@ -62,16 +64,9 @@ def distribution_from_override(override: Override) -> Any:
     raise NotImplementedError(f"{override.input_line}: glob sweeps are not supported by the Optuna sweeper")
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def _flatten(params: Mapping[str, Any]) -> dict[str, str]:
     """``{"selective": {"sigma": "interval(1,5)"}}`` and ``{"selective.sigma": …}`` alike -> dotted keys."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = str(value)
-    return flat
+    return {name: str(value) for name, value in flatten_mapping(params).items()}
 
 
 def _job_dir(ret: Any) -> str:

@@ -22,6 +22,7 @@ All numbers go through ``torchmetrics`` metrics with sum-type states, so they ar
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -68,6 +69,13 @@ class ExplainedBatch:
     mask: torch.Tensor | None = None  # (B, T, H, W) bool: ground-truth motion (synthetic data)
     frames: torch.Tensor | None = None  # (B, T, H, W, 3) uint8 RGB, CPU
     videos: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def relevance_sum(self) -> dict[str, torch.Tensor]:
+        """method -> channel sum ``(B, 1, T, H, W)``: every metric starts from it (SPEC §4: ``P(X) = X.sum(C) > 0``,
+        ``R+ = max(X.sum(C), 0)``), so it is taken once per batch and method; a one-channel map sums to itself,
+        so the metrics see the same numbers bit for bit."""
+        return {name: rel.sum(dim=1, keepdim=True) for name, rel in self.relevance.items()}
 
 
 def _metric_dict(factory: Callable[[], Metric], names: Sequence[str]) -> nn.ModuleDict:
@@ -357,8 +365,7 @@ class AttributionCallback(pl.Callback):
 
     def _measure(self, b: ExplainedBatch) -> None:
         device = b.clips.device
-        # channel sums once per method: every metric starts from them (see on_explained)
-        sums = {name: rel.sum(dim=1, keepdim=True) for name, rel in b.relevance.items()}
+        sums = b.relevance_sum
         for name, rel_sum in sums.items():
             key = _safe(name)
             if b.moves is not None:
@@ -484,10 +491,9 @@ class SelectiveRelevanceCallback(pl.Callback):
             # time per clip and sigma: the selective step's cost for one map
             per_map = timer.ms / (rel.shape[0] * len(self.sigmas))
             self.metrics["overhead"]["selective"].update([per_map])  # one timed call: one value
-            # Every metric starts from the channel sum (SPEC §4: P(X) = X.sum(C) > 0, R+ = max(X.sum(C), 0)), and
-            # the selective mask is shared by the channels, so the channel sums are taken once here: the metrics
-            # see the same numbers bit for bit (one channel sums to itself) at a third of the memory traffic.
-            rel_sum = rel.sum(dim=1, keepdim=True)
+            # The selective mask is shared by the channels, so the selective maps also reach the metrics as
+            # channel sums (see ExplainedBatch.relevance_sum).
+            rel_sum = b.relevance_sum[name]
             for sigma, sel_map in zip(self.sigmas, sel):
                 key = _safe(name + self.suffix(sigma))
                 sel_sum = sel_map.sum(dim=1, keepdim=True)

@@ -98,7 +98,10 @@ class VideoClassifier(pl.LightningModule):
         return self.net(clips)
 
     # ------------------------------------------------------------------ steps
-    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
+    def _shared_step(
+        self, batch: Mapping[str, Any], stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Loss and logits ``(B, num_classes)`` of a batch, metrics logged; None when no clip decoded."""
         skipped = list(batch.get("skipped", []) or [])
         n_ok = 0 if batch.get("clip") is None else int(batch["clip"].shape[0])
         self.failures[stage].update(n_ok, skipped)
@@ -121,18 +124,17 @@ class VideoClassifier(pl.LightningModule):
                  batch_size=clips.shape[0])
         if on_step:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=clips.shape[0])
-        self._last_logits = logits.detach()
-        return loss
+        return loss, logits
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self._shared_step(batch, "train")
+        result = self._shared_step(batch, "train")
+        return None if result is None else result[0]
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str) -> dict[str, torch.Tensor] | None:
         """Evaluation steps return the batch's logits ``(B, num_classes)`` so that callbacks (the explanation
         callback's predicted-class targets) need no second forward pass."""
-        if self._shared_step(batch, stage) is None:
-            return None
-        return {"logits": self._last_logits}
+        result = self._shared_step(batch, stage)
+        return None if result is None else {"logits": result[1].detach()}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         return self._eval_step(batch, "val")
