@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import math
 import warnings
 from collections import OrderedDict
 
@@ -483,3 +484,19 @@ def test_full_size_c3d_gradcam_shape() -> None:
     model = C3D(num_classes=101)
     relevance = GradCAM(layer="conv5b")(model, torch.randn(1, 3, 16, 112, 112))
     assert relevance.shape == (1, 1, 16, 112, 112) and (relevance >= 0).all()
+
+
+def test_check_finite_fast_path_keeps_overflowing_but_finite_tensors() -> None:
+    """check_finite clears tensors by their sum; a finite tensor whose sum overflows must still pass, and a single
+    NaN or Inf anywhere must still be caught and counted."""
+    from motion_relevance.explain.validation import check_finite
+
+    big = torch.full((4, 8), 3e38)  # finite, but the float32 sum is inf
+    assert not torch.isfinite(big.sum())
+    check_finite(big, "big")
+    for bad in (math.nan, math.inf, -math.inf):
+        x = torch.randn(2, 3, 4, 5, 6)
+        x[1, 2, 3, 4, 5] = bad
+        with pytest.raises(ValueError, match="1 NaN/Inf"):
+            check_finite(x, "x")
+    check_finite(torch.empty(0), "empty")

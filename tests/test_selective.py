@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import correlate
 
-from motion_relevance.explain import selective
+from motion_relevance.explain import _selective_kernel, selective
 from motion_relevance.explain.selective import selective_mask, selective_relevance, temporal_gradient
+
+
+@pytest.fixture(params=["kernel", "tensor_ops"], autouse=True)
+def cpu_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both CPU implementations: the compiled kernel and the tensor-op one."""
+    if request.param == "tensor_ops":
+        with selective.tensor_ops():
+            yield request.param
+        return
+    if _selective_kernel.library() is None:
+        pytest.skip("the compiled CPU kernel is not built in this install (see test_compiled_kernel_is_built)")
+    yield request.param
+
 
 _B = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64)
 #: the 3x3x3 Sobel kernel of SPEC §1, index 0 = t-1
@@ -62,6 +76,7 @@ def test_accelerator_conv_path_matches_reference(
 ) -> None:
     """The conv3d path used on GPUs (forced here on the CPU) computes the same G and masks."""
     monkeypatch.setattr(selective, "_use_conv", lambda device: True)
+    monkeypatch.setattr(selective, "_use_kernel", lambda relevance: False)
     r = structured(shape, seed=sum(shape) + 1)
     for sigma in (0.0, 2.5):
         g_ref, sel_ref, mask_ref = reference(r, sigma, padding)
@@ -101,6 +116,7 @@ def test_chunked_batches_equal_whole_batch(monkeypatch: pytest.MonkeyPatch) -> N
     whole = selective_relevance(rel, [1.0, 2.0])
     g_whole = temporal_gradient(rel)
     monkeypatch.setattr(selective, "_CHUNK_VOXELS", 2 * 6 * 12 * 14)  # two clips per chunk
+    monkeypatch.setattr(selective, "_KERNEL_CHUNK_VOXELS", 2 * 6 * 10 * 12)
     torch.testing.assert_close(selective_relevance(rel, [1.0, 2.0]), whole, rtol=0, atol=0)
     torch.testing.assert_close(temporal_gradient(rel), g_whole, rtol=0, atol=0)
 
@@ -177,3 +193,12 @@ def test_bad_inputs_raise_clear_errors() -> None:
             selective_relevance(broken)
         with pytest.raises(ValueError, match="NaN or Inf"):
             selective_relevance(broken[:, :, 2:3], padding="zeros")
+
+
+def test_non_contiguous_input(cpu_backend: str) -> None:
+    base = torch.from_numpy(structured((2, 3, 6, 9, 8), seed=11))
+    view = base.transpose(3, 4)  # (2, 3, 6, 8, 9), not contiguous
+    assert not view.is_contiguous()
+    torch.testing.assert_close(
+        selective_relevance(view, 1.0), selective_relevance(view.contiguous(), 1.0), rtol=0, atol=0
+    )

@@ -13,13 +13,20 @@ For a relevance tensor ``R`` of shape ``(B, C, T, H, W)``:
 5. ``R_sel = R * mask`` (one mask for every channel).
 
 The implementation never builds the 27-tap kernel: since ``B`` is linear, ``G = |B(S[t-1] - S[t+1])|``,
-so it takes one temporal difference and two separable ``[1,2,1]`` passes, each written as two shifted
-adds (``[1,2,1] = [1,1] * [1,1]``) on the channel-summed map. Everything is plain tensor slicing, so it
-runs batched on any device and needs no compilation.
+a temporal difference and two separable ``[1,2,1]`` passes. Three back ends compute the same ``G`` and masks:
+
+* CPU, float32/float64: fused C++ kernels (``_selective_cpu.cpp``, compiled at install time, loaded by
+  :mod:`._selective_kernel`): ``G`` plane by plane in cache with its statistics, then one mask-multiply pass;
+* CPU otherwise, or when the package was installed without a C++ compiler: tensor slicing (shifted adds,
+  ``[1,2,1] = [1,1] * [1,1]``), also the reference for the kernel in the tests; :func:`tensor_ops` forces it;
+* other devices (CUDA): one padded single-channel ``conv3d`` and device-side thresholds.
+
+None of them compiles anything at import or first use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -29,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["selective_mask", "selective_relevance", "temporal_gradient"]
+from motion_relevance.explain import _selective_kernel as kernel
+
+__all__ = ["selective_mask", "selective_relevance", "temporal_gradient", "tensor_ops"]
 
 _PADDINGS = ("replicate", "zeros")
 
@@ -85,6 +94,7 @@ class _Workspace(threading.local):
 
     def __init__(self) -> None:
         self.buffers: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
+        self.kernel_scratch: dict[tuple[str, torch.dtype], Tensor] = {}
 
     def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         if device.type != "cpu":
@@ -94,6 +104,13 @@ class _Workspace(threading.local):
             bufs = tuple(torch.empty(numel, dtype=dtype) for _ in range(3))  # type: ignore[assignment]
             self.buffers[dtype] = bufs  # type: ignore[assignment]
         return bufs  # type: ignore[return-value]
+
+    def scratch(self, numel: int, dtype: torch.dtype, slot: str = "threads") -> Tensor:
+        """A CPU buffer of at least ``numel`` elements for the compiled kernel (``slot``: what it holds)."""
+        buf = self.kernel_scratch.get((slot, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = self.kernel_scratch[(slot, dtype)] = torch.empty(numel, dtype=dtype)
+        return buf
 
 
 _WORKSPACE = _Workspace()
@@ -235,6 +252,77 @@ def _check_finite_small_t(relevance: Tensor, padding: str) -> None:
         raise ValueError("relevance contains NaN or Inf")
 
 
+_KERNEL_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def tensor_ops() -> Iterator[None]:
+    """Within this block (in this thread), compute selective relevance on CPU with tensor ops instead of the
+    compiled kernel: the same results, for comparisons and benchmarks."""
+    previous = getattr(_KERNEL_STATE, "disabled", False)
+    _KERNEL_STATE.disabled = True
+    try:
+        yield
+    finally:
+        _KERNEL_STATE.disabled = previous
+
+
+def _use_kernel(relevance: Tensor) -> bool:
+    return (
+        relevance.device.type == "cpu"
+        and relevance.dtype in kernel.KERNEL_DTYPES
+        and not getattr(_KERNEL_STATE, "disabled", False)
+        and kernel.library() is not None
+    )
+
+
+#: Clips per kernel call: 8 clips of 16x112x112 (one G buffer of about 6.4 MB float32 per thread). Measured on 2
+#: CPU cores, whole batches of 8 beat 1-2 clips per call; the cap bounds the buffer for large batches.
+_KERNEL_CHUNK_VOXELS = 8 * 16 * 112 * 112
+
+
+def _kernel_chunks(
+    relevance: Tensor, padding: str, out: Tensor | None = None
+) -> Iterator[tuple[slice, Tensor, Tensor, list[float]]]:
+    """Compiled-kernel path: per chunk, clip range, the contiguous relevance chunk, ``G`` ``(b, T, H, W)`` (in
+    ``out[sl]`` when ``out`` is given, else in a reused buffer) and the per-clip stds (``inf``: constant ``G``)."""
+    relevance = relevance.contiguous()
+    nb_all, _, t, h, w = relevance.shape
+    n = t * h * w
+    step = max(1, _KERNEL_CHUNK_VOXELS // n)
+    scratch = _WORKSPACE.scratch(kernel.scratch_size(h, w), relevance.dtype)
+    for start in range(0, nb_all, step):
+        sl = slice(start, min(start + step, nb_all))
+        nb = sl.stop - sl.start
+        if out is not None:
+            g = out[sl].view(nb, t, h, w)
+        else:
+            g = _WORKSPACE.get(nb * n, relevance.dtype, relevance.device)[0][: nb * n].view(nb, t, h, w)
+        chunk = relevance[sl]
+        stats = kernel.gradient_stats(chunk, g, padding == "replicate", scratch)
+        yield sl, chunk, g, _stds_from_stats(stats, n, sl.start)
+
+
+def _stds_from_stats(stats: list[float], n: int, first_clip: int) -> list[float]:
+    """Per-clip unbiased std of ``G`` from the kernel's ``[mean, m2, min, max]`` per clip; ``inf`` for a constant
+    ``G`` (``max == min``: an all-zero mask) or a single voxel."""
+    stds = []
+    for i in range(0, len(stats), kernel.STATS_PER_CLIP):
+        mean, m2, low, high = stats[i : i + kernel.STATS_PER_CLIP]
+        if not (math.isfinite(mean) and math.isfinite(m2)):
+            raise ValueError(
+                f"relevance of clip {first_clip + i // kernel.STATS_PER_CLIP} contains NaN or Inf; check the "
+                "explainer's output (torch.isfinite(R).all()) before selective relevance"
+            )
+        stds.append(math.sqrt(m2 / (n - 1)) if n > 1 and high > low else math.inf)
+    return stds
+
+
+def _limits(stds: list[float], sigma: float) -> list[float]:
+    """Thresholds ``sigma * std`` per clip, keeping ``inf`` (``0 * inf`` would be NaN)."""
+    return [sigma * std if std < math.inf else math.inf for std in stds]
+
+
 def temporal_gradient(relevance: Tensor, *, padding: str = "replicate") -> Tensor:
     """Temporal edge map ``G = |h_t * R.sum(C)|`` of SPEC §1, shape ``(B, 1, T, H, W)``, ``G >= 0``.
 
@@ -246,6 +334,11 @@ def temporal_gradient(relevance: Tensor, *, padding: str = "replicate") -> Tenso
     _check_padding(padding)
     replicate = padding == "replicate"
     out = relevance.new_empty((relevance.shape[0], 1, *relevance.shape[2:]))
+    if _use_kernel(relevance):
+        _check_finite_small_t(relevance, padding)
+        for _ in _kernel_chunks(relevance, padding, out=out):
+            pass
+        return out
     for sl, numel in _chunks(relevance):
         a, b, _ = _WORKSPACE.get(numel, relevance.dtype, relevance.device)
         _gradient_into(relevance[sl], out[sl, 0], replicate, (a, b))
@@ -275,6 +368,13 @@ def selective_mask(relevance: Tensor, sigma: float | Sequence[float] = 4.0, *, p
     sigmas, many = _sigmas(sigma)
     shape = (relevance.shape[0], 1, *relevance.shape[2:])
     out = torch.empty((len(sigmas), *shape), dtype=torch.bool, device=relevance.device)
+    if _use_kernel(relevance):
+        _check_finite_small_t(relevance, padding)
+        for sl, _, g, stds in _kernel_chunks(relevance, padding):
+            for i, sigma in enumerate(sigmas):
+                limits = torch.tensor(_limits(stds, sigma), dtype=g.dtype).view(-1, 1, 1, 1)
+                torch.gt(g, limits, out=out[i, sl, 0])
+        return out if many else out[0]
     for sl, g, thr, _ in _masks(relevance, sigmas, padding):
         for i in range(len(sigmas)):
             torch.gt(g, thr[i], out=out[i, sl])
@@ -305,6 +405,18 @@ def selective_relevance(
     _check_padding(padding)
     sigmas, many = _sigmas(sigma)
     out = relevance.new_empty((len(sigmas), *relevance.shape))
+    if _use_kernel(relevance):
+        _check_finite_small_t(relevance, padding)
+        t, h, w = relevance.shape[2:]
+        g_clip = _WORKSPACE.scratch(t * h * w, relevance.dtype, slot="g")
+        scratch = _WORKSPACE.scratch(kernel.scratch_size(h, w), relevance.dtype)
+        bad = kernel.selective(relevance.contiguous(), sigmas, padding == "replicate", out, g_clip, scratch)
+        if bad >= 0:
+            raise ValueError(
+                f"relevance of clip {bad} contains NaN or Inf; check the explainer's output "
+                "(torch.isfinite(R).all()) before selective relevance"
+            )
+        return out if many else out[0]
     for sl, g, thr, scratch in _masks(relevance, sigmas, padding):
         # A float 0/1 mask written straight by the comparison, then one broadcast multiply: on CPU much
         # faster than torch.where / masked_fill with a broadcast bool mask.

@@ -73,7 +73,14 @@ def check_clips(clips: Any) -> None:
 
 
 def check_finite(tensor: Tensor, what: str) -> None:
-    """Raise ``ValueError`` when ``tensor`` holds NaN or Inf."""
+    """Raise ``ValueError`` when ``tensor`` holds NaN or Inf.
+
+    A NaN or Inf makes the sum NaN or Inf, so one reduction (no boolean temporary: several times faster than
+    ``isfinite(x).all()``) clears the usual case; only a non-finite sum, which a finite tensor can also reach by
+    overflow, is checked element by element.
+    """
+    if tensor.numel() and bool(torch.isfinite(tensor.sum())):
+        return
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{what} contains {bad} NaN/Inf value(s); check the data pipeline / model for NaNs")
