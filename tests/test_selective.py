@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import correlate
 
 from motion_relevance.explain import _selective_kernel, selective
 from motion_relevance.explain.selective import selective_mask, selective_relevance, temporal_gradient
@@ -33,6 +32,8 @@ SOBEL_T = np.stack([_B, np.zeros((3, 3)), -_B])
 
 def reference(relevance: np.ndarray, sigma: float, padding: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SPEC §1 written literally: channel sum, 3-D correlation with the kernel, |.|, per-clip threshold."""
+    from scipy.ndimage import correlate  # here, so that other test modules can import `structured` without scipy
+
     mode = {"zeros": "constant", "replicate": "nearest"}[padding]
     s = relevance.sum(axis=1)
     g = np.stack([np.abs(correlate(clip, SOBEL_T, mode=mode, cval=0.0)) for clip in s])

@@ -23,7 +23,7 @@ def test_compiled_kernel_is_built() -> None:
     assert _selective_kernel.library() is not None, "reinstall with a C++ compiler: pip install -e ."
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
 @pytest.mark.parametrize("shape", [(1, 3, 16, 20, 24), (3, 2, 7, 9, 5), (2, 1, 1, 4, 4), (1, 3, 2, 1, 6)])
 def test_kernel_agrees_with_tensor_ops_for_any_thread_count(shape: tuple[int, ...], threads: int) -> None:
     """The kernel splits clips into frame ranges per thread; the result must not depend on the split. float64
