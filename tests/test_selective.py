@@ -203,3 +203,13 @@ def test_non_contiguous_input(cpu_backend: str) -> None:
     torch.testing.assert_close(
         selective_relevance(view, 1.0), selective_relevance(view.contiguous(), 1.0), rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_runs_and_agrees_with_float32(dtype: torch.dtype) -> None:
+    """Half precision (no compiled kernel: the tensor-op path) keeps its dtype and the float32 mask to rounding."""
+    rel = torch.randn(2, 3, 8, 20, 20, generator=torch.Generator().manual_seed(5))
+    out = selective_relevance(rel.to(dtype), [1.0, 2.0])
+    assert out.dtype == dtype and out.shape == (2, *rel.shape)
+    agree = (selective_mask(rel.to(dtype), 1.0) == selective_mask(rel, 1.0)).float().mean()
+    assert agree > 0.99
