@@ -297,7 +297,7 @@ def _kernel_chunks(
         if out is not None:
             g = out[sl].view(nb, t, h, w)
         else:
-            g = _WORKSPACE.get(nb * n, relevance.dtype, relevance.device)[0][: nb * n].view(nb, t, h, w)
+            g = _WORKSPACE.scratch(nb * n, relevance.dtype, slot="g_chunk")[: nb * n].view(nb, t, h, w)
         chunk = relevance[sl]
         stats = kernel.gradient_stats(chunk, g, padding == "replicate", scratch)
         yield sl, chunk, g, _stds_from_stats(stats, n, sl.start)
