@@ -18,8 +18,8 @@ if sys.platform == "win32":
     COMPILE, LINK, AVX2 = ["/O2", "/openmp"], [], ["/arch:AVX2"]
 else:
     # No -march=native: the library must run on any machine of the architecture it is copied to.
-    # -ffp-contract=off keeps every product and sum rounded as written (no FMA), so results do not depend on the
-    # compiler's choices or on which variant runs.
+    # -ffp-contract=off keeps every product and sum rounded as written (no FMA): both copies compute the same G;
+    # their statistics, summed in double in a different order, can differ only in the last bits of a double.
     COMPILE = ["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-fvisibility=hidden"]
     LINK, AVX2 = ["-fopenmp"], ["-mavx2"]
 

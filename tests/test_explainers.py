@@ -500,3 +500,33 @@ def test_check_finite_fast_path_keeps_overflowing_but_finite_tensors() -> None:
         with pytest.raises(ValueError, match="1 NaN/Inf"):
             check_finite(x, "x")
     check_finite(torch.empty(0), "empty")
+
+
+def test_eval_copy_is_isolated_from_the_callers_modules() -> None:
+    """The shallow module copy must not leak state back: train() overrides run, containers are the copy's own,
+    modules with custom pickling (torchmetrics) are deep-copied, weights are shared storage."""
+    import torchmetrics
+
+    from motion_relevance.explain._copy import eval_copy
+
+    class Flagged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flag = "train"
+            self.cache: dict[str, int] = {}
+
+        def train(self, mode: bool = True) -> Flagged:
+            self.flag = "train" if mode else "eval"
+            return super().train(mode)
+
+    model = nn.Sequential(OrderedDict(conv=nn.Conv3d(3, 4, 3), flagged=Flagged()))
+    model.metric = torchmetrics.MeanMetric()
+    copy_ = eval_copy(model)
+    assert not copy_.training and copy_.flagged.flag == "eval"
+    assert model.training and model.flagged.flag == "train"
+    copy_.flagged.cache["x"] = 1
+    copy_.conv.register_buffer("scratch", torch.zeros(1), persistent=False)
+    assert model.flagged.cache == {} and "scratch" not in model.conv._non_persistent_buffers_set
+    copy_.metric.update(torch.tensor(3.0))
+    assert model.metric.update_count == 0 and copy_.metric is not model.metric
+    assert copy_.conv.weight.data_ptr() == model.conv.weight.data_ptr() and not copy_.conv.weight.requires_grad

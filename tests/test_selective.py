@@ -213,3 +213,28 @@ def test_low_precision_runs_and_agrees_with_float32(dtype: torch.dtype) -> None:
     assert out.dtype == dtype and out.shape == (2, *rel.shape)
     agree = (selective_mask(rel.to(dtype), 1.0) == selective_mask(rel, 1.0)).float().mean()
     assert agree > 0.99
+
+
+@pytest.mark.parametrize("padding", ["replicate", "zeros"])
+def test_a_voxel_exactly_at_the_threshold_is_not_kept(padding: str) -> None:
+    """SPEC §1 keeps G > sigma * std strictly. S = [-1, 5, -4] on 1x1 frames: with replicate padding G = 16 * [6, 3, 9]
+    = [96, 48, 144], std = 48 exactly, so at sigma = 1 the middle frame sits on the threshold. Every path must
+    round the std as sqrt(m2 / (n - 1)) (exact here), not as norm / sqrt(n - 1) (one ulp low)."""
+    rel = torch.tensor([-1.0, 5.0, -4.0], dtype=torch.float64).view(1, 1, 3, 1, 1)
+    _, sel_ref, mask_ref = reference(rel.numpy(), 1.0, padding)
+    np.testing.assert_array_equal(selective_mask(rel, 1.0, padding=padding).numpy(), mask_ref)
+    np.testing.assert_array_equal(selective_relevance(rel, 1.0, padding=padding).numpy(), sel_ref)
+    if padding == "replicate":
+        assert mask_ref.ravel().tolist() == [True, False, True]
+
+
+def test_temporal_gradient_carries_nan_and_large_finite_values_pass() -> None:
+    """temporal_gradient returns G with NaN where the relevance has NaN (it does not judge, on any path); a float32
+    relevance with huge but finite values (sums of a row overflow float32) is still accepted."""
+    rel = torch.randn(1, 3, 6, 8, 8)
+    rel[0, 1, 2, 3, 3] = math.nan
+    g = temporal_gradient(rel)
+    assert torch.isnan(g).any() and torch.isfinite(g[:, :, 5]).all()
+    huge = torch.randn(1, 1, 4, 8, 112, generator=torch.Generator().manual_seed(2)) * 1e36
+    out = selective_relevance(huge, 1.0)
+    assert torch.isfinite(out).all() and torch.count_nonzero(out) > 0

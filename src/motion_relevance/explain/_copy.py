@@ -1,19 +1,22 @@
 """The model an explainer works on: an eval-mode copy that shares the caller's weights, and target selection.
 
-``eval_copy`` copies the module tree (every module object, its ``_modules``, ``_parameters``, ``_buffers`` and
-hook tables) and maps every parameter to a new ``nn.Parameter`` on the *same storage* (``p.data``,
-``requires_grad=False``, own version counter) and every buffer to an alias, so the copy costs no memory however
-large the model is, and well under a millisecond for C3D. Captum's LRP swaps ``weight.data`` for rewritten
-tensors (``.data = ...``, never in place) and restores the copy's state dict afterwards, so the caller's
-storage keeps its values; the caller's training flag, ``requires_grad`` flags, ``.grad`` fields and hooks are
-never touched, because hooks and flags live on the copy's own module objects. Other attributes (numbers,
-tuples, the hook functions themselves) are shared with the caller's modules, as in a shallow copy: explainers
-only ever assign attributes on the copy, which never reaches the caller. (A full ``copy.deepcopy`` did the
-same job at 2-4x the cost, the wrapper's largest fixed overhead on small models.)
+``eval_copy`` copies the module tree and maps every parameter to a new ``nn.Parameter`` on the *same storage*
+(``p.data``, ``requires_grad=False``, own version counter) and every buffer to an alias, so the copy costs no
+memory however large the model is, and well under a millisecond for C3D. Each module becomes a new object with
+its own attribute dict; containers in it (the ``_modules``/``_parameters``/``_buffers`` tables, hook tables,
+other dicts, lists and sets) are copied one level deep, other values (numbers, tuples, the hook functions) are
+shared; modules whose class customises pickling (``__getstate__``, e.g. torchmetrics metrics) are deep-copied as
+before. Captum's LRP swaps ``weight.data`` for rewritten tensors (``.data = ...``, never in place) and restores the
+copy's state dict afterwards, so the caller's storage keeps its values; the caller's training flag,
+``requires_grad`` flags, ``.grad`` fields and hooks are never touched, because hooks and flags live on the copy's
+own module objects. (A full ``copy.deepcopy`` of every module cost 2-4x more: the wrapper's largest fixed
+overhead on small models.)
 """
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -38,25 +41,46 @@ HOOK_DICTS = (
 )
 
 
+_CONTAINERS = (dict, list, set)
+_PLAIN_CONTAINERS = (dict, OrderedDict, list, set)  # copied by their constructor (copy.copy is 10x slower)
+
+
+def _custom_pickling(module: nn.Module) -> bool:
+    return type(module).__getstate__ is not nn.Module.__getstate__
+
+
 def eval_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` sharing its weight storage, with ``requires_grad=False`` parameters."""
-    parameters: dict[int, nn.Parameter] = {}
+    memo: dict[int, Any] = {}
     for p in model.parameters():
-        parameters[id(p)] = nn.Parameter(p.data, requires_grad=False)
+        memo[id(p)] = nn.Parameter(p.data, requires_grad=False)
+    for b in model.buffers():
+        memo[id(b)] = b.data
+    trainer = model.__dict__.get("_trainer")  # a LightningModule's trainer: share it, never copy it
+    if trainer is not None:
+        memo[id(trainer)] = trainer
     modules = list(model.modules())  # each module once, also when shared
-    copies: dict[int, Any] = {id(m): object.__new__(type(m)) for m in modules}
-    for module in modules:
+    plain = [m for m in modules if not _custom_pickling(m)]
+    for module in plain:
+        memo[id(module)] = object.__new__(type(module))
+    for module in modules:  # deep copies resolve plain descendants, parameters and buffers through the memo
+        if id(module) not in memo:
+            for sub in module.modules():
+                for attr in HOOK_DICTS:  # new tables, same hook functions (never deep-copy a hook's owner)
+                    hooks = sub.__dict__.get(attr)
+                    if hooks is not None:
+                        memo.setdefault(id(hooks), type(hooks)(hooks))
+            memo[id(module)] = copy.deepcopy(module, memo)
+    for module in plain:
         state = dict(module.__dict__)
-        state["training"] = False
-        state["_parameters"] = {k: None if p is None else parameters[id(p)] for k, p in module._parameters.items()}
-        state["_buffers"] = {k: None if b is None else b.data for k, b in module._buffers.items()}
-        state["_modules"] = {k: None if m is None else copies[id(m)] for k, m in module._modules.items()}
-        for attr in HOOK_DICTS:  # own hook tables: hooks an explainer adds stay on the copy
-            hooks = state.get(attr)
-            if hooks is not None:
-                state[attr] = type(hooks)(hooks)
-        copies[id(module)].__setstate__(state)
-    return copies[id(model)]
+        state["_parameters"] = {k: None if p is None else memo[id(p)] for k, p in module._parameters.items()}
+        state["_buffers"] = {k: None if b is None else memo[id(b)] for k, b in module._buffers.items()}
+        state["_modules"] = {k: None if m is None else memo[id(m)] for k, m in module._modules.items()}
+        for key, value in state.items():
+            if key not in ("_parameters", "_buffers", "_modules") and isinstance(value, _CONTAINERS):
+                state[key] = type(value)(value) if type(value) in _PLAIN_CONTAINERS else copy.copy(value)
+        memo[id(module)].__setstate__(state)
+    return memo[id(model)].eval()  # .eval(), not a flag: modules may override train()
 
 
 class TargetLogit(nn.Module):

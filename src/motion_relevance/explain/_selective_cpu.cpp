@@ -26,8 +26,7 @@
 
 namespace {
 
-// Statistics of one plane of G: sum (rows summed in the input precision, rows accumulated in double), sum of
-// squared deviations from the plane's mean (double), min, max. gradient() combines a clip's planes with Chan et
+// Statistics of one plane of G, all in double: sum, sum of squared deviations from the plane's mean, min, max. gradient() combines a clip's planes with Chan et
 // al.'s formula for parallel variance, so the clip's std needs no extra pass over G.
 struct Stats {
   double sum, m2, lo, hi;
@@ -96,14 +95,14 @@ Stats gradient_plane(const T* prev, const T* next, int64_t h, int64_t w, bool re
     v[0] = replicate ? v[1] : T(0);
     v[w + 1] = replicate ? v[w] : T(0);
     T* __restrict gr = g + y * w;
-    T row_sum = T(0);  // one row in the input precision (vectorises fully), rows accumulated in double
+    double row_sum = 0.0;  // double: a float32 row of large finite values must not overflow to inf
 #pragma omp simd reduction(+ : row_sum)
     for (int64_t x = 0; x < w; ++x) {
       const T value = std::fabs(v[x] + T(2) * v[x + 1] + v[x + 2]);
       gr[x] = value;
-      row_sum += value;
+      row_sum += static_cast<double>(value);
     }
-    sum += static_cast<double>(row_sum);
+    sum += row_sum;
     T* recycled = ring[0];
     ring[0] = ring[1];
     ring[1] = ring[2];
@@ -295,6 +294,9 @@ int64_t selective(const T* relevance, int64_t nb, int64_t channels, int64_t fram
 #endif
 
 extern "C" {
+
+// Version of this C interface; _selective_kernel.py refuses a library built from another version (a stale build).
+MR_EXPORT int64_t mr_abi_version() { return 1; }
 
 // Scratch elements the kernels need per thread.
 MR_EXPORT int64_t mr_scratch_per_thread(int64_t h, int64_t w) { return scratch_per_thread(h, w); }

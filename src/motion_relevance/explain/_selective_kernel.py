@@ -37,7 +37,17 @@ def _variants() -> list[str]:
     return ["_selective_cpu_avx2", *generic] if capability in ("AVX2", "AVX512") else generic
 
 
+#: The C interface this module speaks (``mr_abi_version`` of the library must match: a stale build is refused).
+ABI_VERSION = 1
+
+
 def _declare(lib: ctypes.CDLL) -> None:
+    lib.mr_abi_version.argtypes = []
+    lib.mr_abi_version.restype = _I64
+    if lib.mr_abi_version() != ABI_VERSION:
+        raise AttributeError(
+            f"interface version {lib.mr_abi_version()}, expected {ABI_VERSION} (a stale build: pip install -e .)"
+        )
     lib.mr_scratch_per_thread.argtypes = [_I64, _I64]
     lib.mr_scratch_per_thread.restype = _I64
     for suffix in _SUFFIX.values():
@@ -65,6 +75,7 @@ def library() -> ctypes.CDLL | None:
                 "selective relevance: cannot load the CPU kernel %s (%s); trying the next one", spec.origin, err
             )
             continue
+        _warn_if_two_openmp_runtimes()
         return lib
     log.info(
         "selective relevance: no compiled CPU kernel in this install; using the tensor-op implementation "
@@ -77,6 +88,23 @@ def variant() -> str | None:
     """Name of the loaded kernel build (``_selective_cpu_avx2`` or ``_selective_cpu``), or ``None``."""
     lib = library()
     return None if lib is None else lib.mr_variant
+
+
+def _warn_if_two_openmp_runtimes() -> None:
+    """The kernel links ``libgomp.so.1``; with PyTorch's own ``libgomp.so.1`` already loaded the loader reuses it
+    (one thread pool). A PyTorch built with another OpenMP (renamed libgomp, LLVM libomp, Intel iomp) would leave
+    two pools competing for the cores: correct results, slower. Linux only (reads /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            runtimes = {line.split()[-1] for line in maps if any(k in line for k in ("libgomp", "libomp", "libiomp"))}
+    except OSError:
+        return
+    if len(runtimes) > 1:
+        log.warning(
+            "selective relevance: two OpenMP runtimes are loaded (%s); the CPU kernel and PyTorch then use separate "
+            "thread pools, which may oversubscribe the cores",
+            ", ".join(sorted(runtimes)),
+        )
 
 
 #: Per-clip statistics the gradient kernel returns: mean of G, sum of squared deviations, min, max.

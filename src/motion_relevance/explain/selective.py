@@ -202,7 +202,9 @@ def _thresholds(g: Tensor, sigmas: list[float], scratch: Tensor) -> Tensor:
     """Per-clip thresholds ``sigma * std(G)`` for ``g`` ``(b, T, H, W)``: shape ``(len(sigmas), b)``.
 
     ``std`` is the unbiased standard deviation over the clip's ``T*H*W`` voxels, computed in two passes
-    (mean, then the norm of the deviations). A clip whose ``G`` is constant (``max == min`` exactly, so
+    (mean, then the sum of squared deviations ``m2``) as ``sqrt(m2 / (n - 1))``, the rounding of the reference
+    and of the compiled kernel (``norm / sqrt(n - 1)`` can land one ulp below a threshold that ``G`` hits
+    exactly). A clip whose ``G`` is constant (``max == min`` exactly, so
     rounding in the mean can never turn a constant map into a full mask) gets ``inf``: an all-zero mask.
     The per-clip statistics come to the host once (``b`` numbers each), which also checks for NaN/Inf.
     """
@@ -214,18 +216,18 @@ def _thresholds(g: Tensor, sigmas: list[float], scratch: Tensor) -> Tensor:
             return thr
     if n > 1:
         dev = torch.sub(flat, flat.mean(1, keepdim=True), out=_view(scratch, nb, n))
-        stats = torch.stack([torch.linalg.vector_norm(dev, dim=1), flat.amax(1), flat.amin(1)])
-        norms, highs, lows = stats.double().tolist()
-        for i, norm in enumerate(norms):
-            if not math.isfinite(norm):  # G**2 overflowed in low precision, or NaN/Inf in the relevance
+        stats = torch.stack([dev.square_().sum(1), flat.amax(1), flat.amin(1)])
+        m2s, highs, lows = stats.double().tolist()
+        for i, m2 in enumerate(m2s):
+            if not math.isfinite(m2):  # G**2 overflowed in low precision, or NaN/Inf in the relevance
                 wide = flat[i].double()
-                norms[i] = float(torch.linalg.vector_norm(wide - wide.mean()))
-                if not math.isfinite(norms[i]):
+                m2s[i] = float((wide - wide.mean()).square_().sum())
+                if not math.isfinite(m2s[i]):
                     raise ValueError(
                         f"relevance of clip {i} contains NaN or Inf; check the explainer's output "
                         "(torch.isfinite(R).all()) before selective relevance"
                     )
-        stds = [norm / math.sqrt(n - 1) if high > low else math.inf for norm, high, low in zip(norms, highs, lows)]
+        stds = [math.sqrt(m2 / (n - 1)) if high > low else math.inf for m2, high, low in zip(m2s, highs, lows)]
     else:
         if not bool(torch.isfinite(flat).all()):
             raise ValueError("relevance contains NaN or Inf")
@@ -282,10 +284,11 @@ _KERNEL_CHUNK_VOXELS = 8 * 16 * 112 * 112
 
 
 def _kernel_chunks(
-    relevance: Tensor, padding: str, out: Tensor | None = None
+    relevance: Tensor, padding: str, out: Tensor | None = None, with_stds: bool = True
 ) -> Iterator[tuple[slice, Tensor, Tensor, list[float]]]:
     """Compiled-kernel path: per chunk, clip range, the contiguous relevance chunk, ``G`` ``(b, T, H, W)`` (in
-    ``out[sl]`` when ``out`` is given, else in a reused buffer) and the per-clip stds (``inf``: constant ``G``)."""
+    ``out[sl]`` when ``out`` is given, else in a reused buffer) and the per-clip stds (``inf``: constant ``G``;
+    with ``with_stds=False`` an empty list, and NaN/Inf are not checked)."""
     relevance = relevance.contiguous()
     nb_all, _, t, h, w = relevance.shape
     n = t * h * w
@@ -300,7 +303,7 @@ def _kernel_chunks(
             g = _WORKSPACE.scratch(nb * n, relevance.dtype, slot="g_chunk")[: nb * n].view(nb, t, h, w)
         chunk = relevance[sl]
         stats = kernel.gradient_stats(chunk, g, padding == "replicate", scratch)
-        yield sl, chunk, g, _stds_from_stats(stats, n, sl.start)
+        yield sl, chunk, g, _stds_from_stats(stats, n, sl.start) if with_stds else []
 
 
 def _stds_from_stats(stats: list[float], n: int, first_clip: int) -> list[float]:
@@ -334,9 +337,8 @@ def temporal_gradient(relevance: Tensor, *, padding: str = "replicate") -> Tenso
     _check_padding(padding)
     replicate = padding == "replicate"
     out = relevance.new_empty((relevance.shape[0], 1, *relevance.shape[2:]))
-    if _use_kernel(relevance):
-        _check_finite_small_t(relevance, padding)
-        for _ in _kernel_chunks(relevance, padding, out=out):
+    if _use_kernel(relevance):  # like the other paths, G carries NaN/Inf through instead of raising
+        for _ in _kernel_chunks(relevance, padding, out=out, with_stds=False):
             pass
         return out
     for sl, numel in _chunks(relevance):
