@@ -52,3 +52,27 @@ def test_kernel_agrees_with_tensor_ops_for_any_thread_count(shape: tuple[int, ..
             assert (m32 != m32_want).float().mean() < 1e-3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.gpu
+def test_cuda_path_matches_cpu() -> None:
+    """On a CUDA device (one padded conv3d, thresholds on the device, one deferred finiteness check): the same
+    results as the CPU, exactly on float64 integer data; NaN still raises; constant relevance gives zeros."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    exact = torch.from_numpy(structured((3, 3, 9, 12, 10), seed=4))
+    for padding in ("replicate", "zeros"):
+        want = (temporal_gradient(exact, padding=padding), selective_relevance(exact, [0.0, 1.0, 2.5], padding=padding))
+        got = (
+            temporal_gradient(exact.cuda(), padding=padding),
+            selective_relevance(exact.cuda(), [0.0, 1.0, 2.5], padding=padding),
+        )
+        torch.testing.assert_close(tuple(x.cpu() for x in got), want, rtol=0, atol=0)
+        noisy = torch.randn(4, 3, 16, 56, 56)
+        agree = selective_mask(noisy.cuda(), 2.0, padding=padding).cpu() == selective_mask(noisy, 2.0, padding=padding)
+        assert agree.float().mean() > 0.9999
+    broken = torch.randn(2, 3, 6, 8, 8, device="cuda")
+    broken[1, 0, 3, 4, 4] = float("nan")
+    with pytest.raises(ValueError, match="clip 1 contains NaN or Inf"):
+        selective_relevance(broken, 2.0)
+    assert torch.count_nonzero(selective_relevance(torch.ones(2, 3, 6, 8, 8, device="cuda"), 0.0)) == 0

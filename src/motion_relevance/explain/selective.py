@@ -30,7 +30,7 @@ import contextlib
 import functools
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -198,8 +198,12 @@ def _chunks(relevance: Tensor) -> Iterator[tuple[slice, int]]:
         yield slice(start, stop), (stop - start) * t * (h + 2) * (w + 2)
 
 
-def _thresholds(g: Tensor, sigmas: list[float], scratch: Tensor) -> Tensor:
-    """Per-clip thresholds ``sigma * std(G)`` for ``g`` ``(b, T, H, W)``: shape ``(len(sigmas), b)``.
+def _thresholds(
+    g: Tensor, sigmas: list[float], scratch: Tensor, on_device: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """Per-clip thresholds ``sigma * std(G)`` for ``g`` ``(b, T, H, W)``: shape ``(len(sigmas), b)``, and ``None``
+    or, on an accelerator (``on_device``), a 0-dim bool tensor that the caller must find true once its work is
+    queued (see :func:`_for_each_chunk`).
 
     ``std`` is the unbiased standard deviation over the clip's ``T*H*W`` voxels, computed in two passes
     (mean, then the sum of squared deviations ``m2``) as ``sqrt(m2 / (n - 1))``, the rounding of the reference
@@ -210,10 +214,8 @@ def _thresholds(g: Tensor, sigmas: list[float], scratch: Tensor) -> Tensor:
     """
     flat = g.reshape(g.shape[0], -1)
     nb, n = flat.shape
-    if n > 1 and _use_conv(g.device):
-        thr = _thresholds_on_device(flat, sigmas)
-        if thr is not None:
-            return thr
+    if n > 1 and on_device and _use_conv(g.device):
+        return _thresholds_on_device(flat, sigmas)
     if n > 1:
         dev = torch.sub(flat, flat.mean(1, keepdim=True), out=_view(scratch, nb, n))
         stats = torch.stack([dev.square_().sum(1), flat.amax(1), flat.amin(1)])
@@ -233,19 +235,20 @@ def _thresholds(g: Tensor, sigmas: list[float], scratch: Tensor) -> Tensor:
             raise ValueError("relevance contains NaN or Inf")
         stds = [math.inf] * nb  # a single voxel: G is constant
     thr = [[sigma * std if std < math.inf else math.inf for std in stds] for sigma in sigmas]
-    return torch.tensor(thr, dtype=g.dtype, device=g.device)
+    return torch.tensor(thr, dtype=g.dtype, device=g.device), None
 
 
-def _thresholds_on_device(flat: Tensor, sigmas: list[float]) -> Tensor | None:
-    """Accelerator version of :func:`_thresholds` for ``flat`` ``(b, N)``: the statistics stay on the device
-    (one host sync, for the finiteness check); ``None`` when a std is not finite, so that the host path can
-    retry in float64 or name the clip with NaN/Inf."""
+def _thresholds_on_device(flat: Tensor, sigmas: list[float]) -> tuple[Tensor, Tensor]:
+    """Accelerator version of :func:`_thresholds` for ``flat`` ``(b, N)``: statistics, thresholds and the flag
+    "every std is finite" stay on the device, with no host sync (a sync in the middle would leave the device idle
+    while the host queues the remaining kernels: at batch 1 that doubled the time of the whole step)."""
     std = flat.std(dim=1)
-    if not bool(torch.isfinite(std).all()):
-        return None
-    constant = flat.amax(1) <= flat.amin(1)
-    never = torch.full_like(std, math.inf)
-    return torch.stack([torch.where(constant, never, std * sigma) for sigma in sigmas])
+    low, high = torch.aminmax(flat, dim=1)
+    thr = torch.empty((len(sigmas), flat.shape[0]), dtype=flat.dtype, device=flat.device)
+    for i, sigma in enumerate(sigmas):
+        torch.mul(std, sigma, out=thr[i])
+    thr.masked_fill_(high <= low, math.inf)  # constant G: an all-zero mask
+    return thr, torch.isfinite(std).all()
 
 
 def _check_finite_small_t(relevance: Tensor, padding: str) -> None:
@@ -347,8 +350,11 @@ def temporal_gradient(relevance: Tensor, *, padding: str = "replicate") -> Tenso
     return out
 
 
-def _masks(relevance: Tensor, sigmas: list[float], padding: str) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
-    """Per chunk: clip range, ``G`` ``(b, 1, T, H, W)`` (scratch), thresholds ``(S, b, 1, 1, 1, 1)``, scratch."""
+def _masks(
+    relevance: Tensor, sigmas: list[float], padding: str, on_device: bool
+) -> Iterator[tuple[slice, Tensor, Tensor, Tensor, Tensor | None]]:
+    """Per chunk: clip range, ``G`` ``(b, 1, T, H, W)`` (scratch), thresholds ``(S, b, 1, 1, 1, 1)``, scratch, and
+    the pending finiteness flag of :func:`_thresholds`."""
     _check_finite_small_t(relevance, padding)
     replicate = padding == "replicate"
     nb_t_h_w = relevance.shape[2:]
@@ -356,8 +362,25 @@ def _masks(relevance: Tensor, sigmas: list[float], padding: str) -> Iterator[tup
         a, b, c = _WORKSPACE.get(numel, relevance.dtype, relevance.device)
         nb = sl.stop - sl.start
         g = _gradient_into(relevance[sl], _view(c, nb, *nb_t_h_w), replicate, (a, b))
-        thr = _thresholds(g, sigmas, a)
-        yield sl, g.unsqueeze(1), thr.view(len(sigmas), nb, 1, 1, 1, 1), a
+        thr, finite = _thresholds(g, sigmas, a, on_device)
+        yield sl, g.unsqueeze(1), thr.view(len(sigmas), nb, 1, 1, 1, 1), a, finite
+
+
+def _for_each_chunk(
+    relevance: Tensor, sigmas: list[float], padding: str, consume: Callable[[slice, Tensor, Tensor, Tensor], None]
+) -> None:
+    """Tensor-op and accelerator paths: ``consume(clips, G, thresholds, scratch)`` per chunk. On an accelerator the
+    finiteness of the statistics is checked once, after all work is queued; if it fails (NaN/Inf in the relevance,
+    or ``G**2`` overflowing a low-precision std), everything is redone with host statistics, which retry in
+    float64 or raise ``ValueError`` naming the clip."""
+    pending = []
+    for sl, g, thr, scratch, finite in _masks(relevance, sigmas, padding, on_device=True):
+        consume(sl, g, thr, scratch)
+        if finite is not None:
+            pending.append(finite)
+    if pending and not bool(torch.stack(pending).all()):
+        for sl, g, thr, scratch, _ in _masks(relevance, sigmas, padding, on_device=False):
+            consume(sl, g, thr, scratch)
 
 
 def selective_mask(relevance: Tensor, sigma: float | Sequence[float] = 4.0, *, padding: str = "replicate") -> Tensor:
@@ -377,9 +400,12 @@ def selective_mask(relevance: Tensor, sigma: float | Sequence[float] = 4.0, *, p
                 limits = torch.tensor(_limits(stds, sigma), dtype=g.dtype).view(-1, 1, 1, 1)
                 torch.gt(g, limits, out=out[i, sl, 0])
         return out if many else out[0]
-    for sl, g, thr, _ in _masks(relevance, sigmas, padding):
+
+    def write(sl: slice, g: Tensor, thr: Tensor, scratch: Tensor) -> None:
         for i in range(len(sigmas)):
             torch.gt(g, thr[i], out=out[i, sl])
+
+    _for_each_chunk(relevance, sigmas, padding, write)
     return out if many else out[0]
 
 
@@ -419,11 +445,14 @@ def selective_relevance(
                 "(torch.isfinite(R).all()) before selective relevance"
             )
         return out if many else out[0]
-    for sl, g, thr, scratch in _masks(relevance, sigmas, padding):
+
+    def write(sl: slice, g: Tensor, thr: Tensor, scratch: Tensor) -> None:
         # A float 0/1 mask written straight by the comparison, then one broadcast multiply: on CPU much
         # faster than torch.where / masked_fill with a broadcast bool mask.
         mask = g if len(sigmas) == 1 else _view(scratch, *g.shape)
         for i in range(len(sigmas)):
             torch.gt(g, thr[i], out=mask)
             torch.mul(relevance[sl], mask, out=out[i, sl])
+
+    _for_each_chunk(relevance, sigmas, padding, write)
     return out if many else out[0]
