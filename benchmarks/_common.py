@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks: machine description and result writing (JSON + markdown)."""
+"""Shared helpers for benchmarks: machine description, result writing (JSON + markdown), interleaved timing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +74,35 @@ def write_results(name: str, results: dict[str, Any], markdown: str | None = Non
         md_path = RESULTS_DIR / f"{name}.md"
         md_path.write_text(markdown.rstrip() + "\n")
     return json_path, md_path
+
+
+def interleaved_timings(
+    cases: dict[str, Callable[[], object]], repeats: dict[str, int], warmup: int = 2, device: str = "cpu"
+) -> dict[str, list[float]]:
+    """Seconds per call of each case, timed in rounds of one call per case in a shuffled order (so no case always
+    runs right after another that warmed or flushed the caches for it); a case drops out after its repeats."""
+
+    def sync() -> None:
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases)
+    shuffle = random.Random(0).shuffle
+    for round_ in range(max(repeats.values())):
+        shuffle(order)
+        for name in order:
+            fn = cases[name]
+            if round_ >= repeats[name]:
+                continue
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            out[name].append(time.perf_counter() - start)
+    return out

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
-from _common import write_results
+from _common import interleaved_timings, write_results
 from captum.attr import LRP, GuidedGradCam, LayerAttribution, LayerGradCam
 from captum.attr import GuidedBackprop as CaptumGBP
 from torch import nn
@@ -39,24 +39,6 @@ def timings(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[flo
         start = time.perf_counter()
         fn()
         out.append(time.perf_counter() - start)
-    return out
-
-
-def paired_timings(
-    first: Callable[[], object], second: Callable[[], object], repeats: int, warmup: int = 1
-) -> tuple[list[float], list[float]]:
-    """Seconds per call of two functions timed alternately (ab, ba, ab, ...), so that drifts of a shared machine
-    and cache effects hit both alike: the comparison of the wrapper with the bare Captum call needs that."""
-    for _ in range(warmup):
-        first()
-        second()
-    out: tuple[list[float], list[float]] = ([], [])
-    for i in range(repeats):
-        order = ((0, first), (1, second)) if i % 2 == 0 else ((1, second), (0, first))
-        for slot, fn in order:
-            start = time.perf_counter()
-            fn()
-            out[slot].append(time.perf_counter() - start)
     return out
 
 
@@ -126,11 +108,17 @@ def bench_models(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                     for p in eval_model.parameters():
                         p.requires_grad_(False)
                     target = eval_model(clips).argmax(1)
-                    bare, ours = paired_timings(
-                        lambda m=eval_model, c=clips, t=target, n=name: bare_captum(n, m, c, t),
-                        lambda e=explainer, c=clips, t=target, m=model: e(m, c, t),
-                        repeats * args.overhead_factor if label.startswith("small") else max(2, repeats),
+                    pairs = repeats * args.overhead_factor if label.startswith("small") else max(2, repeats)
+                    # timed in interleaved rounds, so drifts of a shared machine hit both alike
+                    seconds_of = interleaved_timings(
+                        {
+                            "bare": lambda m=eval_model, c=clips, t=target, n=name: bare_captum(n, m, c, t),
+                            "ours": lambda e=explainer, c=clips, t=target, m=model: e(m, c, t),
+                        },
+                        {"bare": pairs, "ours": pairs},
+                        warmup=1,
                     )
+                    bare, ours = seconds_of["bare"], seconds_of["ours"]
                     row["bare_captum_ms"] = per_clip(bare, batch)["median_ms"]
                     row["ours_same_target_ms"] = per_clip(ours, batch)["median_ms"]
                     row["wrapper_overhead_pct"] = 100 * (row["ours_same_target_ms"] / row["bare_captum_ms"] - 1)
@@ -223,7 +211,8 @@ def main() -> None:
         f"# Explainer cost per clip (CPU, {args.threads} torch threads)\n\n"
         "Time per clip in ms (target = predicted class). `sel %` = selective relevance time / explainer time. "
         "`bare` = the Captum call the explainer wraps (given the target, eval model prepared beforehand); "
-        "`overhead` = our call with the same target vs bare, timed alternately (medians; `min`: fastest calls); "
+        "`overhead` = our call with the same target vs bare, timed in interleaved rounds (medians; `min`: "
+        "fastest calls); "
         "`wrapper's own cost` = our call with the Captum work replaced by its result (checks, eval copy, target, "
         "output check), in ms per clip and in % of bare: the overhead without the noise of two long runs.\n\n"
         "| model | B | explainer | median ms/clip | min | selective ms/clip | sel % | bare Captum ms/clip "

@@ -19,14 +19,12 @@ load included: the start-up cost). Run:
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import write_results
+from _common import interleaved_timings, write_results
 
 from motion_relevance.explain import _selective_kernel
 from motion_relevance.explain.selective import selective_relevance, tensor_ops
@@ -52,55 +50,6 @@ def _ratio(x: float) -> str:
 def _tensor_ops(relevance: torch.Tensor) -> torch.Tensor:
     with tensor_ops():
         return selective_relevance(relevance, 4.0)
-
-
-def interleaved_timings(
-    cases: dict[str, Callable[[], object]], repeats: dict[str, int], warmup: int = 2, device: str = "cpu"
-) -> dict[str, list[float]]:
-    """Seconds per call of each case, timed in rounds of one call per case in a shuffled order (so no case always
-    runs right after another that warmed or flushed the caches for it); a case drops out after its repeats."""
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in cases}
-    order = list(cases)
-    shuffle = random.Random(0).shuffle
-    for round_ in range(max(repeats.values())):
-        shuffle(order)
-        for name in order:
-            fn = cases[name]
-            if round_ >= repeats[name]:
-                continue
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            out[name].append(time.perf_counter() - start)
-    return out
-
-
-def timings(fn: Callable[[], object], repeats: int, warmup: int = 2, device: str = "cpu") -> list[float]:
-    """Seconds per call of ``fn`` after ``warmup`` calls; CUDA is synchronised before each clock read."""
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def summary(seconds: list[float], batch: int) -> dict[str, float]:
@@ -150,8 +99,11 @@ def main() -> None:
                 agree_tensor_ops = None
             cases["authors conv3d"] = (lambda r=relevance: authors_selective(r, 4.0), args.authors_repeats)
             cases["floor R*1.0"] = (lambda r=relevance: r * 1.0, args.repeats)
-            seconds = interleaved_timings({name: fn for name, (fn, _) in cases.items()},
-                                          {name: n for name, (_, n) in cases.items()}, device=args.device)
+            seconds = interleaved_timings(
+                {name: fn for name, (fn, _) in cases.items()},
+                {name: n for name, (_, n) in cases.items()},
+                device=args.device,
+            )
             stats = {name: summary(seconds[name], batch) for name in cases}
             floor = stats["floor R*1.0"]["median_ms"]
             authors = stats["authors conv3d"]["median_ms"]
@@ -163,8 +115,15 @@ def main() -> None:
                     f"| {st['max_ms']:.3f} | {st['x_floor']:.1f} | {_ratio(st['speedup_vs_authors'])} |"
                 )
             results.append(
-                {"threads": threads, "batch": batch, "device": args.device, "stats": stats,
-                 "same_mask_as_authors": same_mask, "agree": agree, "agree_tensor_ops": agree_tensor_ops}
+                {
+                    "threads": threads,
+                    "batch": batch,
+                    "device": args.device,
+                    "stats": stats,
+                    "same_mask_as_authors": same_mask,
+                    "agree": agree,
+                    "agree_tensor_ops": agree_tensor_ops,
+                }
             )
     header = (
         "| threads | B | method | median ms/clip | IQR | min | max | x floor | speed-up vs authors |\n"
@@ -173,9 +132,12 @@ def main() -> None:
     checks = "\n".join(
         f"- threads={r['threads']} B={r['batch']}: zero-padding mask identical to the authors' formulation: "
         f"{r['same_mask_as_authors']} (voxel agreement {r['agree']:.6f})"
-        + ("" if r["agree_tensor_ops"] is None else
-           f"; kernel vs tensor-op path: voxel agreement {r['agree_tensor_ops']:.7f} (float32 "
-           "thresholds differ in the last bits: the kernel takes the statistics in double)")
+        + (
+            ""
+            if r["agree_tensor_ops"] is None
+            else f"; kernel vs tensor-op path: voxel agreement {r['agree_tensor_ops']:.7f} (float32 "
+            "thresholds differ in the last bits: the kernel takes the statistics in double)"
+        )
         for r in results
     )
     verdicts = []
@@ -189,8 +151,13 @@ def main() -> None:
             f"formulation (target >= 50x: {'met' if st['speedup_vs_authors'] >= 50 else 'MISSED'}; the floor itself "
             f"is {ceiling:.0f}x, the most any implementation can reach here)"
         )
-    implementation = (f"compiled kernel `{_selective_kernel.variant()}`" if kernel
-                      else "tensor ops" if args.device == "cpu" else "conv3d (accelerator path)")
+    implementation = (
+        f"compiled kernel `{_selective_kernel.variant()}`"
+        if kernel
+        else "tensor ops"
+        if args.device == "cpu"
+        else "conv3d (accelerator path)"
+    )
     markdown = (
         "# Selective relevance: our implementations vs the authors' conv3d formulation\n\n"
         f"Relevance (B, 3, 16, 112, 112) float32, sigma = 4, device {args.device}; `selective` runs the "
@@ -198,8 +165,11 @@ def main() -> None:
         "(one call each per round, shuffled), so drifts of a shared machine hit all of them alike.\n\n"
         f"{header}\n" + "\n".join(rows) + f"\n\n{checks}\n"
         f"- first call in a fresh process (start-up, library load included): {first_call_ms:.1f} ms\n"
-        + ("\nTargets of issue 3 (2 CPU threads, `selective (replicate)`):\n" + "\n".join(verdicts) + "\n"
-           if verdicts else "")
+        + (
+            "\nTargets of issue 3 (2 CPU threads, `selective (replicate)`):\n" + "\n".join(verdicts) + "\n"
+            if verdicts
+            else ""
+        )
     )
     print(markdown)
     json_path, _ = write_results(

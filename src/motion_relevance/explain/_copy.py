@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 __all__ = ["HOOK_DICTS", "TargetLogit", "eval_copy"]
 
-#: Module attributes holding hooks: the copy gets new dicts (same hook functions), so hooks that an
-#: explainer registers on the copy never reach the caller's modules, and hook owners are not deep-copied.
+#: Module attributes holding hooks. ``eval_copy`` gives every copied module new containers anyway; this list
+#: serves modules that are deep-copied, whose hook tables are copied one level (same hook functions) beforehand,
+#: so that hook owners are never deep-copied.
 HOOK_DICTS = (
     "_forward_hooks",
     "_forward_hooks_with_kwargs",

@@ -198,6 +198,25 @@ def _chunks(relevance: Tensor) -> Iterator[tuple[slice, int]]:
         yield slice(start, stop), (stop - start) * t * (h + 2) * (w + 2)
 
 
+def _non_finite(clip: int) -> ValueError:
+    """The error for NaN/Inf in a clip's relevance (every path raises the same one)."""
+    return ValueError(
+        f"relevance of clip {clip} contains NaN or Inf; check the explainer's output "
+        "(torch.isfinite(R).all()) before selective relevance"
+    )
+
+
+def _std(m2: float, n: int, low: float, high: float) -> float:
+    """Unbiased std ``sqrt(m2 / (n - 1))`` of a clip's ``G`` from its sum of squared deviations; ``inf`` for a
+    constant ``G`` (``max == min``) or a single voxel: an all-zero mask at any sigma."""
+    return math.sqrt(m2 / (n - 1)) if n > 1 and high > low else math.inf
+
+
+def _limits(stds: list[float], sigma: float) -> list[float]:
+    """Thresholds ``sigma * std`` per clip, keeping ``inf`` (``0 * inf`` would be NaN)."""
+    return [sigma * std if std < math.inf else math.inf for std in stds]
+
+
 def _thresholds(
     g: Tensor, sigmas: list[float], scratch: Tensor, on_device: bool = True
 ) -> tuple[Tensor, Tensor | None]:
@@ -225,17 +244,13 @@ def _thresholds(
                 wide = flat[i].double()
                 m2s[i] = float((wide - wide.mean()).square_().sum())
                 if not math.isfinite(m2s[i]):
-                    raise ValueError(
-                        f"relevance of clip {i} contains NaN or Inf; check the explainer's output "
-                        "(torch.isfinite(R).all()) before selective relevance"
-                    )
-        stds = [math.sqrt(m2 / (n - 1)) if high > low else math.inf for m2, high, low in zip(m2s, highs, lows)]
+                    raise _non_finite(i)
+        stds = [_std(m2, n, low, high) for m2, high, low in zip(m2s, highs, lows)]
     else:
         if not bool(torch.isfinite(flat).all()):
             raise ValueError("relevance contains NaN or Inf")
         stds = [math.inf] * nb  # a single voxel: G is constant
-    thr = [[sigma * std if std < math.inf else math.inf for std in stds] for sigma in sigmas]
-    return torch.tensor(thr, dtype=g.dtype, device=g.device), None
+    return torch.tensor([_limits(stds, sigma) for sigma in sigmas], dtype=g.dtype, device=g.device), None
 
 
 def _thresholds_on_device(flat: Tensor, sigmas: list[float]) -> tuple[Tensor, Tensor]:
@@ -316,17 +331,9 @@ def _stds_from_stats(stats: list[float], n: int, first_clip: int) -> list[float]
     for i in range(0, len(stats), kernel.STATS_PER_CLIP):
         mean, m2, low, high = stats[i : i + kernel.STATS_PER_CLIP]
         if not (math.isfinite(mean) and math.isfinite(m2)):
-            raise ValueError(
-                f"relevance of clip {first_clip + i // kernel.STATS_PER_CLIP} contains NaN or Inf; check the "
-                "explainer's output (torch.isfinite(R).all()) before selective relevance"
-            )
-        stds.append(math.sqrt(m2 / (n - 1)) if n > 1 and high > low else math.inf)
+            raise _non_finite(first_clip + i // kernel.STATS_PER_CLIP)
+        stds.append(_std(m2, n, low, high))
     return stds
-
-
-def _limits(stds: list[float], sigma: float) -> list[float]:
-    """Thresholds ``sigma * std`` per clip, keeping ``inf`` (``0 * inf`` would be NaN)."""
-    return [sigma * std if std < math.inf else math.inf for std in stds]
 
 
 def temporal_gradient(relevance: Tensor, *, padding: str = "replicate") -> Tensor:
@@ -440,10 +447,7 @@ def selective_relevance(
         scratch = _WORKSPACE.scratch(kernel.scratch_size(h, w), relevance.dtype)
         bad = kernel.selective(relevance.contiguous(), sigmas, padding == "replicate", out, g_clip, scratch)
         if bad >= 0:
-            raise ValueError(
-                f"relevance of clip {bad} contains NaN or Inf; check the explainer's output "
-                "(torch.isfinite(R).all()) before selective relevance"
-            )
+            raise _non_finite(bad)
         return out if many else out[0]
 
     def write(sl: slice, g: Tensor, thr: Tensor, scratch: Tensor) -> None:
