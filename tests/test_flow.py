@@ -92,35 +92,35 @@ def test_estimator_batch_matches_functions():
 def test_cache_hit_miss_threshold_change_and_params(tmp_path):
     clip = translated_clip()[None]
     est = FlowEstimator(cache_dir=tmp_path)
-    m1, _ = est(clip, ["v.avi|0|c"])
-    m2, _ = est(clip, ["v.avi|0|c"])
+    m1, _ = est(clip)
+    m2, _ = est(clip)
     assert (est.hits, est.misses) == (1, 1)
     assert torch.equal(m1, m2)  # hit and miss agree bit for bit
     assert not list(tmp_path.glob("*.tmp")) and len(list(tmp_path.glob("*.npz"))) == 1
     # another threshold reuses the cached magnitudes
     est_abs = FlowEstimator(threshold=1.0, cache_dir=tmp_path)
-    est_abs(clip, ["v.avi|0|c"])
+    est_abs(clip)
     assert (est_abs.hits, est_abs.misses) == (1, 0)
     # changed flow parameters or method miss
     for other in (FlowEstimator(params={"winsize": 9}, cache_dir=tmp_path), FlowEstimator("dis", cache_dir=tmp_path)):
-        other(clip, ["v.avi|0|c"])
+        other(clip)
         assert (other.hits, other.misses) == (0, 1)
-    # another key misses
-    est(clip, ["v.avi|8|c"])
+    # other frames (another video, first frame or preprocessing) miss: the key is the frames' content
+    est(clip[:, :, ::-1].copy())
     assert (est.hits, est.misses) == (1, 2)
 
 
 def test_corrupt_cache_entry_is_recomputed(tmp_path):
     clip = translated_clip()[None]
     est = FlowEstimator(cache_dir=tmp_path)
-    ref, _ = est(clip, ["k"])
-    path = est.cache_path("k", clip.shape[1:4])
+    ref, _ = est(clip)
+    (path,) = tmp_path.glob("*.npz")
     path.write_bytes(b"not an npz at all")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a corrupt entry logs, it does not warn or raise
-        again, _ = est(clip, ["k"])
+        again, _ = est(clip)
     assert torch.equal(again, ref) and est.corrupt == 1 and est.misses == 2
-    est(clip, ["k"])  # rewritten entry is good again
+    est(clip)  # rewritten entry is good again
     assert est.hits == 1
 
 
@@ -133,7 +133,7 @@ def test_unwritable_cache_dir_warns_and_runs(tmp_path, monkeypatch):
     try:
         with pytest.warns(RuntimeWarning, match="flow cache disabled"):
             est = FlowEstimator(cache_dir=ro)
-        moves, valid = est(translated_clip()[None], ["k"])
+        moves, valid = est(translated_clip()[None])
         assert valid.any() and est.cache_dir is None and est.misses == 1
     finally:
         ro.chmod(0o700)
@@ -144,8 +144,8 @@ def test_cache_dir_that_is_a_file_warns_once_and_runs(tmp_path):
     blocker.write_text("x")
     with pytest.warns(RuntimeWarning, match="flow cache disabled") as rec:
         est = FlowEstimator(cache_dir=blocker / "flow")
-        est(translated_clip()[None], ["k"])
-        est(translated_clip()[None], ["k"])
+        est(translated_clip()[None])
+        est(translated_clip()[None])
     assert len(rec) == 1 and est.misses == 2 and est.hits == 0
 
 
@@ -157,6 +157,6 @@ def test_write_failure_after_start_warns_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr("motion_relevance.metrics.flow.tempfile.mkstemp", fail)
     with pytest.warns(RuntimeWarning, match="disk full") as rec:
-        est(translated_clip()[None], ["a"])
-        est(translated_clip()[None], ["b"])
+        est(translated_clip()[None])
+        est(translated_clip()[None][:, :, ::-1].copy())
     assert len(rec) == 1 and est.write_errors == 1 and est.cache_dir is None

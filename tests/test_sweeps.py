@@ -18,8 +18,9 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from motion_relevance.callbacks.attribution import SelectiveRelevanceCallback
-from motion_relevance.explain.cache import AttributionCache, clip_identity, describe, explainer_hash, state_hash
+from motion_relevance.callbacks import ExplanationCallback
+from motion_relevance.explain.cache import AttributionCache, describe, explainer_config
+from motion_relevance.keys import state_digest
 from motion_relevance.explain_app import explain, objective_values, sigmas_of, validate_objective
 from motion_relevance.explain_app import main as explain_main
 from motion_relevance.report import main as report_main
@@ -53,28 +54,29 @@ def test_cache_roundtrip_lru_eviction_and_counters(tmp_path: Path) -> None:
     rel = torch.randn(3, 4, 8, 8)
     one_entry = None
     cache = AttributionCache(tmp_path / "c", max_bytes=10**9)
-    keys = [AttributionCache.key("m", "e", clip_identity("v.avi", s, {"crop_size": 8}), 0) for s in range(3)]
+    keys = [cache.key(model="m", explainer={"e": 1}, inputs=[torch.full((3, 4, 8, 8), float(s))], target=0)
+            for s in range(3)]
     assert cache.get(keys[0]) is None
-    cache.put(keys[0], rel, ms=12.5)
+    cache.put(keys[0], [rel], ms=12.5)
     entry = cache.get(keys[0])
-    assert entry is not None and torch.equal(entry.relevance, rel) and entry.ms == 12.5
+    assert entry is not None and torch.equal(entry.relevance[0], rel) and entry.ms == 12.5
     one_entry = cache.info()["bytes"]
     assert cache.info()["hits"] == 1 and cache.info()["misses"] == 1 and one_entry > rel.numel() * 4
     # a bound of 2.5 entries keeps the 2 most recently used: key 0 is refreshed by a hit, key 1 is evicted
     small = AttributionCache(tmp_path / "lru", max_bytes=int(2.5 * one_entry))
-    small.put(keys[0], rel, 1.0)
-    small.put(keys[1], rel, 1.0)
+    small.put(keys[0], [rel], 1.0)
+    small.put(keys[1], [rel], 1.0)
     os.utime(small.path(keys[0]), ns=(1, 1)), os.utime(small.path(keys[1]), ns=(2, 2))
     assert small.get(keys[0]) is not None  # refreshed: now the newest
-    small.put(keys[2], rel, 1.0)
+    small.put(keys[2], [rel], 1.0)
     assert small.info()["evictions"] == 1 and small.info()["bytes"] <= int(2.5 * one_entry)
     assert small.get(keys[1]) is None and small.get(keys[0]) is not None and small.get(keys[2]) is not None
 
 
 def test_corrupt_entry_is_recomputed_and_unwritable_folder_falls_back(tmp_path: Path) -> None:
     cache = AttributionCache(tmp_path / "c")
-    key = AttributionCache.key("m", "e", "clip", 1)
-    cache.put(key, torch.ones(1, 2, 4, 4), 1.0)
+    key = cache.key(model="m", explainer={}, inputs=[torch.zeros(3, 2, 4, 4)], target=1)
+    cache.put(key, [torch.ones(1, 2, 4, 4)], 1.0)
     cache.path(key).write_bytes(b"garbage, not an npz")
     assert cache.get(key) is None
     assert cache.info()["corrupt"] == 1 and not cache.path(key).exists()
@@ -83,7 +85,7 @@ def test_corrupt_entry_is_recomputed_and_unwritable_folder_falls_back(tmp_path: 
     with pytest.warns(RuntimeWarning, match="attribution cache disabled") as record:
         off = AttributionCache(blocker / "sub")
     assert len(record) == 1 and not off.enabled
-    off.put(key, torch.ones(1, 2, 4, 4), 1.0)  # silently nothing
+    off.put(key, [torch.ones(1, 2, 4, 4)], 1.0)  # silently nothing
     assert off.get(key) is None
     with pytest.raises(ValueError, match="max_bytes"):
         AttributionCache(tmp_path / "x", max_bytes=0)
@@ -94,15 +96,18 @@ def test_cache_keys_follow_weights_explainer_config_and_clip() -> None:
     from motion_relevance.models import C3D
 
     net = C3D(num_classes=2, width=0.125, crop_size=32)
-    before = state_hash(net)
+    before = state_digest(net)
     with torch.no_grad():
         net.fc8.bias.add_(1e-3)
-    assert state_hash(net) != before
-    assert explainer_hash(GradCAM(layer="conv5b")) != explainer_hash(GradCAM(layer="conv5a"))
-    assert explainer_hash(GradCAM(upsample="trilinear")) != explainer_hash(GradCAM(upsample="nearest"))
-    assert explainer_hash(GradCAM()) == explainer_hash(GradCAM())
-    assert clip_identity("a.avi", 0, {"crop_size": 32}) != clip_identity("a.avi", 16, {"crop_size": 32})
-    assert clip_identity("a.avi", 0, {"crop_size": 32}) != clip_identity("a.avi", 0, {"crop_size": 28})
+    assert state_digest(net) != before
+    assert explainer_config(GradCAM(layer="conv5b")) != explainer_config(GradCAM(layer="conv5a"))
+    assert explainer_config(GradCAM(upsample="trilinear")) != explainer_config(GradCAM(upsample="nearest"))
+    assert explainer_config(GradCAM()) == explainer_config(GradCAM())
+    cache = AttributionCache(None, enabled=False)
+    clip = torch.randn(3, 16, 32, 32)
+    key = cache.key(model="m", explainer={}, inputs=[clip], target=0)
+    assert key != cache.key(model="m", explainer={}, inputs=[clip.roll(1, dims=1)], target=0)  # another first frame
+    assert key != cache.key(model="m", explainer={}, inputs=[clip[:, :, :28, :28]], target=0)  # another crop
     assert describe(float("nan")) == "nan"
 
 
@@ -113,7 +118,7 @@ def test_bad_sigma_lists_are_refused(bad) -> None:
         sigmas_of(bad)
     if bad and not isinstance(bad, str):
         with pytest.raises(ValueError, match="selective.sigma"):
-            SelectiveRelevanceCallback(sigma=bad)
+            ExplanationCallback(explainers={"x": lambda *a, **k: None}, selective={"sigma": bad})
     assert sigmas_of(OmegaConf.create({"s": [1, 2.5]}).s) == [1.0, 2.5]
 
 

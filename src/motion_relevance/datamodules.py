@@ -38,7 +38,8 @@ from motion_relevance.data import (
 from motion_relevance.data._checks import check_choice, check_int, check_size
 from motion_relevance.data.masks import MASK_DIR
 from motion_relevance.data.sampling import TEST_SAMPLING
-from motion_relevance.data.splits import LIST_DIR, VideoItem
+from motion_relevance.data.splits import LIST_DIR, VideoItem, count_duplicates, empty_classes, split_overlap
+from motion_relevance.data.video import resolve_decoder
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class VideoDataModule(pl.LightningDataModule):
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
         decoder, decoder_threads: ``"decord"`` or ``"opencv"`` and threads per reader.
         allow_missing: skip listed but absent videos (count in ``num_missing``) instead of failing.
+        allow_duplicates: keep videos listed twice in one list (refused by default; counted in ``data_counts``).
+        allow_overlap: keep videos listed in both the train and the test list (refused by default; counted).
         cache_dir: where the video index JSON goes (``None`` = ``<root>/.cache`` is NOT used; no cache).
         index_threads: threads for building the index. masks: load ``<root>/masks`` (``None`` = if present).
     """
@@ -90,6 +93,8 @@ class VideoDataModule(pl.LightningDataModule):
         decoder: str = "decord",
         decoder_threads: int = 1,
         allow_missing: bool = False,
+        allow_duplicates: bool = False,
+        allow_overlap: bool = False,
         cache_dir: str | Path | None = None,
         index_threads: int = 4,
         masks: bool | None = None,
@@ -104,7 +109,7 @@ class VideoDataModule(pl.LightningDataModule):
         self.clips_per_video = check_int("clips_per_video", clips_per_video, 1, 1000)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.num_workers = check_int("num_workers", num_workers, 0, 256)
-        self.decoder = check_choice("decoder", decoder, ("decord", "opencv"))
+        self.decoder = resolve_decoder(decoder)
         self.decoder_threads = check_int("decoder_threads", decoder_threads, 0, 64)
         self.index_threads = check_int("index_threads", index_threads, 1, 256)
         if not 0.0 <= float(val_fraction) <= 0.9:
@@ -115,6 +120,9 @@ class VideoDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.allow_missing = bool(allow_missing)
+        self.allow_duplicates = bool(allow_duplicates)
+        self.allow_overlap = bool(allow_overlap)
+        self.counts: dict[str, int] = {}  # duplicate_videos, overlap_videos, empty_classes (see data_counts)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.masks = masks
         norm = {"mean": mean, "std": std, "scale": scale, "channel_order": channel_order}
@@ -135,6 +143,13 @@ class VideoDataModule(pl.LightningDataModule):
         return sum(self.missing.values())
 
     @property
+    def data_counts(self) -> dict[str, int]:
+        """What the split files held that a run should know about: ``missing_videos`` (skipped under
+        ``allow_missing``), ``duplicate_videos`` and ``overlap_videos`` (kept under ``allow_duplicates`` /
+        ``allow_overlap``), ``empty_classes`` (classes without training videos, under ``allow_missing``)."""
+        return {"missing_videos": self.num_missing, **self.counts}
+
+    @property
     def class_names(self) -> list[str]:
         """Class names in label order (read from ``classInd.txt``)."""
         if self._class_names is None:
@@ -151,6 +166,7 @@ class VideoDataModule(pl.LightningDataModule):
             "clip_len": self.clip_len,
             "stride": self.stride,
             "resize": list(self.resize) if self.resize else None,
+            "decoder": self.decoder,
             **self.eval_transform.config(),
         }
 
@@ -160,15 +176,22 @@ class VideoDataModule(pl.LightningDataModule):
         want_fit = stage in (None, "fit", "validate")
         want_test = stage in (None, "test", "predict")
         items: dict[str, list[VideoItem]] = {}
+        if (want_fit and "train" not in self.datasets) or (want_test and "test" not in self.datasets):
+            self._check_lists()
         if want_fit and "train" not in self.datasets:
-            names, train, missing = load_split(self.root, self.split, "train", self.allow_missing)
+            names, train, missing = load_split(self.root, self.split, "train", self.allow_missing,
+                                               self.allow_duplicates)
             self._class_names = names
             self.missing["train"] = len(missing)
+            self.counts["duplicate_videos"] = self.counts.get("duplicate_videos", 0) + count_duplicates(train)
+            self._check_classes(train, names)
             items["train"], items["val"] = split_by_group(train, self.val_fraction, self.val_seed)
         if want_test and "test" not in self.datasets:
-            names, test, missing = load_split(self.root, self.split, "test", self.allow_missing)
+            names, test, missing = load_split(self.root, self.split, "test", self.allow_missing,
+                                              self.allow_duplicates)
             self._class_names = names
             self.missing["test"] = len(missing)
+            self.counts["duplicate_videos"] = self.counts.get("duplicate_videos", 0) + count_duplicates(test)
             items["test"] = test
         if not items:
             return
@@ -216,6 +239,33 @@ class VideoDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
     # -- helpers ------------------------------------------------------------------------------------------
+    def _check_lists(self) -> None:
+        """Train/test overlap of the split lists: refused (file and lines named) unless ``allow_overlap``."""
+        if "overlap_videos" in self.counts:
+            return
+        lists = self.root / LIST_DIR
+        overlap = split_overlap(self.root, self.split, read_class_ind(lists / "classInd.txt"))
+        if overlap and not self.allow_overlap:
+            first = ", ".join(f"{p!r} (trainlist line {a}, testlist line {b})" for p, a, b in overlap[:3])
+            raise ValueError(
+                f"{len(overlap)} videos of {lists} are listed in both trainlist{self.split:02d}.txt and "
+                f"testlist{self.split:02d}.txt ({first}): the test metrics would include training videos. Fix the "
+                "lists, or set data.allow_overlap=true to run anyway (the run then reports data/overlap_videos)"
+            )
+        self.counts["overlap_videos"] = len(overlap)
+
+    def _check_classes(self, train: list[VideoItem], names: list[str]) -> None:
+        """Every class needs training videos: refused (class named) unless ``allow_missing`` (then counted)."""
+        empty = empty_classes(train, names)
+        self.counts["empty_classes"] = len(empty)
+        if not empty:
+            return
+        msg = (f"{len(empty)} of {len(names)} classes have no training videos on disk "
+               f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}): the model would never learn them")
+        if not self.allow_missing:
+            raise ValueError(msg + "; add their videos, remove them from classInd.txt, or set allow_missing=true")
+        log.warning("%s (allow_missing=true; counted in data/empty_classes)", msg)
+
     def _dataset(self, name: str) -> VideoClipDataset:
         if name not in self.datasets:
             self.setup("test" if name == "test" else "fit")

@@ -25,42 +25,28 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, open_dict
 
-from motion_relevance.models.checkpoint import check_classes, load_classifier
+from motion_relevance.explain.selective import check_sigma
+from motion_relevance.metrics import keys
+from motion_relevance.models.checkpoint import check_classes, check_preprocessing, load_classifier
 from motion_relevance.models.module import VideoClassifier
 from motion_relevance.report import write_tables
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
-from motion_relevance.utils.run import loggable_config, metric_value, run_and_record, to_python
-from motion_relevance.utils.validation import ensure_writable_dir
+from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record, to_python
+from motion_relevance.utils.validation import validate_run_config
 
 log = logging.getLogger(__name__)
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
-_COMPARED_PREPROCESSING = ("crop_size", "mean", "std", "scale", "channel_order", "clip_len")
 #: Objectives ``objective.name`` may take (see :func:`objective_values`).
 OBJECTIVES = ("auto", "gt_f1", "flow_precision")
 
 
 def sigmas_of(value: Any) -> list[float]:
     """``selective.sigma`` as a list of floats; raises naming the bad entries (negative, NaN, not a number)."""
-    items = list(value) if isinstance(value, (Sequence, ListConfig)) and not isinstance(value, str) else [value]
-    bad = []
-    sigmas = []
-    for item in items:
-        try:
-            sigma = float(item)
-        except (TypeError, ValueError):
-            bad.append(item)
-            continue
-        if math.isnan(sigma) or sigma < 0:
-            bad.append(item)
-        sigmas.append(sigma)
-    if bad or not items:
-        raise ValueError(
-            f"selective.sigma must be a non-negative number or a non-empty list of them, got {value!r} "
-            f"(bad: {bad}); e.g. selective.sigma=4 or selective.sigma=[1,2,3,4,5]"
-        )
-    return sigmas
+    if isinstance(value, ListConfig):
+        value = list(value)
+    return check_sigma(value)
 
 
 def validate_objective(cfg: DictConfig) -> None:
@@ -104,14 +90,13 @@ def objective_values(
     out: dict[str, float] = {}
     best, best_sigma = -math.inf, math.nan
     for sigma in sigmas:
-        suffix = f"_selective_s{sigma:g}" if multi else "_selective"
-        key = f"{stage}/{metric}/{method}{suffix}"
+        key = keys.metric_key(stage, metric, keys.selective(method, sigma, multi))
         if key not in metrics:
             raise KeyError(f"objective {name!r} needs the metric {key!r}, which this run did not log "
                            f"(gt_f1 needs synthetic data with masks, flow_precision needs flow != none)")
         value = _finite(metrics[key])
         if name == "flow_precision":
-            mass = _finite(metrics.get(f"{stage}/selectivity_mass/{method}" + (f"@s{sigma:g}" if multi else "")))
+            mass = _finite(metrics.get(keys.metric_key(stage, "selectivity_mass", keys.at_sigma(method, sigma, multi))))
             if mass is None or mass < min_mass:
                 value = None
         value = penalty if value is None else value
@@ -147,20 +132,6 @@ def _sweep_bookkeeping(cfg: DictConfig) -> None:
             wandb.name = f"{cfg.task_name}-{hydra_cfg.job.num}"
 
 
-def _check_preprocessing(checkpoint: dict[str, Any], data: dict[str, Any]) -> None:
-    """The data must be preprocessed as in training; name every key that differs."""
-    diffs = [
-        f"{key}: checkpoint {checkpoint[key]!r} vs data {data[key]!r}"
-        for key in _COMPARED_PREPROCESSING
-        if key in checkpoint and key in data and to_python(checkpoint[key]) != to_python(data[key])
-    ]
-    if diffs:
-        raise ValueError(
-            "the data's preprocessing differs from the checkpoint's (" + "; ".join(diffs) + "); "
-            "override data.<key> to match the checkpoint"
-        )
-
-
 def _test_batch_limit(cfg: DictConfig, datamodule: Any) -> dict[str, int]:
     """Stop the test loop once ``num_clips`` clips per process are explained (the rest would only be decoded
     and classified, then thrown away); ``test/acc`` then covers the explained clips. An explicit
@@ -175,19 +146,20 @@ def _test_batch_limit(cfg: DictConfig, datamodule: Any) -> dict[str, int]:
 def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Explain the test clips of ``cfg.data`` with the model in ``cfg.ckpt_path``; returns (metrics, objects)."""
     default_wandb_offline()
+    validate_run_config(cfg)
     sigmas = sigmas_of(cfg.selective.sigma)
     validate_objective(cfg)
     _sweep_bookkeeping(cfg)
-    output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    output_dir = Path(cfg.paths.output_dir)
     loaded = load_classifier(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
     check_classes(loaded, datamodule.class_names, what=f"data ({cfg.data._target_})")
-    _check_preprocessing(loaded.preprocessing, datamodule.transform_config())
+    check_preprocessing(loaded.preprocessing, datamodule.transform_config(), source=f"data ({cfg.data._target_})")
     model = VideoClassifier(
         net=loaded.net, net_config=loaded.net_config, preprocessing=loaded.preprocessing,
-        class_names=loaded.class_names,
+        class_names=loaded.class_names, explain_layer=loaded.explain_layer,
     )
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")
@@ -198,6 +170,7 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         logger.log_hyperparams(loggable_config(cfg))
     trainer.test(model=model, datamodule=datamodule)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
+    record_data_counts(datamodule, loggers, metrics)
     metrics["checkpoint"] = str(loaded.path)
     if cfg.get("objective") is not None:
         try:

@@ -23,12 +23,16 @@ import argparse
 import csv
 import json
 import math
-import re
+import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from motion_relevance.metrics import keys
 from motion_relevance.utils.mapping import flatten_mapping
+
+METRICS = "metrics.json"
 
 TABLES: dict[str, tuple[str, ...]] = {
     "table1_precision": ("precision",),
@@ -41,8 +45,12 @@ _SUFFIXES = ("std", "n", "n_undefined")
 
 
 def _methods(metrics: Mapping[str, Any], stage: str, metric: str) -> list[str]:
-    prefix = f"{stage}/{metric}/"
-    return [key[len(prefix):] for key in metrics if key.startswith(prefix)]
+    out = []
+    for key in metrics:
+        parsed = keys.parse_key(key)
+        if parsed is not None and (parsed.stage, parsed.metric, parsed.stat) == (stage, metric, "mean"):
+            out.append(parsed.method)
+    return out
 
 
 def table_rows(metrics: Mapping[str, Any], stage: str, metric_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -56,9 +64,9 @@ def table_rows(metrics: Mapping[str, Any], stage: str, metric_names: Sequence[st
     for method in methods:
         row: dict[str, Any] = {"method": method}
         for metric in metric_names:
-            row[metric] = metrics.get(f"{stage}/{metric}/{method}")
+            row[metric] = metrics.get(keys.metric_key(stage, metric, method))
             for suffix in _SUFFIXES:
-                row[f"{metric}_{suffix}"] = metrics.get(f"{stage}/{metric}_{suffix}/{method}")
+                row[f"{metric}_{suffix}"] = metrics.get(keys.metric_key(stage, metric, method, suffix))
         rows.append(row)
     return rows
 
@@ -141,7 +149,6 @@ def _job_config(job: Path) -> dict[str, Any]:
     return flatten_mapping(yaml.safe_load(config.read_text()) or {})
 
 
-_MULTI_SIGMA = re.compile(r"^(?P<base>.+)_selective_s(?P<sigma>[0-9.eE+-]+)$")
 #: Columns of the sigma report: baseline metric, the selective map's metrics, and selectivity at that sigma.
 SIGMA_COLUMNS = (
     "precision", "precision_selective", "gt_f1", "gt_f1_selective", "gt_precision_selective",
@@ -155,24 +162,27 @@ def _base_methods(metrics: Mapping[str, Any], stage: str) -> list[str]:
     """Baseline explainer names: methods with metrics that are neither selective maps, pairs nor per-sigma stats."""
     names = set()
     for key in metrics:
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == stage:
-            method = parts[2]
-            if "_selective" in method or "~" in method or "@" in method or method == "selective":
-                continue
-            names.add(method)
+        parsed = keys.parse_key(key)
+        if parsed is not None and parsed.stage == stage and keys.is_baseline(parsed.method):
+            names.add(parsed.method)
     return sorted(names)
+
+
+def _key_sigmas(metrics: Mapping[str, Any], stage: str) -> set[float]:
+    """The sigmas of ``…_selective_s<sigma>`` keys (a sigma-list run)."""
+    found = set()
+    for key in metrics:
+        parsed = keys.parse_key(key)
+        if parsed is not None and parsed.stage == stage:
+            split = keys.split_selective(parsed.method)
+            if split is not None and split[1] is not None:
+                found.add(split[1])
+    return found
 
 
 def run_sigmas(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test") -> list[float]:
     """The sigmas a run evaluated: parsed from ``…_selective_s<sigma>`` keys (a sigma list), else the config's."""
-    found = set()
-    for key in metrics:
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == stage:
-            match = _MULTI_SIGMA.match(parts[2])
-            if match:
-                found.add(float(match["sigma"]))
+    found = _key_sigmas(metrics, stage)
     if found:
         return sorted(found)
     if isinstance(config_sigma, (int, float)):
@@ -187,12 +197,12 @@ def sigma_rows(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test
     The run's sweep ``objective`` goes on the row of ``objective_method`` (the config's ``objective.method``).
     """
     sigmas = run_sigmas(metrics, config_sigma, stage)
-    multi = any(_MULTI_SIGMA.match(k.split("/")[-1]) for k in metrics if k.startswith(f"{stage}/"))
+    multi = bool(_key_sigmas(metrics, stage))
     rows = []
     for sigma in sigmas:
         for base in _base_methods(metrics, stage):
-            selective = f"{base}_selective_s{sigma:g}" if multi else f"{base}_selective"
-            at_sigma = f"{base}@s{sigma:g}" if multi else base
+            selective = keys.selective(base, sigma, multi)
+            at_sigma = keys.at_sigma(base, sigma, multi)
             row: dict[str, Any] = {**(extra or {}), "sigma": sigma, "method": base}
             for column in SIGMA_COLUMNS:
                 if column.endswith("_selective"):
@@ -201,8 +211,8 @@ def sigma_rows(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test
                     metric, method = column, at_sigma
                 else:
                     metric, method = column, base
-                row[column] = metrics.get(f"{stage}/{metric}/{method}")
-                std = metrics.get(f"{stage}/{metric}_std/{method}")
+                row[column] = metrics.get(keys.metric_key(stage, metric, method))
+                std = metrics.get(keys.metric_key(stage, metric, method, "std"))
                 if std is not None:
                     row[f"{column}_std"] = std
             if base == objective_method:
@@ -211,21 +221,58 @@ def sigma_rows(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test
     return rows
 
 
+@dataclass
+class JobProblem:
+    """A job of a multirun folder whose results cannot be read."""
+
+    job: str
+    problem: str
+
+
+def _is_job(path: Path) -> bool:
+    return path.is_dir() and ((path / ".hydra").is_dir() or (path / METRICS).exists())
+
+
 def _job_dirs(folder: Path) -> list[Path]:
-    jobs = [p for p in folder.iterdir() if p.is_dir() and (p / "metrics.json").exists()]
+    jobs = [p for p in folder.iterdir() if _is_job(p)]
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
-def multirun_rows(folder: str | Path, stage: str = "test") -> list[dict[str, Any]]:
-    """One row per (job, sigma, method) of a multirun folder, with the job's overrides (``sigma_rows``)."""
-    rows = []
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A run's ``metrics.json``; ``ValueError`` naming the file and the position of a broken (e.g. truncated) one."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); the run "
+                         "was probably interrupted while writing it") from None
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a mapping of metric names to values")
+    return data
+
+
+def multirun_rows(folder: str | Path, stage: str = "test") -> tuple[list[dict[str, Any]], list[JobProblem]]:
+    """One row per (job, sigma, method) of a multirun folder, with the job's overrides (``sigma_rows``), and the
+    jobs whose results are missing or unreadable."""
+    rows, problems = [], []
     for job in _job_dirs(Path(folder)):
-        metrics = json.loads((job / "metrics.json").read_text())
+        if not (job / METRICS).exists():
+            problems.append(JobProblem(job.name, f"no {METRICS} (the job failed or is still running)"))
+            continue
+        try:
+            metrics = read_metrics(job / METRICS)
+        except ValueError as err:
+            problems.append(JobProblem(job.name, str(err)))
+            continue
         config = _job_config(job)
         overrides = {k: v for k, v in _job_overrides(job).items() if k != "selective.sigma"}
-        rows += sigma_rows(metrics, config.get("selective.sigma"), stage, extra={"job": job.name, **overrides},
-                           objective_method=config.get("objective.method"))
-    return rows
+        job_rows = sigma_rows(metrics, config.get("selective.sigma"), stage, extra={"job": job.name, **overrides},
+                              objective_method=config.get("objective.method"))
+        if not job_rows:
+            problems.append(JobProblem(job.name, f"{METRICS} holds no selective-relevance metrics of stage {stage!r}"))
+        rows += job_rows
+    return rows, problems
 
 
 def _best_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -245,8 +292,13 @@ def _best_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def write_sigma_report(rows: Sequence[Mapping[str, Any]], folder: str | Path, title: str) -> Path:
-    """``sigma_report.{md,csv,png}`` (and ``best_sigma.csv``) of ``rows`` into ``folder``; returns the md path."""
+def write_sigma_report(rows: Sequence[Mapping[str, Any]], folder: str | Path, title: str,
+                       problems: Sequence[JobProblem] = (), jobs: int | None = None) -> Path:
+    """``sigma_report.{md,csv,png}`` (and ``best_sigma.csv``) of ``rows`` into ``folder``; returns the md path.
+
+    ``problems`` (jobs whose results are missing or broken) are listed in the report, and the best sigma is then
+    marked as chosen from an incomplete sweep.
+    """
     folder = Path(folder)
     if not rows:
         raise FileNotFoundError(f"{folder} holds no sigma results (no selective-relevance metrics)")
@@ -259,9 +311,15 @@ def write_sigma_report(rows: Sequence[Mapping[str, Any]], folder: str | Path, ti
                                                if r.get(f"{c}_std") is not None} for r in rows]
     best = _best_rows(rows)
     text = to_markdown(compact, title=title)
+    if problems:
+        text += (f"\n### Jobs left out ({len(problems)} of {jobs if jobs is not None else '?'})\n\n"
+                 + "".join(f"- job {p.job}: {p.problem}\n" for p in problems))
+        for row in best:
+            row["complete_sweep"] = False
     if best:
         write_csv(best, folder / "best_sigma.csv")
-        text += "\n" + to_markdown(best, title="best sigma per method")
+        title_best = "best sigma per method" + (" (INCOMPLETE sweep: over the readable jobs only)" if problems else "")
+        text += "\n" + to_markdown(best, title=title_best)
     (folder / "sigma_report.md").write_text(text)
     plotted = [m for m in SIGMA_PLOT if any(isinstance(r.get(m), (int, float)) for r in rows)]
     if plotted and len({r["sigma"] for r in rows}) > 1:
@@ -272,17 +330,34 @@ def write_sigma_report(rows: Sequence[Mapping[str, Any]], folder: str | Path, ti
 
 
 def write_multirun_report(folder: str | Path, stage: str = "test") -> Path:
-    """Aggregate a multirun folder into ``sigma_report.{md,csv,png}`` inside it; also lists Optuna trials."""
+    """Aggregate a multirun folder into ``sigma_report.{md,csv,png}`` inside it; also lists Optuna trials.
+
+    Jobs without a readable ``metrics.json`` are named in the report (and logged); a folder with no readable job
+    raises ``FileNotFoundError`` naming them.
+    """
     folder = Path(folder).resolve()
-    rows = multirun_rows(folder, stage)
+    rows, problems = multirun_rows(folder, stage)
+    for problem in problems:
+        print(f"warning: job {problem.job} left out: {problem.problem}", file=sys.stderr)
     if not rows:
-        raise FileNotFoundError(f"{folder} holds no job folders with metrics.json (is it a multirun folder?)")
-    path = write_sigma_report(rows, folder, title=f"sigma sweep ({folder.name})")
+        detail = "; ".join(f"job {p.job}: {p.problem}" for p in problems[:5]) or "no job folders"
+        raise FileNotFoundError(f"{folder} holds no readable job results ({detail})")
+    path = write_sigma_report(rows, folder, title=f"sigma sweep ({folder.name})", problems=problems,
+                              jobs=len(_job_dirs(folder)))
     results = folder / "optimization_results.yaml"
     if results.exists():
         with open(path, "a") as handle:
             handle.write("\n### Optuna search\n\n```yaml\n" + results.read_text() + "```\n")
     return path
+
+
+def folder_kind(folder: Path) -> str:
+    """``"run"`` (a ``metrics.json``), ``"multirun"`` (Hydra's ``multirun.yaml`` or job folders) or ``"none"``."""
+    if (folder / METRICS).exists():
+        return "run"
+    if (folder / "multirun.yaml").exists() or any(_is_job(p) for p in folder.iterdir()):
+        return "multirun"
+    return "none"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -294,22 +369,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     folder: Path = args.folder
     if not folder.is_dir():
         parser.error(f"{folder} is not a folder")
-    if (folder / "metrics.json").exists():
-        metrics = json.loads((folder / "metrics.json").read_text())
-        write_tables(metrics, folder / "tables", stage=args.stage)
-        print((folder / "tables" / "tables.md").read_text())
-        print(f"Tables written to {folder / 'tables'}")
-        config = _job_config(folder)
-        sigma = config.get("selective.sigma")
-        if len(run_sigmas(metrics, sigma, args.stage)) > 1:  # a sigma-list run: compare its sigmas too
-            rows = sigma_rows(metrics, sigma, args.stage, objective_method=config.get("objective.method"))
-            path = write_sigma_report(rows, folder,
-                                      title=f"sigma list ({folder.resolve().name})")
+    kind = folder_kind(folder)
+    if kind == "none":
+        parser.error(f"{folder} is neither a run folder (no {METRICS}) nor a multirun folder (no multirun.yaml, no "
+                     "job folders with .hydra/): nothing was written. Pass logs/explain/runs/<run> or "
+                     "logs/explain/multiruns/<sweep>")
+    try:
+        if kind == "run":
+            metrics = read_metrics(folder / METRICS)
+            write_tables(metrics, folder / "tables", stage=args.stage)
+            print((folder / "tables" / "tables.md").read_text())
+            print(f"Tables written to {folder / 'tables'}")
+            config = _job_config(folder)
+            sigma = config.get("selective.sigma")
+            if len(run_sigmas(metrics, sigma, args.stage)) > 1:  # a sigma-list run: compare its sigmas too
+                rows = sigma_rows(metrics, sigma, args.stage, objective_method=config.get("objective.method"))
+                path = write_sigma_report(rows, folder, title=f"sigma list ({folder.resolve().name})")
+                print(path.read_text())
+        else:
+            path = write_multirun_report(folder, stage=args.stage)
             print(path.read_text())
-    else:
-        path = write_multirun_report(folder, stage=args.stage)
-        print(path.read_text())
-        print(f"Report written to {path.parent}")
+            print(f"Report written to {path.parent}")
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"mr-report: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from motion_relevance.models.checkpoint import check_preprocessing, read_checkpoint, read_description
+from motion_relevance.models.registry import registered_target
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
-from motion_relevance.utils.run import loggable_config, metric_value, run_and_record
+from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record
 from motion_relevance.utils.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,15 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
-    """Instantiate ``cfg.model``, taking the class count and preprocessing from the data."""
-    model_cfg = cfg.model
+    """Instantiate ``cfg.model``, taking the class count and preprocessing from the data.
+
+    A model config's ``preprocessing`` block (the normalisation its published weights expect) is read by the data
+    configs (``${oc.select:model.preprocessing.mean, ...}``); the LightningModule records the data's actual
+    preprocessing.
+    """
+    model_cfg = cfg.model.copy()
+    with open_dict(model_cfg):
+        model_cfg.pop("preprocessing", None)
     num_classes = int(datamodule.num_classes)
     with open_dict(model_cfg):
         if model_cfg.net.get("num_classes") is None:
@@ -56,17 +65,41 @@ def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
     )
 
 
+def check_resume(ckpt_path: str, datamodule: Any) -> dict[str, Any]:
+    """Hold a checkpoint to resume from (or test) against this run before any work: read as data, its model one
+    of the project's classes, its classes and preprocessing those of the data. Returns its description."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path)
+    meta = read_description(checkpoint, path)
+    registered_target(dict(meta["model"]).get("_target_"), where=f"ckpt_path={str(path)!r}")
+    names = list(datamodule.class_names)
+    if list(meta["class_names"]) != names:
+        raise ValueError(f"ckpt_path={str(path)!r} was trained on other classes ({len(meta['class_names'])}: "
+                         f"{list(meta['class_names'])[:5]} ...) than the data ({len(names)}: {names[:5]} ...)")
+    check_preprocessing(meta["preprocessing"], datamodule.transform_config(), source=f"data ({cfg_target(datamodule)})")
+    return meta
+
+
+def cfg_target(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and/or test as configured; returns (metrics, objects). Raises before any work on a bad config."""
     default_wandb_offline()
     validate_train_config(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
+    resume = cfg.get("ckpt_path")
+    if resume:
+        check_resume(resume, datamodule)
+        log.info("Continuing from %s (its run folder: %s); this run's record goes to %s", resume,
+                 Path(resume).resolve().parent.parent, cfg.paths.output_dir)
     model = build_model(cfg, datamodule)
-    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
-    loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -75,31 +108,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "loggers": loggers}
     metrics: dict[str, Any] = {}
+    if resume:
+        metrics["resumed_from"] = str(Path(resume).resolve())
+    checkpoint_cb = trainer.checkpoint_callback
     if cfg.get("train"):
         log.info("Starting training")
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics.update(trainer.callback_metrics)
+        if checkpoint_cb is not None:  # read now: testing a checkpoint restores the callback's older state
+            metrics["best_checkpoint"] = checkpoint_cb.best_model_path or None
+            metrics["last_checkpoint"] = getattr(checkpoint_cb, "last_model_path", None) or None
     if cfg.get("test"):
         ckpt = _test_checkpoint(trainer, cfg)
         log.info("Testing with %s", ckpt or "the current weights")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(trainer.callback_metrics)
-    _record_missing_videos(datamodule, loggers, metrics)
-    checkpoint_cb = trainer.checkpoint_callback
-    if checkpoint_cb is not None:
-        metrics["best_checkpoint"] = checkpoint_cb.best_model_path or None
-        metrics["last_checkpoint"] = getattr(checkpoint_cb, "last_model_path", None) or None
+    record_data_counts(datamodule, loggers, metrics)
     return metrics, objects
-
-
-def _record_missing_videos(datamodule: Any, loggers: list[Any], metrics: dict[str, Any]) -> None:
-    """Listed-but-absent videos skipped under ``data.allow_missing=true``: a count in the run's metrics."""
-    missing = getattr(datamodule, "num_missing", None)
-    if missing is None:
-        return
-    metrics["data/missing_videos"] = int(missing)
-    for logger in loggers:
-        logger.log_metrics({"data/missing_videos": float(missing)})
 
 
 def _test_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:

@@ -1,5 +1,5 @@
-"""Lightning callbacks: explanations and selective relevance measured on validation/test epochs."""
+"""Lightning callbacks: thin adapters from Lightning's evaluation hooks to the explanation pipeline."""
 
-from motion_relevance.callbacks.attribution import AttributionCallback, ExplainedBatch, SelectiveRelevanceCallback
+from motion_relevance.callbacks.explanations import ExplanationCallback
 
-__all__ = ["AttributionCallback", "ExplainedBatch", "SelectiveRelevanceCallback"]
+__all__ = ["ExplanationCallback"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from motion_relevance.metrics.keys import split_selective
 from motion_relevance.viz import render_explanation_grid, save_explanation_grid, write_overlay_video
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ POSITIVE_METHODS = ("gradcam",)
 
 
 def _mode(name: str) -> str:
-    return "positive" if name.split("_selective")[0] in POSITIVE_METHODS else "signed"
+    split = split_selective(name)
+    return "positive" if (split[0] if split else name) in POSITIVE_METHODS else "signed"
 
 
 def grid_columns(
@@ -31,7 +33,8 @@ def grid_columns(
     for name in order:
         columns[name] = relevance[name]
         for key, value in selective.items():
-            if key.startswith(name + "_selective"):
+            split = split_selective(key)
+            if split is not None and split[0] == name:
                 columns[key] = value
     return columns
 
@@ -81,9 +84,21 @@ def describe_rows(labels: torch.Tensor, targets: torch.Tensor, class_names: Sequ
 
 
 def concat_kept(batches: Sequence[Any], limit: int) -> dict[str, Any]:
-    """Stack the first ``limit`` clips of kept ExplainedBatch objects (frames, relevance, labels, targets)."""
+    """Stack the first ``limit`` clips of kept :class:`~motion_relevance.pipeline.ExplainedBatch` objects."""
     frames = torch.cat([b.frames for b in batches])[:limit]
     labels = torch.cat([b.labels for b in batches])[:limit]
     targets = torch.cat([b.targets for b in batches])[:limit]
     relevance = {k: torch.cat([b.relevance[k] for b in batches])[:limit] for k in batches[0].relevance}
-    return {"frames": frames, "labels": labels, "targets": targets, "relevance": relevance}
+    selective = {k: torch.cat([b.selective[k] for b in batches])[:limit] for k in batches[0].selective}
+    return {"frames": frames, "labels": labels, "targets": targets, "relevance": relevance, "selective": selective}
+
+
+def save_kept_figures(trainer: pl.Trainer, pipeline: Any, prefix: str, *, overlay_videos: int = 2,
+                      class_names: Sequence[str] | None = None) -> list[Path]:
+    """The grid and overlay videos of the clips an :class:`~motion_relevance.pipeline.ExplanationPipeline` kept."""
+    if not pipeline.kept or pipeline.kept[0].frames is None:
+        return []
+    kept = concat_kept(pipeline.kept, pipeline.keep_clips)
+    columns = grid_columns(kept["relevance"], kept["selective"], pipeline.names)
+    return save_epoch_figures(trainer, kept["frames"], columns, prefix, overlay_videos=overlay_videos,
+                              captions=describe_rows(kept["labels"], kept["targets"], class_names))

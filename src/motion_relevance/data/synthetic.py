@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,6 +40,8 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
+#: Written before the first file and removed after the manifest: marks the files of an interrupted generation.
+PARTIAL = ".motion_shapes-in-progress.json"
 _S2 = math.sqrt(0.5)
 #: Motion kinds -> (class folder name, translation direction (dx, dy) in image coordinates, y down).
 MOTIONS: dict[str, tuple[str, tuple[float, float]]] = {
@@ -401,30 +402,119 @@ def _check_writable(root: Path) -> None:
 def read_manifest(root: str | Path) -> dict[str, Any] | None:
     """The manifest of a generated tree, or ``None``."""
     try:
-        return json.loads((Path(root) / MANIFEST).read_text())
+        data = json.loads((Path(root) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) and data.get("generator") == "motion_shapes" else None
+
+
+def planned_files(cfg: MotionShapesConfig) -> list[str]:
+    """Every file (relative to the root) a tree of ``cfg`` consists of: videos, masks and the split lists."""
+    files = []
+    for name in cfg.class_names:
+        for v in range(cfg.videos_per_class):
+            rel = f"{name}/{video_name(name, v, cfg.num_groups)}"
+            files.append(f"{VIDEO_DIR}/{rel}")
+            files.append(mask_path(MASK_DIR, rel).as_posix())
+    files += [f"{LIST_DIR}/{n}" for n in ("classInd.txt", "trainlist01.txt", "testlist01.txt")]
+    return files
+
+
+def _owned_files(root: Path) -> dict[str, dict[str, int] | None]:
+    """Files this generator wrote under ``root`` (relative path -> recorded size/mtime, None if not recorded),
+    from the manifest or from the marker of an interrupted generation; empty when it wrote nothing here."""
+    owned: dict[str, dict[str, int] | None] = {}
+    for name in (MANIFEST, PARTIAL):
+        try:
+            data = json.loads((root / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("generator") != "motion_shapes":
+            continue
+        files = data.get("files")
+        if isinstance(files, dict):
+            owned.update({str(k): v if isinstance(v, dict) else None for k, v in files.items()})
+        elif isinstance(data.get("config"), dict):  # manifests of generator version 1 list no files
+            owned.update(dict.fromkeys(planned_files(MotionShapesConfig.from_dict(data["config"]))))
+    return owned
+
+
+def _foreign_entries(root: Path, owned: dict[str, Any]) -> list[str]:
+    """Files and folders under ``root`` the generator did not write (its own bookkeeping files excluded)."""
+    folders = {parent.as_posix() for rel in owned for parent in Path(rel).parents}
+    foreign = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if rel not in folders and not any(path.iterdir()):
+                foreign.append(rel + "/")
+            continue
+        if rel in owned or rel in (MANIFEST, PARTIAL) or path.name.startswith((f".{MANIFEST}.", ".write-test-")):
+            continue
+        foreign.append(rel)
+    return foreign
+
+
+def _remove_owned(root: Path, owned: dict[str, dict[str, int] | None]) -> None:
+    """Delete the generator's own files (refusing any the user changed since) and the folders left empty."""
+    changed = []
+    for rel, stamp in owned.items():
+        path = root / rel
+        if not path.is_file() or stamp is None:
+            continue
+        st = path.stat()
+        if st.st_size != stamp.get("size") or st.st_mtime_ns != stamp.get("mtime_ns"):
+            changed.append(rel)
+    if changed:
+        raise FileExistsError(
+            f"{root} holds files the motion_shapes generator wrote that were changed since ({', '.join(changed[:5])}"
+            f"{' ...' if len(changed) > 5 else ''}); they are not deleted. Move them away or generate into another "
+            "folder (data.root / paths.data_dir)"
+        )
+    for rel in owned:
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            continue  # never outside the root, whatever a manifest says
+        (root / rel).unlink(missing_ok=True)
+    for folder in sorted({(root / rel).parent for rel in owned}, key=lambda p: len(p.parts), reverse=True):
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def generate_motion_shapes(root: str | Path, cfg: MotionShapesConfig | None = None) -> GeneratedSet:
     """Generate the set under ``root`` unless a tree with the same config hash is already there.
 
-    A tree with another config is replaced (only the folders this generator writes are removed); a root that
-    holds a ``UCF-101`` folder without a manifest is refused, so real data is never overwritten.
+    The generator deletes only what it wrote: files listed in its manifest (or, after an interrupted run, in its
+    progress marker), never other files, and not those changed since it wrote them. A root holding anything it did
+    not write is refused before any work, so a user's videos, split lists or masks are never touched.
     """
     cfg = cfg or MotionShapesConfig()
     root = Path(root)
     key = cfg.hash()
     manifest = read_manifest(root)
-    if manifest is not None and manifest.get("hash") == key:
+    if manifest is not None and manifest.get("hash") == key and not (root / PARTIAL).exists():
         return GeneratedSet(root, cfg.class_names, int(manifest["num_videos"]), False, 0.0)
-    if manifest is None and (root / VIDEO_DIR).exists():
-        raise FileExistsError(f"{root / VIDEO_DIR} exists but was not generated by motion_shapes (no {MANIFEST})")
+    owned = _owned_files(root) if root.is_dir() else {}
+    if root.is_dir():
+        foreign = _foreign_entries(root, owned)
+        if foreign:
+            raise FileExistsError(
+                f"cannot generate motion_shapes into {root}: it holds files not generated by motion_shapes "
+                f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; {len(foreign)} in all). Choose an "
+                "empty folder or one motion_shapes created (paths.data_dir=... or data.root=...)"
+            )
     _check_writable(root)
     t0 = time.perf_counter()
-    for sub in (VIDEO_DIR, MASK_DIR, LIST_DIR):
-        shutil.rmtree(root / sub, ignore_errors=True)
+    _remove_owned(root, owned)
     (root / MANIFEST).unlink(missing_ok=True)
+    files = planned_files(cfg)
+    _write_json(root / PARTIAL, {"generator": "motion_shapes", "hash": key, "files": dict.fromkeys(files)})
 
     names = cfg.class_names
     train, test = [], []
@@ -444,10 +534,13 @@ def generate_motion_shapes(root: str | Path, cfg: MotionShapesConfig | None = No
     (lists / "testlist01.txt").write_text("".join(f"{r}\n" for r, _ in test))
     seconds = time.perf_counter() - t0
     num = len(names) * cfg.videos_per_class
+    stamps = {}
+    for rel in files:
+        st = (root / rel).stat()
+        stamps[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     data = {"generator": "motion_shapes", "version": GENERATOR_VERSION, "hash": key, "config": cfg.to_dict(),
-            "class_names": names, "num_videos": num, "seconds": round(seconds, 3)}
-    tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, root / MANIFEST)  # written last: an interrupted run is regenerated next time
+            "class_names": names, "num_videos": num, "seconds": round(seconds, 3), "files": stamps}
+    _write_json(root / MANIFEST, data)  # written last: an interrupted run is cleaned up and regenerated next time
+    (root / PARTIAL).unlink(missing_ok=True)
     log.info("generated motion_shapes (%d videos) in %s in %.1f s", num, root, seconds)
     return GeneratedSet(root, names, num, True, seconds)

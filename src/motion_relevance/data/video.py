@@ -7,6 +7,7 @@ video once so every clip of it can be sliced from memory.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -22,6 +23,31 @@ from ._checks import check_choice, check_int, check_size
 log = logging.getLogger(__name__)
 
 DECODERS = ("decord", "opencv")
+
+
+@functools.lru_cache(maxsize=1)
+def decord_available() -> bool:
+    """Whether decord imports here (it has no wheel for some platforms, e.g. macOS on Apple silicon)."""
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_decoder(backend: str) -> str:
+    """The decoder that will run: ``backend``, or OpenCV (with one warning) where decord is not installed."""
+    backend = check_choice("decoder", backend, DECODERS)
+    if backend == "decord" and not decord_available():
+        _warn_fallback()
+        return "opencv"
+    return backend
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_fallback() -> None:
+    log.warning("decord is not installed on this platform (no wheel, e.g. macOS on Apple silicon): decoding with "
+                "OpenCV instead; set data.decoder=opencv to say so and silence this message")
 
 
 class VideoDecodeError(RuntimeError):
@@ -55,7 +81,7 @@ class VideoDecoder:
         num_threads: int = 1,
         max_readers: int = 2,
     ) -> None:
-        self.backend = check_choice("decoder", backend, DECODERS)
+        self.backend = resolve_decoder(backend)
         self.resize = check_size("resize", resize)
         self.num_threads = check_int("num_threads", num_threads, 0, 64)
         self.max_readers = check_int("max_readers", max_readers, 1, 64)

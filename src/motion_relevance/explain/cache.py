@@ -1,32 +1,30 @@
-"""On-disk cache of baseline explanations, so that sweep jobs after the first skip Captum entirely.
+"""Every explainer call goes through :class:`CachedExplainer`; :class:`AttributionCache` stores explanations on disk.
 
 A sigma sweep (``mr-explain -m selective.sigma=1,2,3,4,5``) explains the same clips with the same model and
-explainers in every job; only the cheap selective step depends on sigma. :class:`AttributionCache` stores each
-clip's baseline relevance ``(C, T, H, W)`` once and serves it to the later jobs (also across processes: entries
-are written atomically, so parallel launchers such as submitit can share one folder).
+explainers in every job; only the cheap selective step depends on sigma. With a cache, each clip's baseline
+relevance is computed once and read back by the later jobs (also across processes: entries are written
+atomically, so parallel launchers can share one folder). Without one, :class:`CachedExplainer` only times the call.
 
-Key (a SHA-256 over all of these; nothing else can select an entry):
+The key (:func:`motion_relevance.keys.cache_key`) holds every input that changes the relevance:
 
-* **model content**: :func:`state_hash` of the network's ``state_dict`` (names, shapes, dtypes and bytes of every
-  tensor), so a retrained or changed checkpoint never reuses entries, wherever its file lives;
-* **explainer config**: :func:`describe` of the explainer object (class and every public attribute: layer,
-  upsampling, zB bounds, pooling rule, Captum kwargs …) plus the versions of motion_relevance, Captum and torch;
-* **clip identity**: video path, first frame, the preprocessing (crop size, mean, std, scale, channel order, clip
-  length) and the explained class.
+* the network's content (:func:`~motion_relevance.keys.state_digest` of its ``state_dict``);
+* the explainer's configuration (:func:`describe`: class and public attributes) and the versions of
+  motion_relevance, Captum and torch;
+* the clip itself: a digest of the model-input tensor, which covers the video file, the first frame, the decoder
+  and every preprocessing option (resize, crop, stride, clip length, normalisation, channel order);
+* the explained class and the stored precision (``cache.dtype``).
 
-Each entry also records the wall time the explanation took (ms per clip), so the overhead table still reports the
-cost of the explanation, not of reading the file. The folder is bounded by ``max_bytes``: after each write the
-least-recently-used entries (by mtime, refreshed on every hit) are deleted until the total fits. An unwritable
-folder turns the cache off with one warning; a corrupt or mismatching entry is recomputed (counted in
-``corrupt``), never fatal. Plain library code: no Lightning or Hydra here.
+An entry that does not match what was asked (stored key, precision, shape, non-finite values, unreadable file) is
+corrupt: deleted, counted in ``corrupt`` and recomputed. Each entry also records the time the explanation took
+(ms per clip), so the overhead table reports the explanation's cost, not the file read. The folder is bounded by
+``max_bytes`` (least-recently-used entries are evicted). An unwritable folder turns the cache off with one warning.
+Plain library code: no Lightning or Hydra here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -39,12 +37,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from motion_relevance.keys import cache_key, state_digest, tensor_digest
+from motion_relevance.metrics.timing import OverheadTimer
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1
+__all__ = ["Attribution", "AttributionCache", "CacheEntry", "CachedExplainer", "describe", "explainer_config"]
+
 _SUFFIX = ".npz"
+DTYPES = ("float32", "float16")
 
 
 def _versions() -> dict[str, str]:
@@ -52,18 +55,7 @@ def _versions() -> dict[str, str]:
 
     from motion_relevance import __version__
 
-    return {"motion_relevance": __version__, "captum": captum.__version__, "torch": torch.__version__,
-            "format": str(_FORMAT)}
-
-
-def state_hash(module: nn.Module) -> str:
-    """Content hash (hex, 32 chars) of ``module.state_dict()``: tensor names, dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:32]
+    return {"motion_relevance": __version__, "captum": captum.__version__, "torch": torch.__version__}
 
 
 def describe(obj: Any, _depth: int = 0) -> Any:
@@ -87,34 +79,28 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     return {"class": kind, **attrs}
 
 
-def explainer_hash(explainer: Any) -> str:
-    """Hash (hex, 32 chars) of an explainer's configuration and of the library versions that compute it."""
-    blob = json.dumps({"explainer": describe(explainer), "versions": _versions()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def clip_identity(video: str, start: int, preprocessing: Mapping[str, Any] | None) -> str:
-    """The identity of one clip: video path, first frame and the preprocessing that made the model input."""
-    prep = json.dumps(describe(dict(preprocessing or {})), sort_keys=True, default=str)
-    return f"{video}|{int(start)}|{prep}"
+def explainer_config(explainer: Any) -> dict[str, Any]:
+    """The key part of an explainer: its configuration and the versions of the libraries that compute it."""
+    return {"explainer": describe(explainer), "versions": _versions()}
 
 
 @dataclass
 class CacheEntry:
-    """One cached explanation: relevance ``(C, T, H, W)`` float32 and the ms the explanation took."""
+    """One cached explanation: relevance per model input ``(C, T, H, W)`` and the ms the explanation took."""
 
-    relevance: torch.Tensor
+    relevance: tuple[Tensor, ...]
     ms: float
 
 
 class AttributionCache:
-    """LRU-bounded on-disk store of per-clip baseline relevance (see the module docstring).
+    """LRU-bounded on-disk store of per-clip relevance (see the module docstring).
 
     Args:
         dir: cache folder (created if missing); None disables caching.
         max_bytes: size bound of the folder in bytes; least-recently-used entries are evicted beyond it.
         enabled: False turns the cache off (every lookup misses, nothing is written).
-        dtype: stored precision, ``"float32"`` (exact: a hit gives bit-identical metrics) or ``"float16"``.
+        dtype: stored precision, ``"float32"`` (exact: a hit gives bit-identical metrics) or ``"float16"``; part of
+            every key, so entries of one precision are never served to a run asking for the other.
 
     Counters ``hits``, ``misses``, ``corrupt``, ``writes``, ``evictions``, ``write_errors`` and the folder's
     ``bytes`` are returned by :meth:`info`.
@@ -127,10 +113,11 @@ class AttributionCache:
         enabled: bool = True,
         dtype: str = "float32",
     ) -> None:
-        if not isinstance(max_bytes, (int, float)) or math.isnan(max_bytes) or max_bytes <= 0:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float)) or math.isnan(max_bytes) \
+                or max_bytes <= 0:
             raise ValueError(f"cache.max_bytes must be a positive number of bytes, got {max_bytes!r}")
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"cache.dtype must be 'float32' or 'float16', got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"cache.dtype must be one of {list(DTYPES)}, got {dtype!r}")
         self.max_bytes = int(max_bytes)
         self.dtype = dtype
         self.dir: Path | None = Path(dir) if (dir is not None and enabled) else None
@@ -182,11 +169,10 @@ class AttributionCache:
         self.hits = self.misses = self.corrupt = self.writes = self.evictions = self.write_errors = 0
 
     # ------------------------------------------------------------------ keys
-    @staticmethod
-    def key(model_hash: str, explainer_key: str, clip: str, target: int) -> str:
-        """Hex key of one entry from the model hash, explainer hash, clip identity and explained class."""
-        blob = f"{model_hash}\n{explainer_key}\n{clip}\n{int(target)}"
-        return hashlib.sha256(blob.encode()).hexdigest()
+    def key(self, *, model: str, explainer: Mapping[str, Any], inputs: Sequence[Tensor], target: int) -> str:
+        """Key of one clip's entry: model digest, explainer config, the clip's input tensors, class and dtype."""
+        return cache_key("attribution", model=model, explainer=explainer,
+                         inputs=[tensor_digest(x) for x in inputs], target=int(target), dtype=self.dtype)
 
     def path(self, key: str) -> Path | None:
         """File of entry ``key`` (two-level fan-out keeps folders small); None without a cache."""
@@ -196,7 +182,8 @@ class AttributionCache:
 
     # ------------------------------------------------------------------ read/write
     def get(self, key: str) -> CacheEntry | None:
-        """The entry for ``key`` or None (counted as a miss); a corrupt entry is deleted and counted."""
+        """The entry for ``key`` or None (a miss); an entry that does not match the key, the cache's dtype or holds
+        non-finite values is corrupt: deleted, counted, None."""
         path = self.path(key)
         if path is None or not path.exists():
             self.misses += 1
@@ -205,29 +192,39 @@ class AttributionCache:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) != key:
                     raise ValueError("stored key differs (hash collision or foreign file)")
-                relevance = torch.from_numpy(np.asarray(z["relevance"], dtype=np.float32))
+                arrays = [z[f"relevance_{i}"] for i in range(int(z["inputs"]))]
                 ms = float(z["ms"])
-            if relevance.ndim != 4 or not torch.isfinite(relevance).all():
-                raise ValueError(f"relevance has shape {tuple(relevance.shape)} or non-finite values")
+            for array in arrays:
+                if array.dtype != np.dtype(self.dtype) or array.ndim != 4 or not np.isfinite(array).all():
+                    raise ValueError(f"stored relevance {array.dtype} {array.shape} is not finite {self.dtype} "
+                                     "(C, T, H, W)")
+            relevance = tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in arrays)
         except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed, never fatal
-            log.warning("corrupt attribution cache entry %s (%s): recomputing", path, err)
-            self.corrupt += 1
+            self.discard(key, f"{err}")
             self.misses += 1
-            self._remove(path)
             return None
         self.hits += 1
         with contextlib.suppress(OSError):
             os.utime(path)  # LRU: a hit makes the entry recent
         return CacheEntry(relevance=relevance, ms=ms)
 
-    def put(self, key: str, relevance: torch.Tensor, ms: float) -> None:
-        """Store one clip's relevance ``(C, T, H, W)`` and its explanation time; evicts LRU entries beyond the bound."""
+    def discard(self, key: str, why: str) -> None:
+        """Delete a corrupt entry (counted in ``corrupt``) so that it is recomputed."""
         path = self.path(key)
         if path is None:
             return
-        array = relevance.detach().cpu().numpy().astype(self.dtype)
+        log.warning("corrupt attribution cache entry %s (%s): recomputing", path, why)
+        self.corrupt += 1
+        self._remove(path)
+
+    def put(self, key: str, relevance: Sequence[Tensor], ms: float) -> None:
+        """Store one clip's relevance (one ``(C, T, H, W)`` tensor per model input) and its explanation time."""
+        path = self.path(key)
+        if path is None:
+            return
+        arrays = {f"relevance_{i}": r.detach().cpu().numpy().astype(self.dtype) for i, r in enumerate(relevance)}
         buf = io.BytesIO()
-        np.savez(buf, relevance=array, ms=np.float64(ms), key=np.str_(key))
+        np.savez(buf, ms=np.float64(ms), key=np.str_(key), inputs=np.int64(len(arrays)), **arrays)
         data = buf.getvalue()
         if len(data) > self.max_bytes:
             log.warning("attribution of %d bytes exceeds cache.max_bytes=%d: not cached", len(data), self.max_bytes)
@@ -277,10 +274,168 @@ class AttributionCache:
             if self._remove(path):
                 self.evictions += 1
 
-    # ------------------------------------------------------------------ batches
-    def lookup(self, keys: Sequence[str]) -> list[CacheEntry | None]:
-        """Entries for a batch of keys (None where missing)."""
-        return [self.get(k) for k in keys]
-
     def __repr__(self) -> str:
         return f"AttributionCache(dir={str(self.dir) if self.dir else None!r}, max_bytes={self.max_bytes})"
+
+
+@dataclass
+class Attribution:
+    """What one explainer call produced for a batch of ``B`` clips.
+
+    Attributes:
+        relevance: ``(B, C, T, H, W)``, or a tuple with one such tensor per model input (multi-pathway models).
+        ms: per clip, the wall time its explanation took (the stored time for cache hits).
+        timings: one value per timed explainer call (ms per clip of that call) plus the stored values of the hits:
+            the samples of the overhead table (clips explained together share one measurement).
+        hits: clips served from the cache.
+    """
+
+    relevance: Tensor | tuple[Tensor, ...]
+    ms: list[float]
+    timings: list[float]
+    hits: int = 0
+
+
+def _as_tuple(value: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return (value,) if isinstance(value, Tensor) else tuple(value)
+
+
+class CachedExplainer:
+    """Call ``explainer(model, clips, target)`` through ``cache`` (or only timed, when ``cache`` is None or off).
+
+    Args:
+        explainer: ``explainer(model, clips, target) -> (B, C, T, H, W)`` (a tuple for multi-input models).
+        cache: an :class:`AttributionCache`, or None.
+
+    Example::
+
+        >>> import torch
+        >>> from motion_relevance.explain import GradCAM
+        >>> from motion_relevance.explain.cache import CachedExplainer
+        >>> from motion_relevance.models import C3D
+        >>> net = C3D(num_classes=4, width=0.125, crop_size=32)
+        >>> out = CachedExplainer(GradCAM(layer="conv5b"))(net, torch.randn(2, 3, 16, 32, 32), torch.tensor([0, 1]))
+        >>> out.relevance.shape, len(out.ms)
+        (torch.Size([2, 1, 16, 32, 32]), 2)
+    """
+
+    def __init__(self, explainer: Any, cache: AttributionCache | None = None) -> None:
+        if not callable(explainer):
+            raise TypeError(f"explainer must be callable as explainer(model, clips, target), got {explainer!r}")
+        if cache is not None and not isinstance(cache, AttributionCache):
+            raise TypeError(f"cache must be an AttributionCache or None, got {type(cache).__name__}")
+        self.explainer = explainer
+        self.cache = cache
+        self._config: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.explainer, "name", type(self.explainer).__name__))
+
+    @property
+    def caching(self) -> bool:
+        return self.cache is not None and self.cache.enabled
+
+    def __repr__(self) -> str:
+        return f"CachedExplainer({self.explainer!r}, cache={self.cache!r})"
+
+    def __call__(
+        self, model: nn.Module, clips: Tensor | Sequence[Tensor], target: Tensor, *, model_digest: str | None = None,
+    ) -> Attribution:
+        """Explain ``clips`` for ``target`` ``(B,)`` class indices; ``model_digest`` (a
+        :func:`~motion_relevance.keys.state_digest` of ``model``) saves hashing the weights on every call."""
+        inputs = _as_tuple(clips)
+        n = inputs[0].shape[0]
+        target = torch.as_tensor(target).reshape(-1)
+        if target.shape[0] != n:
+            raise ValueError(f"target must hold one class per clip ({n}), got shape {tuple(target.shape)}")
+        keys: list[str] | None = None
+        entries: list[CacheEntry | None] = [None] * n
+        if self.caching:
+            assert self.cache is not None
+            if self._config is None:
+                self._config = explainer_config(self.explainer)
+            digest = model_digest or state_digest(model)
+            keys = [self.cache.key(model=digest, explainer=self._config, inputs=[x[i] for x in inputs],
+                                   target=int(t)) for i, t in enumerate(target.tolist())]
+            entries = [self.cache.get(k) for k in keys]
+            entries = self._matching(entries, keys, inputs)
+        missing = [i for i, e in enumerate(entries) if e is None]
+        fresh: dict[int, tuple[tuple[Tensor, ...], float]] = {}  # clip -> (relevance per input, ms)
+        timings: list[float] = []
+        whole: tuple[Tensor, ...] | None = None  # the explainer's own output when it explained every clip at once
+        if missing:
+            ms, whole = self._explain(model, clips, inputs, target, missing, keys, fresh)
+            timings.append(ms)
+            whole = whole if len(missing) == n else None
+        hit_shape = next((tuple(r.shape for r in e.relevance) for e in entries if e is not None), None)
+        fresh_shape = next((tuple(r.shape for r in f) for f, _ in fresh.values()), None)
+        if hit_shape is not None and fresh_shape is not None and hit_shape != fresh_shape:
+            # the fresh result decides: hits of another shape were written by another explainer version
+            stale = [i for i, e in enumerate(entries) if e is not None]
+            for i in stale:
+                assert keys is not None and self.cache is not None
+                self.cache.discard(keys[i], f"relevance of shape {hit_shape} where the explainer gives {fresh_shape}")
+                entries[i] = None
+            timings.append(self._explain(model, clips, inputs, target, stale, keys, fresh)[0])
+        hits = [e for e in entries if e is not None]
+        device, dtype = inputs[0].device, inputs[0].dtype
+        relevance = list(whole) if whole is not None else []
+        for p in range(len(inputs) if whole is None else 0):
+            parts = [fresh[i][0][p] if e is None else e.relevance[p].to(device=device, dtype=dtype)
+                     for i, e in enumerate(entries)]
+            relevance.append(torch.stack(parts))
+        ms = [fresh[i][1] if e is None else e.ms for i, e in enumerate(entries)]
+        timings += list(dict.fromkeys(e.ms for e in hits))
+        result = relevance[0] if isinstance(clips, Tensor) else tuple(relevance)
+        return Attribution(relevance=result, ms=ms, timings=timings, hits=len(hits))
+
+    def _explain(self, model: nn.Module, clips: Tensor | Sequence[Tensor], inputs: tuple[Tensor, ...],
+                 target: Tensor, which: list[int], keys: list[str] | None,
+                 fresh: dict[int, tuple[tuple[Tensor, ...], float]]) -> tuple[float, tuple[Tensor, ...]]:
+        """Explain the clips ``which`` in one call, store them, put them in ``fresh``; returns (ms per clip, output)."""
+        n = inputs[0].shape[0]
+        sub = [x if len(which) == n else x[which] for x in inputs]
+        device = inputs[0].device
+        with OverheadTimer(device) as timer:
+            out = self.explainer(model, sub[0] if isinstance(clips, Tensor) else type(clips)(sub),
+                                 target=(target if len(which) == n else target[which]).to(device))
+        parts = tuple(r.detach() for r in _as_tuple(out))
+        per_clip = timer.ms / len(which)
+        for j, i in enumerate(which):
+            fresh[i] = (tuple(r[j] for r in parts), per_clip)
+            if keys is not None and self.cache is not None:
+                self.cache.put(keys[i], fresh[i][0], per_clip)
+        return per_clip, parts
+
+    def _matching(self, entries: list[CacheEntry | None], keys: list[str], inputs: tuple[Tensor, ...]
+                  ) -> list[CacheEntry | None]:
+        """Hits whose shape cannot be this explainer's output for these inputs, or that disagree among themselves,
+        are corrupt: discarded and recomputed."""
+        assert self.cache is not None
+        shapes: set[tuple[tuple[int, ...], ...]] = set()
+        ok: list[CacheEntry | None] = []
+        for entry, key in zip(entries, keys):
+            if entry is not None:
+                shape = tuple(tuple(r.shape) for r in entry.relevance)
+                fits = len(shape) == len(inputs) and all(
+                    s[1:] == tuple(x.shape[2:]) and s[0] in (1, x.shape[1]) for s, x in zip(shape, inputs))
+                if fits:
+                    shapes.add(shape)
+                else:
+                    self._reject(key, f"relevance of shape {shape} for inputs {[tuple(x.shape[1:]) for x in inputs]}")
+                    entry = None
+            ok.append(entry)
+        if len(shapes) > 1:  # entries of one explainer must agree: recompute them all
+            for i, key in enumerate(keys):
+                if ok[i] is not None:
+                    self._reject(key, f"entries of one explainer disagree in shape: {sorted(shapes)}")
+                    ok[i] = None
+        return ok
+
+    def _reject(self, key: str, why: str) -> None:
+        """A hit that turned out corrupt: discarded and counted as a miss instead."""
+        assert self.cache is not None
+        self.cache.discard(key, why)
+        self.cache.hits -= 1
+        self.cache.misses += 1

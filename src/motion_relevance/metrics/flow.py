@@ -11,28 +11,31 @@
 A clip with fewer than 2 frames has no flow: :func:`compute_flow` returns a ``(0, H, W, 2)`` array and every frame
 is invalid (``valid.any() == False``), which callers use to skip the clip's flow metrics.
 
-Cache design: entries store the flow *magnitude* as float16 (``np.savez_compressed``), keyed by the caller's clip
-key, the frame shape and a hash of (method, parameters, OpenCV version). The threshold is not part of the key, so
-changing it reuses the cache. Fresh magnitudes are rounded to float16 as well, so a cache hit and a miss give
-bit-identical masks.
+Cache design: entries store the flow *magnitude* as float16 (``np.savez_compressed``), keyed
+(:func:`motion_relevance.keys.cache_key`) by a digest of the grey frames the flow is computed from, the method,
+its parameters and the OpenCV version: regenerated or differently preprocessed data can never reuse an entry.
+The threshold is not part of the key, so changing it reuses the cache. Fresh magnitudes are rounded to float16 as
+well, so a cache hit and a miss give bit-identical masks. An entry that does not match its key, shape or dtype is
+corrupt: deleted, counted and recomputed.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
-import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+
+from motion_relevance.keys import cache_key, tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ _DIS_SETTERS = {
     "use_spatial_propagation": "setUseSpatialPropagation",
 }
 METHODS = ("farneback", "dis")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 def flow_params(method: str = "farneback", **params: Any) -> dict[str, Any]:
@@ -178,15 +181,6 @@ def moving_mask(
     return moves, valid
 
 
-def _params_hash(method: str, params: Mapping[str, Any]) -> str:
-    blob = json.dumps(
-        {"method": method, "params": dict(params), "opencv": cv2.__version__, "format": _CACHE_FORMAT},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 class FlowEstimator:
     """Batched flow → moving masks with an optional on-disk cache (SPEC §3). Hydra-friendly constructor.
 
@@ -201,7 +195,7 @@ class FlowEstimator:
     Args:
         method: ``"farneback"`` or ``"dis"``.
         params: overrides of the method's defaults (see :func:`flow_params`).
-        threshold: ``"std"`` or px/frame (see :func:`moving_mask`); not part of the cache key.
+        threshold: ``"std"`` or px/frame (see :func:`moving_mask`); not part of the cache key (magnitudes are cached).
         cache_dir: folder for cached magnitudes, or None. An unwritable folder warns once and disables the cache.
 
     Counters ``hits``, ``misses`` (computed, keyed or not), ``corrupt`` (unreadable entries recomputed) and
@@ -220,7 +214,6 @@ class FlowEstimator:
         if isinstance(threshold, str) and threshold != "std":
             threshold = float(threshold)
         self.threshold = threshold
-        self.params_hash = _params_hash(method, self.params)
         self.cache_dir: Path | None = Path(cache_dir) if cache_dir is not None else None
         self.hits = self.misses = self.corrupt = self.write_errors = 0
         self._warned = False
@@ -239,12 +232,16 @@ class FlowEstimator:
             self._warned = True
         self.cache_dir = None
 
-    def cache_path(self, key: str, shape: Sequence[int]) -> Path | None:
-        """File of the cache entry for clip ``key`` with grey frame shape ``(T, H, W)`` (None without cache)."""
+    def cache_key(self, grey: np.ndarray) -> str:
+        """Key of the flow of grey frames ``(T, H, W)`` uint8: their digest, the method, parameters, OpenCV."""
+        return cache_key("flow", frames=tensor_digest(grey), method=self.method, params=self.params,
+                         opencv=cv2.__version__, format=_CACHE_FORMAT)
+
+    def cache_path(self, key: str) -> Path | None:
+        """File of the cache entry ``key`` (None without a cache)."""
         if self.cache_dir is None:
             return None
-        ident = f"{key}|{tuple(int(s) for s in shape)}|{self.params_hash}"
-        return self.cache_dir / f"{hashlib.sha256(ident.encode()).hexdigest()[:40]}.npz"
+        return self.cache_dir / f"{key[:40]}.npz"
 
     def _load(self, path: Path, key: str, n: int, h: int, w: int) -> np.ndarray | None:
         if not path.exists():
@@ -252,18 +249,20 @@ class FlowEstimator:
         try:
             with np.load(path, allow_pickle=False) as z:
                 mag = z["magnitude"]
-                ok = str(z["key"]) == key and str(z["params_hash"]) == self.params_hash
-            if not ok or mag.shape != (n, h, w) or mag.dtype != np.float16:
-                raise ValueError(f"entry does not match (shape {mag.shape}, dtype {mag.dtype})")
+                stored = str(z["key"])
+            if stored != key or mag.shape != (n, h, w) or mag.dtype != np.float16:
+                raise ValueError(f"entry does not match (key, shape {mag.shape}, dtype {mag.dtype})")
             return mag
-        except Exception as err:  # any unreadable entry is recomputed, never fatal
+        except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed, never fatal
             log.warning("corrupt flow cache entry %s (%s): recomputing", path, err)
             self.corrupt += 1
+            with contextlib.suppress(OSError):
+                path.unlink()
             return None
 
     def _store(self, path: Path, key: str, mag: np.ndarray) -> None:
         buf = io.BytesIO()
-        np.savez_compressed(buf, magnitude=mag, key=np.str_(key), params_hash=np.str_(self.params_hash))
+        np.savez_compressed(buf, magnitude=mag, key=np.str_(key))
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".flow-", suffix=".tmp")
@@ -281,41 +280,37 @@ class FlowEstimator:
         return {"hits": self.hits, "misses": self.misses, "corrupt": self.corrupt, "write_errors": self.write_errors}
 
     # ------------------------------------------------------------------ compute
-    def magnitude(self, frames: np.ndarray | torch.Tensor, key: str | None = None) -> np.ndarray:
+    def magnitude(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """float16 flow magnitude ``(T-1, H, W)`` of one clip ``(T, H, W, 3)`` uint8, from the cache if possible."""
         grey = _to_grey(frames)
         t, h, w = grey.shape
         n = max(t - 1, 0)
-        path = self.cache_path(key, grey.shape) if key is not None else None
-        if path is not None:
+        key = self.cache_key(grey) if self.cache_dir is not None else None
+        path = self.cache_path(key) if key is not None else None
+        if path is not None and key is not None:
             mag = self._load(path, key, n, h, w)
             if mag is not None:
                 self.hits += 1
                 return mag
         self.misses += 1
         mag = flow_magnitude(compute_flow(grey, self.method, **self.params))
-        if path is not None:
+        if path is not None and key is not None:
             self._store(path, key, mag)
         return mag
 
-    def __call__(
-        self, frames_batch: np.ndarray | torch.Tensor, keys: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, frames_batch: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Moving masks of a batch.
 
         Args:
             frames_batch: uint8 ``(B, T, H, W, 3)`` RGB model-input frames (numpy or CPU/GPU tensor).
-            keys: one cache key per clip (e.g. ``"video|start|crop"``), or None for no caching.
 
         Returns:
             ``moves`` bool ``(B, T, H, W)`` and ``valid`` bool ``(B, T)`` CPU tensors. A clip with ``T < 2`` has
             ``valid[b].any() == False``: skip its flow metrics.
         """
-        if keys is not None and len(keys) != len(frames_batch):
-            raise ValueError(f"{len(keys)} keys for a batch of {len(frames_batch)} clips")
         moves, valid = [], []
         for b in range(len(frames_batch)):
-            mag = self.magnitude(frames_batch[b], None if keys is None else keys[b])
+            mag = self.magnitude(frames_batch[b])
             m, v = moving_mask(mag, self.threshold, magnitude=True)
             t = frames_batch[b].shape[0]
             moves.append(torch.from_numpy(m[:t]))

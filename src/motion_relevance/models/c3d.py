@@ -83,6 +83,9 @@ class C3D(nn.Sequential):
             when its class count differs. See :mod:`motion_relevance.models.pretrained`.
     """
 
+    #: The layer Grad-CAM explains by default: the last conv layer (2x7x7 for 16x112x112 clips).
+    explain_layer = "conv5b"
+
     def __init__(
         self,
         num_classes: int = 101,

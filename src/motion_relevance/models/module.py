@@ -50,6 +50,9 @@ class VideoClassifier(pl.LightningModule):
         pretrained: optional weights in the C3D port's layout (Sports-1M ``c3d.pickle``) loaded into ``net``
             before training (``model.pretrained=…``); the final layer is re-initialised when its class count
             differs. Not stored in checkpoints (they hold the trained weights).
+        explain_layer: the layer Grad-CAM explains by default (a module path of ``net``, e.g. ``conv5b`` or
+            ``layer4``); set on the network as ``net.explain_layer`` and stored in checkpoints. ``None`` keeps the
+            network's own default.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class VideoClassifier(pl.LightningModule):
         preprocessing: Mapping[str, Any] | None = None,
         class_names: list[str] | None = None,
         pretrained: str | None = None,
+        explain_layer: str | None = None,
     ) -> None:
         super().__init__()
         if optimizer is not None and not callable(optimizer):
@@ -78,6 +82,15 @@ class VideoClassifier(pl.LightningModule):
             from motion_relevance.models.pretrained import load_pretrained
 
             load_pretrained(net, pretrained)
+        if explain_layer:
+            names = dict(net.named_modules())
+            if explain_layer not in names:
+                import difflib
+
+                near = difflib.get_close_matches(explain_layer, [n for n in names if n], n=5, cutoff=0.4)
+                raise ValueError(f"model.explain_layer={explain_layer!r} is not a module of the network; "
+                                 f"close names: {near}")
+            net.explain_layer = str(explain_layer)
         self.net = net
         num_classes = int(getattr(net, "num_classes", 0)) or None
         if num_classes is None:
@@ -188,4 +201,5 @@ class VideoClassifier(pl.LightningModule):
             "preprocessing": _plain(self.hparams.preprocessing or {}),
             "class_names": list(_plain(self.hparams.class_names or [])),
             "num_classes": self.num_classes,
+            "explain_layer": getattr(self.net, "explain_layer", None),
         }

@@ -129,6 +129,18 @@ def finish_wandb() -> None:
             log.error("wandb.finish() failed: %s", err)
 
 
+def record_data_counts(datamodule: Any, loggers: list[Any], metrics: dict[str, Any]) -> None:
+    """What the data's split files held (missing videos skipped, duplicates and overlap kept knowingly, classes
+    without training videos) as ``data/<count>`` in the run's metrics and loggers."""
+    counts = getattr(datamodule, "data_counts", None)
+    if not counts:
+        return
+    values = {f"data/{name}": int(value) for name, value in counts.items()}
+    metrics.update(values)
+    for logger in loggers:
+        logger.log_metrics({k: float(v) for k, v in values.items()})
+
+
 def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
     """The value of ``name`` in ``metrics`` for sweepers; a clear error if it was never logged."""
     if not name:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class
-from omegaconf import DictConfig
+from hydra.utils import get_class, get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
@@ -65,6 +65,100 @@ def check_positive(value: Any, key: str, *, integer: bool = False, allow_none: b
         raise ValueError(f"{key} must be {kind}, got {value!r}")
 
 
+def _node(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _target_class(node: Any, key: str, what: str) -> Any:
+    """The object a config node's ``_target_`` names; errors name the key and the fix."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ValueError(f"{key}={_show(node)} is not a {what} config: expected a mapping with _target_ "
+                         f"(e.g. +explainer@{key}=dtd for an explainer)")
+    try:
+        return get_object(node._target_)
+    except Exception as err:  # noqa: BLE001 - hydra raises several error types here
+        raise ValueError(f"{key}._target_={node._target_!r} cannot be imported ({err})") from err
+
+
+def _show(value: Any) -> str:
+    return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+def check_explainers(cfg: DictConfig) -> None:
+    """Every ``explainers.<name>`` is an explainer config whose ``_target_`` is callable."""
+    explainers = _node(cfg, "explainers")
+    if explainers is None:
+        return
+    if not isinstance(explainers, DictConfig) or not explainers:
+        raise ValueError(f"explainers={_show(explainers)}: expected a mapping name -> explainer config")
+    for name, node in explainers.items():
+        target = _target_class(node, f"explainers.{name}", "explainer")
+        if not callable(target):
+            raise ValueError(f"explainers.{name}._target_={node._target_!r} is not callable")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """``trainer.max_epochs`` >= 1, or -1/None with ``trainer.max_steps`` >= 1 (Lightning's 'until max_steps')."""
+    trainer = _node(cfg, "trainer")
+    if trainer is None or not cfg.get("train", False):
+        return
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    steps_set = isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps >= 1
+    if max_epochs is None or max_epochs == -1:
+        if not steps_set:
+            raise ValueError(f"trainer.max_epochs={max_epochs} trains forever unless trainer.max_steps is set; "
+                             "give trainer.max_epochs >= 1 or trainer.max_steps >= 1")
+        return
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(f"trainer.max_epochs={max_epochs!r} out of range: allowed an integer >= 1 "
+                         "(or -1 together with trainer.max_steps >= 1)")
+
+
+def check_groups(cfg: DictConfig) -> None:
+    """Callbacks, loggers, flow and cache: null or ``_target_`` nodes whose class imports."""
+    for group in ("callbacks", "logger"):
+        node = _node(cfg, group)
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig):
+            raise ValueError(f"{group}={_show(node)}: expected a mapping name -> object config")
+        for name, entry in node.items():
+            if entry is not None and isinstance(entry, DictConfig) and "_target_" in entry:
+                _target_class(entry, f"{group}.{name}", group)
+            elif entry is not None:
+                raise ValueError(f"{group}.{name}={_show(entry)}: expected an object config with _target_ or null")
+    for key in ("flow", "cache"):
+        node = _node(cfg, key)
+        if node is not None:
+            _target_class(node, key, key)
+
+
+def check_explanation_settings(cfg: DictConfig) -> None:
+    """``selective``, ``num_clips`` and ``target`` of the explanation runs."""
+    from motion_relevance.explain.selective import check_padding, check_sigma
+
+    selective = _node(cfg, "selective")
+    if selective is not None:
+        sigma = selective.get("sigma")
+        check_sigma(list(sigma) if isinstance(sigma, ListConfig) else sigma)
+        check_padding(selective.get("padding", "replicate"))
+    num_clips = cfg.get("num_clips")
+    if num_clips is not None and (isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1):
+        raise ValueError(f"num_clips={num_clips!r}: expected an integer >= 1 or null (every clip)")
+    target = cfg.get("target")
+    if target is not None and target not in ("predicted", "label"):
+        raise ValueError(f"target={target!r}: allowed values are ['predicted', 'label']")
+
+
+def validate_run_config(cfg: DictConfig) -> None:
+    """Checks shared by the entry points, before any data or model is loaded."""
+    check_trainer(cfg)
+    check_groups(cfg)
+    check_explainers(cfg)
+    check_explanation_settings(cfg)
+    ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Checks of the training config that the objects' own constructors cannot do early enough."""
     check_optimizer(cfg.model.get("optimizer"))
@@ -78,4 +172,4 @@ def validate_train_config(cfg: DictConfig) -> None:
     fraction = cfg.model.get("max_failure_fraction", 0.0)
     if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"model.max_failure_fraction must be in [0, 1], got {fraction!r}")
-    ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    validate_run_config(cfg)

@@ -1,0 +1,208 @@
+"""The Lightning adapter of the explanation pipeline: explain validation/test batches and log the numbers.
+
+:class:`ExplanationCallback` hands every evaluation batch of the chosen stages (at most ``num_clips`` clips per
+process and epoch, every ``every_n_epochs`` epochs for validation) to an
+:class:`~motion_relevance.pipeline.ExplanationPipeline`, with gradients enabled and the network in eval mode, and
+logs ``pipeline.results(stage)`` at the epoch's end: keys ``<stage>/<metric>/<method>`` (see
+:mod:`motion_relevance.metrics.keys`), e.g. ``test/precision/dtd``, ``test/precision/dtd_selective``,
+``test/selectivity_area/dtd``, ``test/agreement/dtd~gradcam``, ``test/overhead_ms/selective``, each mean with
+``…_std``, ``…_n`` and ``…_n_undefined`` siblings. Figures (the explanation grid and overlay videos of the first
+``keep_clips`` clips) are drawn on rank zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from motion_relevance.data.transforms import ClipTransform
+from motion_relevance.explain.cache import AttributionCache
+from motion_relevance.metrics.keys import stage_prefix
+from motion_relevance.pipeline import ExplanationPipeline
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STAGES", "ExplanationCallback"]
+
+STAGES = ("validate", "test")
+_TRANSFORM_KEYS = ("crop_size", "mean", "std", "scale", "channel_order")
+
+
+def _plain(value: Any) -> Any:
+    """Config containers to plain dicts/lists (duck-typed: no Hydra import here)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class ExplanationCallback(pl.Callback):
+    """Explain clips during validation/test and log the explanation metrics.
+
+    Args:
+        explainers: name -> explainer; the names are the metric keys (``dtd``, ``gradcam`` …).
+        selective: ``{"sigma": float or list, "padding": "replicate" | "zeros"}`` (``None``: no selective maps).
+        flow: a :class:`~motion_relevance.metrics.flow.FlowEstimator`, or None to skip flow precision.
+        stages: ``"validate"`` and/or ``"test"``.
+        num_clips: clips explained per stage and epoch on each process (None = all).
+        every_n_epochs: explain validation every N epochs (test always runs).
+        target: ``"predicted"`` (the paper) or ``"label"``.
+        mode: positive-relevance rule, ``"positive"`` (``X.sum(C) > 0``) or ``"nonzero"``.
+        keep_clips: clips kept on rank zero for figures.
+        cache: an :class:`~motion_relevance.explain.cache.AttributionCache`, or None.
+        figures: save (and log) the explanation grid and overlay videos at each explained epoch.
+        overlay_videos: how many kept clips get an overlay video.
+    """
+
+    def __init__(
+        self,
+        explainers: Mapping[str, Any],
+        selective: Mapping[str, Any] | None = None,
+        flow: Any | None = None,
+        stages: Sequence[str] = ("test",),
+        num_clips: int | None = 32,
+        every_n_epochs: int = 1,
+        target: str = "predicted",
+        mode: str = "positive",
+        keep_clips: int = 4,
+        cache: AttributionCache | None = None,
+        figures: bool = True,
+        overlay_videos: int = 2,
+    ) -> None:
+        super().__init__()
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown or not stages:
+            raise ValueError(f"callbacks.explanations.stages={list(stages)}: allowed values are {list(STAGES)}")
+        if num_clips is not None and (isinstance(num_clips, bool) or int(num_clips) < 1):
+            raise ValueError(f"num_clips={num_clips!r}: expected an integer >= 1 or null (every clip)")
+        if isinstance(every_n_epochs, bool) or int(every_n_epochs) < 1:
+            raise ValueError(f"callbacks.explanations.every_n_epochs={every_n_epochs!r}: expected an integer >= 1")
+        selective = dict(_plain(selective or {}))
+        extra = set(selective) - {"sigma", "padding"}
+        if extra:
+            raise ValueError(f"selective has unknown keys {sorted(extra)}; allowed: sigma, padding")
+        self.pipeline_args = {
+            "explainers": dict(explainers), "sigma": selective.get("sigma"),
+            "padding": selective.get("padding", "replicate"), "flow": flow, "cache": cache, "target": target,
+            "mode": mode, "keep_clips": int(keep_clips),
+        }
+        # Built without the data's transform to check every argument now; rebuilt in setup() with it.
+        self.pipeline = ExplanationPipeline(**self.pipeline_args)
+        self.stages = tuple(stages)
+        self.num_clips = None if num_clips is None else int(num_clips)
+        self.every_n_epochs = int(every_n_epochs)
+        self.figures = bool(figures)
+        self.overlay_videos = int(overlay_videos)
+        self._active = False
+        self._seen = 0
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        loops = {"validate": getattr(trainer, "validate_loop", None), "test": getattr(trainer, "test_loop", None)}
+        if any(getattr(loops[s], "inference_mode", False) for s in self.stages):
+            raise ValueError(
+                "explanations need gradients in validation/test: set trainer.inference_mode=false "
+                "(Lightning's default inference_mode=true disables torch.enable_grad())"
+            )
+        args = dict(self.pipeline_args, transform=self._transform(trainer, pl_module))
+        if not trainer.is_global_zero:
+            args["keep_clips"] = 0
+        self.pipeline = ExplanationPipeline(**args)
+
+    @staticmethod
+    def _transform(trainer: pl.Trainer, pl_module: pl.LightningModule) -> ClipTransform | None:
+        """The evaluation transform (model-input frames for flow and figures): the data's, else the checkpoint's."""
+        datamodule = getattr(trainer, "datamodule", None)
+        config = datamodule.transform_config() if hasattr(datamodule, "transform_config") else None
+        config = config or _plain(getattr(pl_module.hparams, "preprocessing", None) or {})
+        if not config:
+            log.warning("No preprocessing config found: flow metrics and figures are skipped")
+            return None
+        return ClipTransform(**{k: config[k] for k in _TRANSFORM_KEYS if k in config})
+
+    # ---------------------------------------------------------------- epochs
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._active = stage in self.stages and not trainer.sanity_checking and (
+            stage == "test" or trainer.current_epoch % self.every_n_epochs == 0)
+        self._seen = 0
+        if self._active:
+            self.pipeline.start(_net(pl_module), device=pl_module.device)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module, "validate")
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module, "test")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._explain(pl_module, batch, "validate", outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._explain(pl_module, batch, "test", outputs)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module, "validate")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module, "test")
+
+    # --------------------------------------------------------------- batches
+    def _explain(self, pl_module: pl.LightningModule, batch: Mapping[str, Any], stage: str, outputs: Any) -> None:
+        clips = batch.get("clip") if self._active else None
+        if clips is None:
+            return
+        n = int((clips if isinstance(clips, torch.Tensor) else clips[0]).shape[0])
+        budget = n if self.num_clips is None else min(n, self.num_clips - self._seen)
+        if budget <= 0:
+            return
+        device = pl_module.device
+        clips = clips[:budget].to(device) if isinstance(clips, torch.Tensor) else [c[:budget].to(device)
+                                                                                    for c in clips]
+        mask = batch.get("mask")
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        self._seen += budget
+        net = _net(pl_module)
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                self.pipeline.explain(
+                    net, clips, batch["label"][:budget].to(device), stage=stage, logits=logits,
+                    mask=None if mask is None else mask[:budget], videos=list(batch.get("video", [])),
+                )
+        finally:
+            net.train(was_training)
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self._active:
+            return
+        values = self.pipeline.results(stage)
+        skipped = values.get(f"{stage_prefix(stage)}/flow_skipped_clips")
+        if skipped:
+            log.warning("%d clips have fewer than 2 frames: flow metrics skipped for them", int(skipped))
+        # already reduced over processes (identical on every rank): NaN included, an undefined mean stays visible
+        for key, value in values.items():
+            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
+        if self.figures and self.pipeline.kept:
+            self._draw(trainer, pl_module, stage_prefix(stage))
+
+    @rank_zero_only
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+        """The explanation grid and overlay videos of the kept clips; a failure never loses the numbers."""
+        from motion_relevance.callbacks.figures import save_kept_figures
+
+        try:
+            save_kept_figures(trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,
+                              class_names=getattr(pl_module.hparams, "class_names", None))
+        except Exception as err:  # noqa: BLE001 - figures are a convenience, the metrics are the record
+            log.error("Could not draw the explanation figures: %s: %s", type(err).__name__, err)
+
+
+def _net(pl_module: pl.LightningModule) -> torch.nn.Module:
+    return getattr(pl_module, "net", pl_module)

@@ -1,0 +1,97 @@
+"""The names of logged metrics: one place for the key rules that the callbacks, ``mr-explain``, ``mr-report`` and
+the figures share.
+
+A logged key is ``<stage>/<metric>[_<stat>]/<method>``: ``test/precision/dtd`` (the mean over clips),
+``test/precision_std/dtd``, ``test/precision_n/dtd`` and ``test/precision_n_undefined/dtd``. Methods are the
+explainer names (``dtd``, ``gradcam`` …), their selective maps (``dtd_selective``; with several sigmas in one run
+``dtd_selective_s2``), pairs (``dtd~gradcam``) and, for quantities of a baseline at one of several sigmas,
+``dtd@s2``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "STATS",
+    "MetricKey",
+    "at_sigma",
+    "is_baseline",
+    "metric_key",
+    "pair",
+    "parse_key",
+    "selective",
+    "split_selective",
+    "stage_prefix",
+]
+
+#: Statistics logged beside each mean (the mean itself has no suffix).
+STATS = ("mean", "std", "n", "n_undefined")
+SELECTIVE = "_selective"
+_SELECTIVE_RE = re.compile(r"^(?P<base>.+?)_selective(?:_s(?P<sigma>[0-9.eE+-]+))?$")
+_AT_SIGMA_RE = re.compile(r"^(?P<base>.+)@s(?P<sigma>[0-9.eE+-]+)$")
+
+
+def stage_prefix(stage: str) -> str:
+    """Lightning's stage name to the key prefix: ``"validate"`` -> ``"val"``; ``"test"`` stays."""
+    return "val" if stage in ("validate", "val") else stage
+
+
+def selective(method: str, sigma: float, multi: bool) -> str:
+    """Name of the selective map of ``method`` at ``sigma``: ``dtd_selective``, or ``dtd_selective_s2`` when the run
+    evaluates several sigmas (``multi``)."""
+    return f"{method}{SELECTIVE}_s{sigma:g}" if multi else f"{method}{SELECTIVE}"
+
+
+def at_sigma(method: str, sigma: float, multi: bool) -> str:
+    """Name under which a baseline's per-sigma quantities (selectivity, spatial bias) are logged."""
+    return f"{method}@s{sigma:g}" if multi else method
+
+
+def pair(a: str, b: str) -> str:
+    """Name of the agreement of two methods."""
+    return f"{a}~{b}"
+
+
+def split_selective(method: str) -> tuple[str, float | None] | None:
+    """``dtd_selective`` -> ``("dtd", None)``, ``dtd_selective_s2`` -> ``("dtd", 2.0)``, others -> None."""
+    match = _SELECTIVE_RE.match(method)
+    if match is None:
+        return None
+    return match["base"], None if match["sigma"] is None else float(match["sigma"])
+
+
+def is_baseline(method: str) -> bool:
+    """True for an explainer's own name (not a selective map, a pair, a per-sigma name or the selective step)."""
+    return not (SELECTIVE in method or "~" in method or _AT_SIGMA_RE.match(method) or method == "selective")
+
+
+def metric_key(stage: str, metric: str, method: str, stat: str = "mean") -> str:
+    """``test/precision/dtd`` for the mean, ``test/precision_std/dtd`` for ``stat="std"`` …"""
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
+    name = metric if stat == "mean" else f"{metric}_{stat}"
+    return f"{stage_prefix(stage)}/{name}/{method}"
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """The parts of a logged key."""
+
+    stage: str
+    metric: str
+    stat: str
+    method: str
+
+
+def parse_key(key: str) -> MetricKey | None:
+    """Split a key of :func:`metric_key`'s form; None for other keys (``test/acc``, ``objective`` …)."""
+    parts = key.split("/")
+    if len(parts) != 3:
+        return None
+    stage, name, method = parts
+    for stat in STATS[1:]:
+        if name.endswith(f"_{stat}") and not (stat == "n" and name.endswith("_n_undefined")):
+            return MetricKey(stage, name[: -len(stat) - 1], stat, method)
+    return MetricKey(stage, name, "mean", method)

@@ -1,0 +1,250 @@
+"""The explanation pipeline of a run: explain a batch, measure it, keep a few clips for figures.
+
+:class:`ExplanationPipeline` is plain code (no Lightning or Hydra): the Lightning callback
+(:class:`~motion_relevance.callbacks.ExplanationCallback`) feeds it evaluation batches; scripts and other entry
+points can call it directly. For each batch it
+
+1. picks the explained class (the prediction, from the evaluation step's logits when given, or the label);
+2. runs every explainer through :class:`~motion_relevance.explain.cache.CachedExplainer` (cache + timing);
+3. computes the model-input frames and, with a flow estimator, which voxels move;
+4. applies selective relevance at each sigma;
+5. updates one :class:`~motion_relevance.metrics.suite.ExplanationMetrics` suite;
+
+and hands back an :class:`ExplainedBatch`. ``results(stage)`` gives every number under its logged key.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from motion_relevance.data.transforms import ClipTransform
+from motion_relevance.explain.cache import AttributionCache, CachedExplainer
+from motion_relevance.explain.selective import check_sigma, selective_relevance
+from motion_relevance.keys import state_digest
+from motion_relevance.metrics.suite import ExplanationMetrics
+from motion_relevance.metrics.timing import OverheadTimer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TARGETS", "ExplainedBatch", "ExplanationPipeline", "reference_input"]
+
+TARGETS = ("predicted", "label")
+MODES = ("positive", "nonzero")
+PADDINGS = ("replicate", "zeros")
+
+
+def reference_input(clips: Tensor | Sequence[Tensor]) -> int:
+    """Index of the model input that is at the clip's full frame rate (the one flow and masks describe): the only
+    input of a one-input model, the input with the most frames (the last of equals) of a multi-pathway model."""
+    if isinstance(clips, Tensor):
+        return 0
+    frames = [int(x.shape[2]) for x in clips]
+    return max(range(len(frames)), key=lambda i: (frames[i], i))
+
+
+@dataclass
+class ExplainedBatch:
+    """One explained batch. Tensors on the model's device unless noted; maps are those of the reference input.
+
+    Attributes:
+        stage: ``"validate"`` or ``"test"``.
+        clips: normalised model input ``(B, 3, T, H, W)`` (the reference input of a multi-pathway model).
+        labels, targets: ``(B,)`` true and explained classes.
+        relevance: method -> ``(B, C, T, H, W)``.
+        selective: selective-map name (``dtd_selective`` …) -> ``(B, C, T, H, W)``.
+        moves, valid: ``(B, T, H, W)`` / ``(B, T)`` bool on the CPU: optical-flow motion and frames with flow.
+        mask: ``(B, T, H, W)`` bool ground-truth motion (synthetic data).
+        frames: ``(B, T, H, W, 3)`` uint8 RGB model-input frames on the CPU.
+        videos: the clips' video paths.
+    """
+
+    stage: str
+    clips: Tensor
+    labels: Tensor
+    targets: Tensor
+    relevance: dict[str, Tensor]
+    selective: dict[str, Tensor] = field(default_factory=dict)
+    moves: Tensor | None = None
+    valid: Tensor | None = None
+    mask: Tensor | None = None
+    frames: Tensor | None = None
+    videos: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def relevance_sum(self) -> dict[str, Tensor]:
+        """method -> channel sum ``(B, 1, T, H, W)``; every metric starts from it (``P(X) = X.sum(C) > 0``)."""
+        return {name: rel.sum(dim=1, keepdim=True) for name, rel in self.relevance.items()}
+
+    def cpu(self) -> ExplainedBatch:
+        """A copy with every tensor on the CPU (kept clips for figures)."""
+        return replace(
+            self, clips=self.clips.cpu(), labels=self.labels.cpu(), targets=self.targets.cpu(),
+            relevance={k: v.cpu() for k, v in self.relevance.items()},
+            selective={k: v.cpu() for k, v in self.selective.items()},
+            mask=None if self.mask is None else self.mask.cpu(), videos=list(self.videos),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.clips.shape[0])
+
+
+def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r}: allowed values are {list(allowed)}")
+    return value
+
+
+class ExplanationPipeline:
+    """Explain and measure batches of clips (see the module docstring).
+
+    Args:
+        explainers: name -> explainer (``explainer(model, clips, target) -> (B, C, T, H, W)``); names are the
+            metric keys.
+        sigma: selective-relevance threshold(s) in standard deviations of the temporal gradient; ``None`` or an
+            empty list: no selective maps.
+        padding: ``"replicate"`` or ``"zeros"`` (the authors' code).
+        flow: a :class:`~motion_relevance.metrics.flow.FlowEstimator`, or None (no flow precision).
+        cache: an :class:`~motion_relevance.explain.cache.AttributionCache`, or None.
+        target: ``"predicted"`` (the paper) or ``"label"``.
+        mode: positive-relevance rule (``"positive"``: ``X.sum(C) > 0``, or ``"nonzero"``).
+        keep_clips: clips kept (on the CPU) for figures.
+        transform: the data's :class:`~motion_relevance.data.transforms.ClipTransform` (model-input frames for
+            flow and figures); None skips flow and figures.
+    """
+
+    def __init__(
+        self,
+        explainers: Mapping[str, Any],
+        *,
+        sigma: float | Sequence[float] | None = 4.0,
+        padding: str = "replicate",
+        flow: Any | None = None,
+        cache: AttributionCache | None = None,
+        target: str = "predicted",
+        mode: str = "positive",
+        keep_clips: int = 4,
+        transform: ClipTransform | None = None,
+    ) -> None:
+        if not explainers:
+            raise ValueError("explainers is empty; configure at least one explainer")
+        bad = [name for name, e in explainers.items() if not callable(e)]
+        if bad:
+            raise TypeError(f"explainers.{bad[0]} is {explainers[bad[0]]!r}, not an explainer; give each "
+                            "explainers.<name> an explainer config (e.g. +explainer@explainers.<name>=dtd)")
+        self.target = _check_choice("target", target, TARGETS)
+        self.mode = _check_choice("mode", mode, MODES)
+        self.padding = _check_choice("selective.padding", padding, PADDINGS)
+        self.sigmas = [] if sigma is None or (isinstance(sigma, Sequence) and not sigma) else check_sigma(sigma)
+        if isinstance(keep_clips, bool) or not isinstance(keep_clips, int) or keep_clips < 0:
+            raise ValueError(f"keep_clips={keep_clips!r}: expected an integer >= 0")
+        if cache is not None and not isinstance(cache, AttributionCache):
+            raise TypeError(f"cache must be an AttributionCache or null, got {type(cache).__name__}")
+        self.explainers = {name: CachedExplainer(e, cache) for name, e in explainers.items()}
+        self.cache = cache
+        self.flow = flow
+        self.keep_clips = keep_clips
+        self.transform = transform
+        counters = ["explained_clips"]
+        if cache is not None:
+            counters += ["cache_hits", "cache_misses", "cache_corrupt"]
+        if flow is not None:
+            counters.append("flow_skipped_clips")
+        self.metrics = ExplanationMetrics(list(self.explainers), self.sigmas, mode=mode,
+                                          flow=flow is not None and transform is not None, counters=counters)
+        self.kept: list[ExplainedBatch] = []
+        self._digest: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.explainers)
+
+    def selective_names(self, method: str) -> list[str]:
+        """The selective-map names of ``method`` in this run, one per sigma."""
+        return [self.metrics.selective_name(method, s) for s in self.sigmas]
+
+    # ------------------------------------------------------------------ epochs
+    def start(self, model: nn.Module, device: torch.device | str | None = None) -> None:
+        """Begin an explained epoch of ``model``: zero the metrics and counters, hash the weights for the cache."""
+        if device is not None:
+            self.metrics.to(device)
+        self.metrics.reset()
+        self.kept = []
+        if self.cache is not None:
+            self.cache.reset_counters()
+        self._digest = state_digest(model) if self.cache is not None and self.cache.enabled else None
+
+    def results(self, stage: str) -> dict[str, float]:
+        """Every number of the epoch under its logged key (reduced over processes)."""
+        if self.cache is not None:
+            info = self.cache.info()
+            for counter in ("hits", "misses", "corrupt"):
+                self.metrics.count(f"cache_{counter}", info[counter])
+        values = self.metrics.compute(stage)
+        if self.cache is not None:
+            prefix = "val" if stage == "validate" else stage
+            values[f"{prefix}/cache_bytes"] = float(self.cache.info()["bytes"])
+            values[f"{prefix}/cache_enabled"] = float(self.cache.enabled)
+        return values
+
+    # ------------------------------------------------------------------ batches
+    def targets(self, net: nn.Module, clips: Tensor | Sequence[Tensor], labels: Tensor,
+                logits: Tensor | None = None) -> Tensor:
+        """The explained class of each clip: the label, or the prediction (from ``logits`` when given)."""
+        if self.target == "label":
+            return labels
+        n = labels.shape[0]
+        if logits is not None and logits.shape[0] >= n:
+            return logits[:n].argmax(dim=1).to(labels.device)
+        with torch.no_grad():
+            return net(clips).argmax(dim=1)
+
+    def explain(self, net: nn.Module, clips: Tensor | Sequence[Tensor], labels: Tensor, *, stage: str = "test",
+                logits: Tensor | None = None, mask: Tensor | None = None, videos: Sequence[str] = ()
+                ) -> ExplainedBatch:
+        """Explain and measure one batch (``net`` in eval mode, gradients enabled by the caller)."""
+        targets = self.targets(net, clips, labels, logits)
+        ref = reference_input(clips)
+        relevance: dict[str, Tensor] = {}
+        for name, explainer in self.explainers.items():
+            out = explainer(net, clips, targets, model_digest=self._digest)
+            rel = out.relevance
+            relevance[name] = rel if isinstance(rel, Tensor) else rel[ref]
+            self.metrics.update_overhead(name, out.timings)
+        ref_clips = clips if isinstance(clips, Tensor) else clips[ref]
+        batch = ExplainedBatch(stage=stage, clips=ref_clips.detach(), labels=labels, targets=targets,
+                               relevance=relevance, videos=list(videos)[: labels.shape[0]])
+        if mask is not None:
+            batch.mask = mask.to(ref_clips.device).bool()
+        if self.transform is not None:
+            batch.frames = self.transform.denormalize(batch.clips)
+            if self.flow is not None:
+                batch.moves, batch.valid = self.flow(batch.frames)
+                self.metrics.count("flow_skipped_clips", int((~batch.valid.any(dim=1)).sum()))
+        self._measure(batch)
+        self.metrics.count("explained_clips", batch.size)
+        if sum(b.size for b in self.kept) < self.keep_clips:
+            self.kept.append(batch.cpu())
+        return batch
+
+    def _measure(self, b: ExplainedBatch) -> None:
+        sums = b.relevance_sum
+        flow = {"moves": b.moves, "valid": b.valid, "mask": b.mask}
+        for name, rel in b.relevance.items():
+            self.metrics.update_baseline(name, sums[name], **flow)
+            if not self.sigmas:
+                continue
+            with OverheadTimer(rel.device) as timer:
+                maps = selective_relevance(rel, list(self.sigmas), padding=self.padding)  # G computed once
+            self.metrics.update_overhead("selective", [timer.ms / (rel.shape[0] * len(self.sigmas))])
+            for sigma, sel in zip(self.sigmas, maps):
+                b.selective[self.metrics.selective_name(name, sigma)] = sel
+                self.metrics.update_selective(name, sigma, sums[name], sel.sum(dim=1, keepdim=True), **flow)
+        self.metrics.update_agreement(sums)
