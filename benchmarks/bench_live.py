@@ -14,7 +14,8 @@
    resize 128x171, crop 112) on the non-CPU ones (on the CPU too with ``--full``). The published figures:
    ``taskset -c 0,1 python bench_live.py --devices cpu,cuda`` (2 CPU cores + the GPU).
 
-Run: ``.venv/bin/python benchmarks/bench_live.py`` → ``benchmarks/results/bench_live.{json,md}``.
+Run: ``.venv/bin/python benchmarks/bench_live.py`` → ``benchmarks/results/bench_live.{json,md}``. A quick check
+that it runs, writing nothing: ``bench_live.py --repeats 1 --explainers gradcam --no-save``.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="devices of the pipeline runs, e.g. cpu,cuda (run_all.py passes --device cuda)")
     parser.add_argument("--clip", type=Path, default=CLIP)
     parser.add_argument("--name", default="bench_live", help="results/<name>.{json,md}")
+    parser.add_argument("--no-save", action="store_true", help="print the tables only (a check that it runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -241,8 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"clip": str(clip), "window": WINDOW, "stride": STRIDE, "source_fps": SOURCE_FPS,
                "threads": args.threads, "loadavg_before": load_before, "loadavg_after": load_after,
                "decoding": decoding, "pipeline": runs}
-    json_path, _ = write_results(args.name, results, markdown)
-    print(f"wrote {json_path}")
+    if not args.no_save:
+        json_path, _ = write_results(args.name, results, markdown)
+        print(f"wrote {json_path}")
     return results
 
 

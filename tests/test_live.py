@@ -15,9 +15,10 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from motion_relevance.live import app as live_app
+from motion_relevance.live.config import fill_data_node
 from motion_relevance.live.source import CameraSource, FileSource, SourceError, open_source, target_size
 from motion_relevance.live.windows import Pacer, SlidingWindow, Window, count_windows, iter_windows
 from motion_relevance.models.module import VideoClassifier
@@ -251,7 +252,7 @@ def test_live_config_builds_every_explainer(tmp_path: Path, ckpt: Path, explaine
     """live.yaml composes with every explainer; its data node comes from the checkpoint."""
     cfg = live_cfg(tmp_path, "clip.avi", ckpt, f"explainer={explainer}")
     OmegaConf.resolve(cfg.paths)
-    live_app.fill_data_node(cfg, PRE)
+    fill_data_node(cfg, PRE)
     built = hydra.utils.instantiate(cfg.explainer)
     assert callable(built)
     if explainer == "dtd":
@@ -269,7 +270,7 @@ def test_live_file_end_to_end_outputs(tmp_path: Path, videos: Path, ckpt: Path) 
     assert [r["status"] for r in rows] == ["explained"] * len(rows)
     assert rows[-1]["padded"] == "True" and float(rows[-1]["end_s"]) == pytest.approx(n / 25)
     for r in rows:
-        assert r["class"] in CLASSES and 0 <= float(r["confidence"]) <= 1 and 0 <= float(r["motion_share"]) <= 1
+        assert r["class"] in CLASSES and 0 <= float(r["confidence"]) <= 1 and 0 <= float(r["selective_share"]) <= 1
         assert float(r["latency_ms"]) > 0 and float(r["e2e_latency_ms"]) >= float(r["latency_ms"]) * 0.99
     vr = decord.VideoReader(str(run / "overlay.mp4"))
     assert len(vr) == n == metrics["live/video_frames"]
@@ -381,3 +382,246 @@ def test_cli_prints_run_folder_and_writes_metrics(tmp_path: Path, videos: Path, 
     assert out.returncode == 0, out.stderr[-2000:]
     run = Path(out.stdout.strip().splitlines()[-1].removeprefix("Run folder: "))
     assert (run / "metrics.json").exists() and (run / "windows.csv").exists()
+
+
+# ------------------------------------------------------------------------------ structured config, before work
+def _no_camera(index: int) -> object:
+    raise AssertionError("the source was opened before the config was checked")
+
+
+BAD_VALUES = [  # (override, the key the error names, the allowed values it states)
+    ("window=0", "window=0", "an integer >= 1"),
+    ("stride=-1", "stride=-1", "an integer >= 1"),
+    ("policy=fast", "policy='fast'", "block, drop or null"),
+    ("max_windows=-1", "max_windows=-1", "an integer >= 1 or null"),
+    ("max_windows=0", "max_windows=0", "an integer >= 1 or null"),
+    ("max_seconds=0", "max_seconds=0", "a number > 0"),
+    ("fps=0", "fps=0", "a number > 0"),
+    ("default_fps=-25", "default_fps=-25", "a number > 0"),
+    ("target=-1", "target=-1", "a class index >= 0"),
+    ("device=tpu", "device='tpu'", "auto, cpu, cuda, cuda:<index> or mps"),
+    ("device=gpu", "device='gpu'", "auto, cpu, cuda"),
+    ("threads=0", "threads=0", "null .*auto or an integer >= 1"),
+    ("threads=many", "threads='many'", "auto or an integer >= 1"),
+    ("resize=bigger", "resize='bigger'", "auto, native, an integer >= 1"),
+    ("resize=0", "resize=0", "auto, native, an integer >= 1"),
+    ("resize=[0,10]", r"resize=\[0,10\]", r"\[H, W\] with H, W >= 1"),
+    ("resize=[1,2,3]", r"resize=\[1,2,3\]", r"\[H, W\]"),
+    ("decode.chunk=0", "decode.chunk=0", "an integer >= 1"),
+    ("decode.threads=-1", "decode.threads=-1", "an integer >= 0"),
+    ("camera.max_queue=0", "camera.max_queue=0", "an integer >= 1"),
+    ("outputs.video=overlay.mkv", "outputs.video='overlay.mkv'", r"\.mp4, \.avi or \.gif"),
+    ("outputs.csv=''", "outputs.csv=''", "null or a file name"),
+    ("outputs.timeline=timeline.xyz", "outputs.timeline='timeline.xyz'", r"image file name \(\.png"),
+    ("outputs.min_height=0", "outputs.min_height=0", "an integer >= 1"),
+    ("outputs.alpha=1.5", "outputs.alpha=1.5", r"a number in \[0, 1\]"),
+    ("outputs.alpha=-0.1", "outputs.alpha=-0.1", r"a number in \[0, 1\]"),
+    ("outputs.mode=rainbow", "outputs.mode='rainbow'", "signed or positive"),
+    ("selective.padding=mirror", "selective.padding='mirror'", "replicate or zeros"),
+    ("selective.sigma=[1,2]", r"selective.sigma=\[1,2\]", "one sigma, e.g. selective.sigma=4"),
+    ("selective.sigma=-1", "selective.sigma", "non-negative number"),
+    ("selective.sigma=abc", "selective.sigma", "non-negative number"),
+    ("explainer._target_=torch.nn.Linear", "explainer._target_='torch.nn.Linear' is not an explainer",
+     r"subclass of motion_relevance.explain.Explainer, e.g. explainer=dtd\|gbp\|gradcam"),
+    ("explainer._target_=no.such.Explainer", "explainer._target_='no.such.Explainer' cannot be imported",
+     r"explainer=dtd\|gbp\|gradcam"),
+    ("+logger.bad._target_=no.such.Logger", "logger.bad._target_='no.such.Logger' cannot be imported", ""),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "allowed"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_value_is_refused_before_the_checkpoint_and_the_source(tmp_path: Path, override: str, key: str,
+                                                                    allowed: str) -> None:
+    """Every bad value fails with a LiveConfigError naming the key and the allowed values; the checkpoint does not
+    exist and the camera factory raises, so reading either first would fail differently."""
+    from motion_relevance.live.config import LiveConfigError
+
+    cfg = live_cfg(tmp_path, 0, tmp_path / "missing.ckpt", override)
+    with pytest.raises(LiveConfigError, match=f"{key}.*{allowed}") as err:
+        live_app.run(cfg, capture_factory=_no_camera)
+    assert "missing.ckpt" not in str(err.value)
+
+
+def test_unavailable_cuda_is_refused_before_work(tmp_path: Path) -> None:
+    from motion_relevance.live.config import LiveConfigError
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cfg = live_cfg(tmp_path, 0, tmp_path / "missing.ckpt", f"device=cuda:{count}")
+    with pytest.raises(LiveConfigError, match=f"device=cuda:{count}: (CUDA is not available|this machine has CUDA)"):
+        live_app.run(cfg, capture_factory=_no_camera)
+
+
+def test_explainer_that_is_no_config_and_missing_keys_are_refused(tmp_path: Path) -> None:
+    from motion_relevance.live.config import LiveConfigError
+
+    cfg = live_cfg(tmp_path, 0, tmp_path / "missing.ckpt")
+    with open_dict(cfg):
+        cfg.explainer = "bar"
+    with pytest.raises(LiveConfigError, match=r"explainer='bar' is not an explainer config.*explainer=dtd\|gbp"):
+        live_app.run(cfg, capture_factory=_no_camera)
+    with pytest.raises(Exception, match="explainer/bar"):  # a group option that does not exist: Hydra names it
+        live_cfg(tmp_path, 0, tmp_path / "missing.ckpt", "explainer=bar")
+    cfg = compose_config("live", ["logger=none", "progress=false", f"ckpt_path={tmp_path / 'x.ckpt'}"], tmp_path)
+    with pytest.raises(LiveConfigError, match="source is missing: give source=<video file>"):
+        live_app.run(cfg)
+    cfg = compose_config("live", ["logger=none", "source=0"], tmp_path)
+    with pytest.raises(LiveConfigError, match="ckpt_path is missing"):
+        live_app.run(cfg, capture_factory=_no_camera)
+
+
+def test_missing_source_file_is_refused_before_the_checkpoint(tmp_path: Path) -> None:
+    cfg = live_cfg(tmp_path, tmp_path / "nope.mp4", tmp_path / "missing.ckpt")
+    with pytest.raises(SourceError, match="nope.mp4.*no such file"):
+        live_app.run(cfg)
+
+
+@pytest.mark.parametrize("override", ["window=abc", "outputs.alpha=x", "max_windows=1.5", "display=maybe",
+                                      "data.foo=1"])
+def test_wrong_types_fail_while_composing_naming_the_key(tmp_path: Path, override: str) -> None:
+    """The schema in Hydra's ConfigStore types every key: a wrong type never reaches the run."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        live_cfg(tmp_path, 0, tmp_path / "missing.ckpt", override)
+    assert override.split("=")[0] in f"{err.value} {err.value.__cause__}"
+
+
+def test_schema_types_the_composed_config_and_every_key_has_a_rule(tmp_path: Path) -> None:
+    from dataclasses import fields, is_dataclass
+
+    from motion_relevance.live.config import RULES, LiveConfig, LiveSettings, check_config
+    from motion_relevance.models.checkpoint import PREPROCESSING_KEYS
+
+    cfg = live_cfg(tmp_path, 0, tmp_path / "missing.ckpt")
+    assert OmegaConf.get_type(cfg) is LiveConfig
+    assert sorted(cfg.data) == sorted(PREPROCESSING_KEYS) and all(v is None for v in cfg.data.values())
+
+    def leaves(cls: type, prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for f in fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+            out |= leaves(type(default), f"{prefix}{f.name}.") if is_dataclass(default) else {prefix + f.name}
+        return out
+
+    assert leaves(LiveSettings) == set(RULES) | {"source", "ckpt_path", "selective.sigma"}
+    settings = check_config(cfg)
+    assert isinstance(settings, LiveSettings) and settings.window == 16 and settings.outputs.alpha == 0.85
+    assert settings.source == 0 and settings.selective.sigma == 4.0
+
+
+def test_differing_data_value_is_refused_with_both_values(tmp_path: Path, videos: Path, ckpt: Path) -> None:
+    video = make_video(videos / "stride.avi", 20)
+    with pytest.raises(ValueError, match=r"stride: checkpoint 1 vs data.\* \(command line\) 2.*data.stride=1"):
+        live_app.run(live_cfg(tmp_path, video, ckpt, "data.stride=2"))
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return Path.touch, (self.marker,)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path, videos: Path) -> None:
+    video = make_video(videos / "pickle.avi", 20)
+    marker = tmp_path / "ran"
+    bad = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, bad)
+    with pytest.raises(ValueError, match="refused"):
+        live_app.run(live_cfg(tmp_path, video, bad))
+    assert not marker.exists()
+    foreign = save_checkpoint(tmp_path / "foreign.ckpt")
+    checkpoint = torch.load(foreign, weights_only=True)
+    checkpoint["motion_relevance"]["model"]["_target_"] = "shutil.copyfile"
+    torch.save(checkpoint, foreign)
+    with pytest.raises(ValueError, match="shutil.copyfile"):
+        live_app.run(live_cfg(tmp_path, video, foreign))
+
+
+def test_live_package_loads_checkpoints_only_through_load_classifier() -> None:
+    sources = sorted((ROOT / "src" / "motion_relevance" / "live").glob("*.py"))
+    assert len(sources) >= 8
+    for path in sources:
+        text = path.read_text()
+        assert "torch.load" not in text and "weights_only" not in text, path.name
+        assert "from motion_relevance.explain_app" not in text, path.name
+
+
+# ------------------------------------------------------------------------------------------------ the pieces
+def test_selective_share_is_kept_absolute_mass() -> None:
+    from motion_relevance.live.model import selective_share
+
+    r = torch.tensor([[[[[1.0, -2.0], [3.0, 0.5]]]]])
+    sel = r * torch.tensor([[[[[1.0, 0.0], [1.0, 0.0]]]]])
+    assert selective_share(r, sel) == pytest.approx(4.0 / 6.5)
+    assert math.isnan(selective_share(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 1, 2, 2)))
+
+
+def test_live_explainer_calls_the_explainer_through_cached_explainer(tmp_path: Path, ckpt: Path) -> None:
+    from motion_relevance.explain import GradCAM
+    from motion_relevance.explain.cache import AttributionCache, CachedExplainer
+    from motion_relevance.explain.selective import selective_relevance
+    from motion_relevance.live.model import LiveExplainer, build_transform, live_preprocessing, selective_share
+    from motion_relevance.models.checkpoint import load_classifier
+
+    loaded = load_classifier(ckpt)
+    pre = live_preprocessing(loaded, window=16)
+    cache = AttributionCache(tmp_path / "cache")
+    model = LiveExplainer(loaded.net, build_transform(pre), CachedExplainer(GradCAM(layer="conv5b"), cache),
+                          sigma=1.0, class_names=loaded.class_names)
+    frames = np.random.default_rng(0).integers(0, 255, (16, 60, 80, 3), dtype=np.uint8)
+    first, second = model(frames), model(frames)
+    assert cache.info()["writes"] == 1 and cache.info()["hits"] == 1
+    assert torch.equal(first.relevance, second.relevance) and first.relevance.shape == (1, 16, 56, 56)
+    expected = selective_relevance(first.relevance[None], 1.0)[0]
+    assert torch.equal(first.selective, expected)
+    assert first.selective_share == pytest.approx(selective_share(first.relevance, expected))
+    assert first.inputs.shape == (16, 56, 56, 3) and 0 <= first.confidence <= 1
+    with pytest.raises(ValueError, match="window=8 .* 16 frames"):
+        live_preprocessing(loaded, window=8)
+    with pytest.raises(ValueError, match="target=8: the model has classes 0..7"):
+        live_preprocessing(loaded, window=16, target=8)
+
+
+def test_record_rows_csv_summary_and_captions(tmp_path: Path) -> None:
+    from motion_relevance.live.record import CSV_COLUMNS, WindowResult, caption, summarise, write_csv
+
+    rows = [WindowResult(0, 0.0, 0.64, "explained", False, "a", 0.5, 0.25, 100.0, 150.0),
+            WindowResult(1, 0.32, 0.96, "dropped", False),
+            WindowResult(2, 0.64, 1.0, "explained", True, "b", 0.9, 0.75, 300.0, 400.0)]
+    path = write_csv(tmp_path / "w.csv", rows)
+    back = read_csv(path)
+    assert tuple(back[0]) == CSV_COLUMNS and "selective_share" in CSV_COLUMNS and "motion_share" not in CSV_COLUMNS
+    assert back[1]["selective_share"] == "" and float(back[2]["selective_share"]) == 0.75
+    m = summarise(rows, wall_s=2.0, work_s=0.4, fps=25.0, stride=8, frames=25)
+    assert m["live/windows"] == 3 and m["live/windows_explained"] == 2 and m["live/windows_dropped"] == 1
+    assert m["live/windows_per_s"] == pytest.approx(1.0) and m["live/capacity_windows_per_s"] == pytest.approx(5.0)
+    assert m["live/real_time_factor"] == pytest.approx(5.0 / (25 / 8)) and m["live/keeps_up"]
+    assert m["live/selective_share_mean"] == pytest.approx(0.5) and m["live/latency_ms_mean"] == pytest.approx(200)
+    assert m["live/e2e_latency_ms_max"] == 400.0 and "live/motion_share_mean" not in m
+    assert caption(0.5, rows[0]) == "0.50s  a 50%  selective keeps 25%"
+    assert caption(0.5, rows[1]) == "0.50s  dropped (behind real time)"
+
+
+@pytest.mark.filterwarnings("ignore:no frames were written")
+def test_overlay_sink_writes_every_frame_in_background_and_foreground(tmp_path: Path) -> None:
+    from motion_relevance.live.sink import OverlaySink
+
+    frames = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    maps = (np.random.default_rng(2).standard_normal((1, 5, 32, 32)).astype(np.float32),
+            np.zeros((5, 32, 32), np.float32))
+    for background in (True, False):
+        path = tmp_path / f"o_{background}.avi"
+        sink = OverlaySink(path, 25.0, ("base", "sel"), min_height=64, alpha=0.8, mode="signed", display=False,
+                           window_title="t", background=background)
+        for _ in range(3):
+            sink.write(frames, maps, ["c"] * 5)
+        sink.close()
+        sink.close()  # idempotent
+        assert sink.frames == 15 and len(decord.VideoReader(str(path))) == 15
+    broken = OverlaySink(tmp_path / "b.avi", 25.0, ("base", "sel"), min_height=64, alpha=0.8, mode="signed",
+                         display=False, window_title="t")
+    broken.write(frames, (np.zeros((2, 2)), np.zeros((2, 2))), ["c"] * 5)  # maps of the wrong shape
+    with pytest.raises(RuntimeError, match="writing the overlay video failed"):
+        broken.close()

@@ -39,6 +39,7 @@ from motion_relevance.data._checks import check_choice, check_int, check_size
 from motion_relevance.data.masks import MASK_DIR
 from motion_relevance.data.sampling import TEST_SAMPLING
 from motion_relevance.data.splits import LIST_DIR, VideoItem, count_duplicates, empty_classes, split_overlap
+from motion_relevance.data.synthetic import MOTION_SHAPES_MEAN, MOTION_SHAPES_STD
 from motion_relevance.data.video import resolve_decoder
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,8 @@ class MotionShapesDataModule(VideoDataModule):
         generator: :class:`MotionShapesConfig` or a mapping of its fields.
         **kwargs: :class:`VideoDataModule` options; defaults here: no resize, crop 56, no flips (direction
             labels are mirror-sensitive), zero-centred
-            inputs (mean 0.5, std 0.25 on [0, 1] RGB), val_fraction 0.15, masks loaded.
+            inputs (:data:`~motion_relevance.data.synthetic.MOTION_SHAPES_MEAN` / ``_STD`` on [0, 1] RGB),
+            val_fraction 0.15, masks loaded.
     """
 
     def __init__(
@@ -317,8 +319,8 @@ class MotionShapesDataModule(VideoDataModule):
         resize: int | Sequence[int] | None = None,
         crop_size: int | Sequence[int] | None = 56,
         hflip: bool = False,
-        mean: Sequence[float] | float = (0.29, 0.29, 0.29),
-        std: Sequence[float] | float = (0.16, 0.16, 0.16),
+        mean: Sequence[float] | float = MOTION_SHAPES_MEAN,
+        std: Sequence[float] | float = MOTION_SHAPES_STD,
         val_fraction: float = 0.15,
         **kwargs: Any,
     ) -> None:

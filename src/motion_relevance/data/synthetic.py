@@ -60,6 +60,9 @@ MOTIONS: dict[str, tuple[str, tuple[float, float]]] = {
     "oscillate_h": ("OscillateH", (1.0, 0.0)),
     "oscillate_v": ("OscillateV", (0.0, 1.0)),
 }
+#: Per-channel mean and std of the default set's frames on [0, 1] RGB: zero-centred inputs (DESIGN.md).
+MOTION_SHAPES_MEAN = (0.29, 0.29, 0.29)
+MOTION_SHAPES_STD = (0.16, 0.16, 0.16)
 TRANSLATIONS = ("right", "left", "up", "down", "up_right", "up_left", "down_right", "down_left")
 TEXTURES = ("flat", "noise", "stripes", "checker")
 _PURPOSE = {"motion": 1, "object": 2, "background": 3, "context": 4, "distractors": 5, "camera": 6, "noise": 7}

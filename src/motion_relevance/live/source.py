@@ -29,7 +29,11 @@ __all__ = [
     "FileSource",
     "FrameSource",
     "SourceError",
+    "check_file",
+    "check_resize",
+    "check_source",
     "open_source",
+    "parse_source",
     "resize_frame",
     "target_size",
 ]
@@ -37,6 +41,31 @@ __all__ = [
 
 class SourceError(RuntimeError):
     """A frame source cannot be opened or decoded; the message names the source."""
+
+
+def check_resize(resize: Any) -> str | int | tuple[int, int] | None:
+    """``resize`` as :func:`target_size` takes it: ``"auto"``, ``"native"`` (or ``None``), an int >= 1 or
+    ``(H, W)``; ``ValueError`` naming ``resize`` and the allowed values otherwise."""
+    rule = "allowed values are auto, native, an integer >= 1 (shorter side, pixels) or [H, W] with H, W >= 1"
+    if resize is None:
+        return None
+    if isinstance(resize, str):
+        if resize.lower() not in ("auto", "native"):
+            raise ValueError(f"resize={resize!r}: {rule}")
+        return resize.lower()
+    if isinstance(resize, bool):
+        raise ValueError(f"resize={resize!r}: {rule}")
+    if isinstance(resize, int | float):
+        if not (math.isfinite(resize) and float(resize).is_integer() and resize >= 1):
+            raise ValueError(f"resize={resize!r}: {rule}")
+        return int(resize)
+    try:
+        vals = list(resize)
+    except TypeError:
+        raise ValueError(f"resize={resize!r}: {rule}") from None
+    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals):
+        raise ValueError(f"resize={vals!r}: {rule}")
+    return int(vals[0]), int(vals[1])
 
 
 def target_size(
@@ -50,29 +79,27 @@ def target_size(
     Args:
         native_hw: decoded frame size ``(H, W)`` in pixels.
         resize: ``"auto"`` (the checkpoint's resize if it records one, otherwise the shorter side scaled to the
-            crop), ``"native"`` (frames as decoded), an int (shorter side in pixels, aspect kept) or ``[H, W]``.
+            crop), ``"native"`` (frames as decoded), an int (shorter side in pixels, aspect kept) or ``[H, W]``
+            (see :func:`check_resize`).
         checkpoint_resize: the ``resize`` the checkpoint's preprocessing records (``None`` if it has none).
         crop_size: the centre crop ``(H, W)``; frames are never left smaller than it (the shorter side is
             scaled up to fit, aspect kept).
     """
     h, w = int(native_hw[0]), int(native_hw[1])
+    option = check_resize(resize)
     out: tuple[int, int] | None
-    if resize is None or (isinstance(resize, str) and resize.lower() == "native"):
+    if option is None or option == "native":
         out = None
-    elif isinstance(resize, str):
-        if resize.lower() != "auto":
-            raise ValueError(f"resize={resize!r}: use auto, native, an int (shorter side) or [H, W]")
+    elif option == "auto":
         if checkpoint_resize:
             out = (int(checkpoint_resize[0]), int(checkpoint_resize[1]))
         else:
             out = _short_side((h, w), max(crop_size) if crop_size else min(h, w))
-    elif isinstance(resize, int | float):
-        out = _short_side((h, w), int(resize))
+    elif isinstance(option, int):
+        out = _short_side((h, w), option)
     else:
-        vals = [int(v) for v in resize]
-        if len(vals) != 2 or min(vals) < 1:
-            raise ValueError(f"resize={list(resize)!r}: expected [H, W] with positive values")
-        out = (vals[0], vals[1])
+        assert isinstance(option, tuple)
+        out = option
     size = out or (h, w)
     if crop_size and (size[0] < crop_size[0] or size[1] < crop_size[1]):
         scale = max(crop_size[0] / size[0], crop_size[1] / size[1])
@@ -159,14 +186,8 @@ class FileSource(FrameSource):
         num_threads: int = 1,
         default_fps: float = 25.0,
     ) -> None:
-        self.path = Path(path)
+        self.path = check_file(path)
         self.name = str(path)
-        if not self.path.exists():
-            raise SourceError(f"source={self.name!r}: no such file (give a video file or a camera index)")
-        if not self.path.is_file():
-            raise SourceError(f"source={self.name!r} is not a file")
-        if self.path.stat().st_size == 0:
-            raise SourceError(f"source={self.name!r} is an empty file (0 bytes): no frames to explain")
         self.step = max(1, int(step))
         self.chunk = max(1, int(chunk))
         self.num_threads = int(num_threads)
@@ -227,6 +248,18 @@ class FileSource(FrameSource):
 
     def close(self) -> None:
         self._reader = None
+
+
+def check_file(path: str | Path) -> Path:
+    """``path`` if it is a non-empty file; :class:`SourceError` naming it otherwise (no decoder is opened)."""
+    file = Path(path)
+    if not file.exists():
+        raise SourceError(f"source={str(path)!r}: no such file (give a video file or a camera index)")
+    if not file.is_file():
+        raise SourceError(f"source={str(path)!r} is not a file")
+    if file.stat().st_size == 0:
+        raise SourceError(f"source={str(path)!r} is an empty file (0 bytes): no frames to explain")
+    return file
 
 
 def _zero_frames(path: Path) -> bool:
@@ -372,18 +405,27 @@ def parse_source(source: Any) -> int | Path:
     return Path(text).expanduser()
 
 
+def check_source(source: Any) -> int | Path:
+    """A camera index (>= 0) or an existing, non-empty video file, as :func:`parse_source` reads ``source``;
+    checks what can be checked without opening a device or a decoder."""
+    target = parse_source(source)
+    if isinstance(target, int):
+        if target < 0:
+            raise SourceError(f"source={target}: camera indices start at 0")
+        return target
+    return check_file(target)
+
+
 def open_source(source: Any, **kwargs: Any) -> FrameSource:
     """A :class:`CameraSource` for an int (or digit string), else a :class:`FileSource`.
 
     ``kwargs``: ``resize``, ``checkpoint_resize``, ``crop_size``, ``fps``, ``step``, ``default_fps``; files also
     take ``chunk`` and ``num_threads``, cameras ``max_queue`` and ``capture_factory``.
     """
-    target = parse_source(source)
+    target = check_source(source)
     if isinstance(target, int):
         for key in ("chunk", "num_threads"):
             kwargs.pop(key, None)
-        if target < 0:
-            raise SourceError(f"source={target}: camera indices start at 0")
         return CameraSource(target, **kwargs)
     for key in ("max_queue", "capture_factory"):
         kwargs.pop(key, None)

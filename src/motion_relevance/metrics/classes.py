@@ -1,9 +1,11 @@
-"""torchmetrics ``Metric`` classes for the SPEC §4 metrics: mean and std over clips, exact under DDP.
+"""torchmetrics ``Metric`` classes for the explanation metrics (docs/method.md, "Metrics"): mean and std over
+clips, exact under DDP.
 
-Every class keeps, per reported quantity ``q``, four sum-type states (``dist_reduce_fx="sum"``): ``q_sum``,
-``q_sumsq`` (float64), ``q_n`` (clips used) and ``q_n_undefined`` (clips whose value is undefined, e.g. an
-all-zero explanation for precision — counted, never averaged). Summing these across processes gives exactly the
-one-process numbers, so N processes on disjoint clips report what one process on all clips reports.
+Every class keeps four sum-type states (``dist_reduce_fx="sum"``), each a vector with one entry per
+reported quantity: ``total`` and ``total_sq`` (float64), ``n`` (clips used) and ``n_undefined`` (clips whose
+value is undefined, e.g. an all-zero explanation for precision — counted, never averaged). Summing these across
+processes gives exactly the one-process numbers, so N processes on disjoint clips report what one process on all
+clips reports.
 
 ``compute()`` returns a flat dict, for each quantity ``q`` of the class::
 
@@ -24,9 +26,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from motion_relevance.metrics import functional as F
-
-_STATS = ("sum", "sumsq", "n", "n_undefined")
+from motion_relevance.metrics import functional
 
 
 def _mean_std_compute(total: Tensor, total_sq: Tensor, n: Tensor, n_undefined: Tensor) -> dict[str, Tensor]:
@@ -49,28 +49,34 @@ class _MeanStdMetric(Metric):
     higher_is_better: ClassVar[bool | None] = None
     quantities: ClassVar[tuple[str, ...]] = ()
 
+    total: Tensor
+    total_sq: Tensor
+    n: Tensor
+    n_undefined: Tensor
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        for q in self.quantities:
-            self.add_state(f"{q}_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{q}_sumsq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{q}_n", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-            self.add_state(f"{q}_n_undefined", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        k = len(self.quantities)
+        self.add_state("total", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("n_undefined", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
 
     def _accumulate(self, q: str, values: Tensor, defined: Tensor) -> None:
         """Add the defined entries of per-clip ``values`` (B,) to quantity ``q``; count the others."""
-        sum_state = getattr(self, f"{q}_sum")
-        defined = defined.bool().to(sum_state.device) & torch.isfinite(values.to(sum_state.device))
-        v = values.to(sum_state.device, torch.float64)[defined]
-        setattr(self, f"{q}_sum", sum_state + v.sum())
-        setattr(self, f"{q}_sumsq", getattr(self, f"{q}_sumsq") + (v * v).sum())
-        setattr(self, f"{q}_n", getattr(self, f"{q}_n") + defined.sum())
-        setattr(self, f"{q}_n_undefined", getattr(self, f"{q}_n_undefined") + (~defined).sum())
+        i = self.quantities.index(q)
+        device = self.total.device
+        defined = defined.bool().to(device) & torch.isfinite(values.to(device))
+        v = values.to(device, torch.float64)[defined]
+        self.total[i] += v.sum()
+        self.total_sq[i] += (v * v).sum()
+        self.n[i] += defined.sum()
+        self.n_undefined[i] += (~defined).sum()
 
     def compute(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
-        for q in self.quantities:
-            stats = _mean_std_compute(*(getattr(self, f"{q}_{s}") for s in _STATS))
+        for i, q in enumerate(self.quantities):
+            stats = _mean_std_compute(self.total[i], self.total_sq[i], self.n[i], self.n_undefined[i])
             out.update({f"{q}_{k}": v for k, v in stats.items()})
         return out
 
@@ -97,7 +103,7 @@ class MotionPrecision(_MeanStdMetric):
         self.mode = _check_mode(mode)
 
     def update(self, relevance: Tensor, moves: Tensor, valid_frames: Tensor | None = None) -> None:
-        self._accumulate("precision", *F.motion_precision(relevance, moves, valid_frames, self.mode))
+        self._accumulate("precision", *functional.motion_precision(relevance, moves, valid_frames, self.mode))
 
 
 class Selectivity(_MeanStdMetric):
@@ -113,7 +119,7 @@ class Selectivity(_MeanStdMetric):
         self.mode = _check_mode(mode)
 
     def update(self, relevance: Tensor, selective: Tensor) -> None:
-        area, mass, defined = F.selectivity(relevance, selective, self.mode)
+        area, mass, defined = functional.selectivity(relevance, selective, self.mode)
         self._accumulate("area", area, defined)
         self._accumulate("mass", mass, defined)
 
@@ -128,7 +134,7 @@ class Agreement(_MeanStdMetric):
         self.mode = _check_mode(mode)
 
     def update(self, a: Tensor, b: Tensor) -> None:
-        self._accumulate("iou", *F.agreement(a, b, self.mode))
+        self._accumulate("iou", *functional.agreement(a, b, self.mode))
 
 
 class GroundTruthMetrics(_MeanStdMetric):
@@ -146,11 +152,11 @@ class GroundTruthMetrics(_MeanStdMetric):
         self.mode = _check_mode(mode)
 
     def update(self, relevance: Tensor, mask: Tensor) -> None:
-        precision, recall, p_def, r_def = F.gt_precision_recall(relevance, mask, self.mode)
+        precision, recall, p_def, r_def = functional.gt_precision_recall(relevance, mask, self.mode)
         self._accumulate("precision", precision, p_def)
         self._accumulate("recall", recall, r_def)
-        self._accumulate("motion_share", *F.motion_share(relevance, mask))
-        self._accumulate("f1", *F.f1(relevance, mask, self.mode))
+        self._accumulate("motion_share", *functional.motion_share(relevance, mask))
+        self._accumulate("f1", *functional.f1(relevance, mask, self.mode))
 
 
 class SpatialBias(_MeanStdMetric):
@@ -162,7 +168,7 @@ class SpatialBias(_MeanStdMetric):
     quantities: ClassVar[tuple[str, ...]] = ("bias",)
 
     def update(self, relevance: Tensor, selective: Tensor) -> None:
-        self._accumulate("bias", *F.spatial_bias(relevance, selective))
+        self._accumulate("bias", *functional.spatial_bias(relevance, selective))
 
 
 class Overhead(_MeanStdMetric):

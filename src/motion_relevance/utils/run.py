@@ -60,9 +60,8 @@ def cpu_threads(cfg: DictConfig) -> int | None:
     """Torch intra-op threads for ``cfg.threads``: an int, ``null`` (torch's default) or ``auto``.
 
     ``auto`` leaves one core to each DataLoader worker when the run is on the CPU: ``max(1, usable cores -
-    data.num_workers)``. Oversubscribing the cores is far worse than using fewer threads: measured here on 2
-    cores with 2 workers and one other busy process, 2 epochs of the demo took 229 s with 2 threads and 39 s
-    with 1 (each of torch's small ops waits on a thread that has no core).
+    data.num_workers)``, because oversubscribed cores make each of torch's small ops wait on a thread that has
+    no core (docs/performance.md has the figures).
     """
     threads = cfg.get("threads", None)
     if threads is None:
@@ -82,9 +81,39 @@ def cpu_threads(cfg: DictConfig) -> int | None:
     return max(1, usable - workers)
 
 
+def process_rank() -> int:
+    """This process's global rank: from ``torch.distributed`` once initialised, else the launcher's environment
+    (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``), else 0."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0
+
+
+class RankZeroFilter(logging.Filter):
+    """Lets the project's info and warning records through on rank zero only (errors on every rank), so a
+    2-process run does not print each warning twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("motion_relevance") or record.levelno >= logging.ERROR:
+            return True
+        return process_rank() == 0
+
+
+def install_rank_zero_filter() -> None:
+    """Attach :class:`RankZeroFilter` to the root logger's handlers (console and run log), once."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RankZeroFilter) for f in handler.filters):
+            handler.addFilter(RankZeroFilter())
+
+
 def apply_extras(cfg: DictConfig) -> None:
-    """Run-wide settings before any work: torch CPU threads (``cfg.threads``), and the niceties of
-    ``cfg.extras`` (print the config tree, silence warnings)."""
+    """Run-wide settings before any work: rank-zero logging, torch CPU threads (``cfg.threads``), and the niceties
+    of ``cfg.extras`` (print the config tree, silence warnings)."""
+    install_rank_zero_filter()
     threads = cpu_threads(cfg)
     if threads is not None:
         torch.set_num_threads(threads)
