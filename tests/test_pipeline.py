@@ -228,3 +228,33 @@ def test_rank_zero_filter_keeps_warnings_off_other_ranks(monkeypatch: pytest.Mon
     assert flt.filter(record)
     monkeypatch.setenv("RANK", "1")
     assert not flt.filter(record) and flt.filter(error) and flt.filter(other)
+
+
+class _TwoPathway(_Linear):
+    """Two inputs, like SlowFast: a slow clip (every other frame) and the full-rate clip."""
+
+    pathway_names = ("slow", "fast")
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        slow, fast = x
+        return self.fc(fast.mean(dim=(1, 3, 4))) + self.fc(slow.repeat_interleave(2, dim=2).mean(dim=(1, 3, 4)))
+
+
+def test_pipeline_measures_pathway_shares_at_their_own_frame_rates() -> None:
+    torch.manual_seed(3)
+    net = _TwoPathway(frames=4).eval()
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.rand_like(net.fc.weight) + 0.1)  # positive relevance on both pathways
+    fast = torch.rand(2, 3, 4, 5, 5) + 0.1
+    slow = fast[:, :, ::2].clone()
+    pipe = ExplanationPipeline({"ixw": _InputTimesWeight()}, sigma=1.0, target="label")
+    pipe.start(net)
+    batch = pipe.explain(net, [slow, fast], torch.tensor([0, 1]))
+    out = pipe.results("test")
+    assert batch.clips.shape[2] == 4  # the reference input is the full-rate pathway
+    rel = _InputTimesWeight()(net, [slow, fast], torch.tensor([0, 1]))
+    pos = [r.sum(1).clamp_min(0).flatten(1).sum(1).double() for r in rel]
+    share_slow = (pos[0] / (pos[0] + pos[1])).mean()
+    assert out["test/pathway_share_slow/ixw"] == pytest.approx(float(share_slow))
+    assert out["test/pathway_share_slow/ixw"] + out["test/pathway_share_fast/ixw"] == pytest.approx(1.0)
+    assert "test/pathway_share_fast/ixw_selective" in out

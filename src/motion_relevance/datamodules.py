@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -67,6 +68,9 @@ class VideoDataModule(pl.LightningDataModule):
         allow_overlap: keep videos listed in both the train and the test list (refused by default; counted).
         cache_dir: where the video index JSON goes (``None`` = ``<root>/.cache`` is NOT used; no cache).
         index_threads: threads for building the index. masks: load ``<root>/masks`` (``None`` = if present).
+        pathways: ``{"alpha": a}`` feeds two-pathway models (SlowFast) ``batch["clip"] = [slow, fast]``: the slow
+            pathway every ``a``-th frame of the clip (see :func:`~motion_relevance.models.slowfast.pack_pathways`);
+            ``None``: one clip tensor.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class VideoDataModule(pl.LightningDataModule):
         cache_dir: str | Path | None = None,
         index_threads: int = 4,
         masks: bool | None = None,
+        pathways: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -126,6 +131,7 @@ class VideoDataModule(pl.LightningDataModule):
         self.counts: dict[str, int] = {}  # duplicate_videos, overlap_videos, empty_classes (see data_counts)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.masks = masks
+        self.pathways = _check_pathways(pathways)
         norm = {"mean": mean, "std": std, "scale": scale, "channel_order": channel_order}
         self.hflip = bool(hflip)
         self.train_transform = ClipTransform(crop_size, train=True, hflip=self.hflip, **norm)
@@ -168,8 +174,17 @@ class VideoDataModule(pl.LightningDataModule):
             "stride": self.stride,
             "resize": list(self.resize) if self.resize else None,
             "decoder": self.decoder,
+            "pathways": dict(self.pathways) if self.pathways else None,
             **self.eval_transform.config(),
         }
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Two-pathway models get ``batch["clip"] = [slow, fast]`` (built on the device, after the transfer)."""
+        if self.pathways and isinstance(batch, dict) and isinstance(batch.get("clip"), torch.Tensor):
+            from motion_relevance.models.slowfast import pack_pathways
+
+            batch["clip"] = pack_pathways(batch["clip"], self.pathways["alpha"])
+        return batch
 
     # -- Lightning hooks ----------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -354,6 +369,19 @@ class MotionShapesDataModule(VideoDataModule):
         if manifest is None or manifest.get("hash") != self.generator.hash():
             self.prepare_data()  # setup() without prepare_data (tests, plain scripts): generate here
         super().setup(stage)
+
+
+def _check_pathways(pathways: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """``data.pathways``: null, or ``{alpha: <int >= 2>}``; errors name the key."""
+    if pathways is None:
+        return None
+    if not isinstance(pathways, Mapping) or set(pathways) != {"alpha"}:
+        raise ValueError(f"data.pathways={pathways!r}: expected null or {{alpha: <frame-rate ratio>}}, e.g. "
+                         "data.pathways={alpha:4} for SlowFast")
+    alpha = pathways["alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 2:
+        raise ValueError(f"data.pathways.alpha={alpha!r}: expected an integer >= 2 (SlowFast uses 4)")
+    return {"alpha": int(alpha)}
 
 
 def _plain(v: Any) -> Any:

@@ -152,15 +152,20 @@ class ExplanationPipeline:
         self.flow = flow
         self.keep_clips = keep_clips
         self.transform = transform
-        counters = ["explained_clips"]
-        if cache is not None:
-            counters += ["cache_hits", "cache_misses", "cache_corrupt"]
-        if flow is not None:
-            counters.append("flow_skipped_clips")
-        self.metrics = ExplanationMetrics(list(self.explainers), self.sigmas, mode=mode,
-                                          flow=flow is not None and transform is not None, counters=counters)
         self.kept: list[ExplainedBatch] = []
         self._digest: str | None = None
+        self.pathways: tuple[str, ...] = ()
+        self.metrics = self._suite()
+
+    def _suite(self) -> ExplanationMetrics:
+        counters = ["explained_clips"]
+        if self.cache is not None:
+            counters += ["cache_hits", "cache_misses", "cache_corrupt"]
+        if self.flow is not None:
+            counters.append("flow_skipped_clips")
+        return ExplanationMetrics(list(self.explainers), self.sigmas, mode=self.mode,
+                                  flow=self.flow is not None and self.transform is not None, counters=counters,
+                                  pathways=self.pathways)
 
     @property
     def names(self) -> list[str]:
@@ -172,7 +177,15 @@ class ExplanationPipeline:
 
     # ------------------------------------------------------------------ epochs
     def start(self, model: nn.Module, device: torch.device | str | None = None) -> None:
-        """Begin an explained epoch of ``model``: zero the metrics and counters, hash the weights for the cache."""
+        """Begin an explained epoch of ``model``: zero the metrics and counters, hash the weights for the cache.
+
+        A multi-pathway model names its inputs in ``model.pathway_names`` (SlowFast: ``("slow", "fast")``); each
+        pathway's share of the relevance is then measured too.
+        """
+        pathways = tuple(str(p) for p in getattr(model, "pathway_names", ()) or ())
+        if pathways != self.pathways:
+            self.pathways = pathways
+            self.metrics = self._suite()
         if device is not None:
             self.metrics.to(device)
         self.metrics.reset()
@@ -218,6 +231,8 @@ class ExplanationPipeline:
             rel = out.relevance
             relevance[name] = rel if isinstance(rel, Tensor) else rel[ref]
             self.metrics.update_overhead(name, out.timings)
+            if not isinstance(rel, Tensor) and len(self.pathways) == len(rel) > 1:
+                self._measure_pathways(name, rel)
         ref_clips = clips if isinstance(clips, Tensor) else clips[ref]
         batch = ExplainedBatch(stage=stage, clips=ref_clips.detach(), labels=labels, targets=targets,
                                relevance=relevance, videos=list(videos)[: labels.shape[0]])
@@ -233,6 +248,15 @@ class ExplanationPipeline:
         if sum(b.size for b in self.kept) < self.keep_clips:
             self.kept.append(batch.cpu())
         return batch
+
+    def _measure_pathways(self, name: str, relevance: tuple[Tensor, ...]) -> None:
+        """Each pathway's share of the baseline relevance, and of its selective map (each pathway's temporal
+        gradient at its own frame rate)."""
+        self.metrics.update_pathways(name, relevance)
+        if self.sigmas:
+            maps = [selective_relevance(r, list(self.sigmas), padding=self.padding) for r in relevance]
+            for i, sigma in enumerate(self.sigmas):
+                self.metrics.update_pathways(self.metrics.selective_name(name, sigma), [m[i] for m in maps])
 
     def _measure(self, b: ExplainedBatch) -> None:
         sums = b.relevance_sum

@@ -171,6 +171,22 @@ class SpatialBias(_MeanStdMetric):
         self._accumulate("bias", *functional.spatial_bias(relevance, selective))
 
 
+class PathwayShare(_MeanStdMetric):
+    """Share of a clip's positive relevance that one input pathway carries: ``Σ R⁺(pathway) / Σ R⁺(all)``.
+
+    ``update(pathway (B, C, T, H, W), total (B,))`` with ``total`` the positive relevance of every pathway of the
+    clip; clips with ``total == 0`` are undefined. Quantity ``share``.
+    """
+
+    quantities: ClassVar[tuple[str, ...]] = ("share",)
+
+    def update(self, pathway: Tensor, total: Tensor) -> None:
+        mass = functional.positive_relevance(pathway).flatten(1).sum(1).double()
+        total = total.double().to(mass.device)
+        defined = total > 0
+        self._accumulate("share", torch.where(defined, mass / total.clamp_min(1e-300), torch.nan), defined)
+
+
 class Overhead(_MeanStdMetric):
     """Wall time per clip in ms (SPEC §4, Table 4), fed with measured times (see :class:`OverheadTimer`).
 
@@ -187,4 +203,5 @@ class Overhead(_MeanStdMetric):
         self._accumulate("ms", t, torch.isfinite(t))
 
 
-__all__ = ["Agreement", "GroundTruthMetrics", "MotionPrecision", "Overhead", "Selectivity", "SpatialBias"]
+__all__ = ["Agreement", "GroundTruthMetrics", "MotionPrecision", "Overhead", "PathwayShare", "Selectivity",
+           "SpatialBias"]

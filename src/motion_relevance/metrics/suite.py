@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection, SumMetric
 
-from motion_relevance.metrics import keys
+from motion_relevance.metrics import functional, keys
 from motion_relevance.metrics.classes import (
     Agreement,
     GroundTruthMetrics,
     MotionPrecision,
     Overhead,
+    PathwayShare,
     Selectivity,
     SpatialBias,
 )
@@ -53,6 +54,8 @@ class ExplanationMetrics:
         mode: positive-relevance rule, ``"positive"`` (``X.sum(C) > 0``) or ``"nonzero"``.
         flow: whether flow precision is measured (no flow: no precision metrics are created or logged).
         counters: the :data:`COUNTERS` this run logs (always logged, also when zero).
+        pathways: names of the model's input pathways (multi-pathway models such as SlowFast: ``("slow",
+            "fast")``): each pathway's share of the positive relevance, baseline and selective, is measured.
 
     The ``update_*`` methods take channel sums ``(B, 1, T, H, W)`` (the selective mask is shared by the channels,
     so every metric reads the same numbers from the sum), motion ``(B, T, H, W)`` bool and frames with flow
@@ -60,7 +63,8 @@ class ExplanationMetrics:
     """
 
     def __init__(self, methods: Sequence[str], sigmas: Sequence[float] = (), *, mode: str = "positive",
-                 flow: bool = True, counters: Sequence[str] = ("explained_clips",)) -> None:
+                 flow: bool = True, counters: Sequence[str] = ("explained_clips",),
+                 pathways: Sequence[str] = ()) -> None:
         unknown = [c for c in counters if c not in COUNTERS]
         if unknown:
             raise KeyError(f"unknown counters {unknown}; counters: {COUNTERS}")
@@ -90,6 +94,11 @@ class ExplanationMetrics:
                 add("selectivity", method, Selectivity(mode=mode),
                     {"area": "selectivity_area", "mass": "selectivity_mass"}, logged=base)
                 add("bias", method, SpatialBias(), {"bias": "spatial_bias"}, logged=base)
+        self.pathways = list(pathways)
+        for name in self.methods if len(self.pathways) > 1 else []:
+            for method in [name, *(self.selective_name(name, s) for s in self.sigmas)]:
+                for pathway in self.pathways:
+                    add(f"pathway_{pathway}", method, PathwayShare(), {"share": f"pathway_share_{pathway}"})
         for a, b in itertools.combinations(self.methods, 2):
             add("agreement", keys.pair(a, b), Agreement(mode=mode), {"iou": "agreement"})
         if self.sigmas:
@@ -145,6 +154,16 @@ class ExplanationMetrics:
         """IoU of every pair of baseline explanations (channel sums of the same clips)."""
         for a, b in itertools.combinations(self.methods, 2):
             self._metric("agreement", keys.pair(a, b)).update(sums[a], sums[b])
+
+    def update_pathways(self, method: str, relevance: Sequence[Tensor]) -> None:
+        """Each pathway's share of the positive relevance of ``method`` (a baseline or selective map name); one
+        ``(B, C, T_p, H, W)`` map per pathway, in :attr:`pathways` order, each at its own frame rate."""
+        if len(relevance) != len(self.pathways):
+            raise ValueError(f"{len(relevance)} pathway maps for pathways {self.pathways}")
+        masses = [functional.positive_relevance(r).flatten(1).sum(1).double() for r in relevance]
+        total = torch.stack(masses).sum(0)
+        for pathway, rel in zip(self.pathways, relevance):
+            self._metric(f"pathway_{pathway}", method).update(rel, total)
 
     def update_overhead(self, method: str, ms: Iterable[float]) -> None:
         """Timed samples (ms per clip) of ``method`` or of ``"selective"``."""

@@ -149,6 +149,8 @@ def _override(value: Any) -> str:
         return "null"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_override(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{_override(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

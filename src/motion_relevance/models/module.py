@@ -116,7 +116,8 @@ class VideoClassifier(pl.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Loss and logits ``(B, num_classes)`` of a batch, metrics logged; None when no clip decoded."""
         skipped = list(batch.get("skipped", []) or [])
-        n_ok = 0 if batch.get("clip") is None else int(batch["clip"].shape[0])
+        clip = batch.get("clip")
+        n_ok = 0 if clip is None else int((clip if isinstance(clip, torch.Tensor) else clip[0]).shape[0])
         self.failures[stage].update(n_ok, skipped)
         self.skipped[stage].update(torch.tensor(float(len(skipped)), device=self.device))
         self.log(f"{stage}/skipped_videos", self.skipped[stage], on_step=False, on_epoch=True, reduce_fx="sum")
@@ -128,15 +129,15 @@ class VideoClassifier(pl.LightningModule):
         preds = logits.argmax(dim=1)
         loss_metric = getattr(self, f"{stage}_loss")
         acc_metric = getattr(self, f"{stage}_acc")
-        loss_metric(loss.detach(), weight=clips.shape[0])
+        n = labels.shape[0]
+        loss_metric(loss.detach(), weight=n)
         acc_metric(preds, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=clips.shape[0])
-        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=clips.shape[0])
+                 batch_size=n)
+        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         if on_step:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=clips.shape[0])
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
         return loss, logits
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
