@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 #: Objectives ``objective.name`` may take (see :func:`objective_values`).
-OBJECTIVES = ("auto", "gt_f1", "flow_precision")
+OBJECTIVES = ("auto", "gt_f1", "flow_precision", "freeze_drop")
 
 
 def sigmas_of(value: Any) -> list[float]:
@@ -64,6 +64,11 @@ def validate_objective(cfg: DictConfig) -> None:
     min_mass = float(objective.get("min_mass", 0.0))
     if math.isnan(min_mass) or not 0.0 <= min_mass <= 1.0:
         raise ValueError(f"objective.min_mass must be in [0, 1], got {min_mass}")
+    faithfulness = cfg.get("faithfulness") or {}
+    if name == "freeze_drop" and not (faithfulness.get("enabled", False) and faithfulness.get("matched_budget", True)
+                                      and "freeze" in list(faithfulness.get("references") or [])):
+        raise ValueError("objective.name=freeze_drop needs the matched-budget freeze test: faithfulness.enabled=true, "
+                         "faithfulness.matched_budget=true and freeze in faithfulness.references")
 
 
 def objective_values(
@@ -72,6 +77,8 @@ def objective_values(
     """The sweep objective of the selective map of ``objective.method`` at each sigma.
 
     ``gt_f1``: ``<stage>/gt_f1/<method>_selective`` (F1/Dice against the ground-truth mask, synthetic data).
+    ``freeze_drop``: ``<stage>/drop_advantage_random_freeze/<method>`` (how much more freezing the voxels the
+    selective map keeps lowers the score than freezing as many random voxels: the faithfulness of the map).
     ``flow_precision``: ``<stage>/precision/<method>_selective`` if ``<stage>/selectivity_mass/<method>`` (the share
     of positive relevance the selective map keeps) is at least ``min_mass``, else ``penalty``. ``auto`` picks
     ``gt_f1`` when ground-truth metrics exist. Undefined values (NaN, missing) become ``penalty``.
@@ -86,14 +93,18 @@ def objective_values(
     multi = len(sigmas) > 1
     if name == "auto":
         name = "gt_f1" if any(k.startswith(f"{stage}/gt_f1/") for k in metrics) else "flow_precision"
-    metric = "gt_f1" if name == "gt_f1" else "precision"
     out: dict[str, float] = {}
     best, best_sigma = -math.inf, math.nan
     for sigma in sigmas:
-        key = keys.metric_key(stage, metric, keys.selective(method, sigma, multi))
+        if name == "freeze_drop":
+            key = keys.metric_key(stage, "drop_advantage_random_freeze", keys.at_sigma(method, sigma, multi))
+        else:
+            key = keys.metric_key(stage, "gt_f1" if name == "gt_f1" else "precision",
+                                  keys.selective(method, sigma, multi))
         if key not in metrics:
             raise KeyError(f"objective {name!r} needs the metric {key!r}, which this run did not log "
-                           f"(gt_f1 needs synthetic data with masks, flow_precision needs flow != none)")
+                           f"(gt_f1 needs synthetic data with masks, flow_precision needs flow != none, "
+                           f"freeze_drop needs faithfulness with the freeze reference)")
         value = _finite(metrics[key])
         if name == "flow_precision":
             mass = _finite(metrics.get(keys.metric_key(stage, "selectivity_mass", keys.at_sigma(method, sigma, multi))))
@@ -170,6 +181,8 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         logger.log_hyperparams(loggable_config(cfg))
     trainer.test(model=model, datamodule=datamodule)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
+    for callback in callbacks:  # non-scalar results (faithfulness curves, randomisation stages) for metrics.json
+        metrics.update(getattr(callback, "artifacts", None) or {})
     record_data_counts(datamodule, loggers, metrics)
     metrics["checkpoint"] = str(loaded.path)
     if cfg.get("objective") is not None:

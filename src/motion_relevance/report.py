@@ -41,6 +41,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "table4_overhead": ("overhead_ms",),
     "table5_ground_truth": ("gt_precision", "gt_recall", "gt_f1", "motion_share", "spatial_bias"),
 }
+#: Removal references of the faithfulness tests (``metrics.faithfulness.REFERENCES``).
+REFERENCES = ("freeze", "mean", "blur")
 _SUFFIXES = ("std", "n", "n_undefined")
 
 
@@ -112,11 +114,94 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             writer.writerow({c: row.get(c) for c in columns})
 
 
+def faithfulness_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str, Any]]:
+    """Table 6: one row per (method, reference) with the deletion/insertion AUC, the random floor and the
+    matched-budget drops of the selective map, the baseline's top-m voxels and m random voxels."""
+    rows = []
+    for ref in REFERENCES:
+        methods = [m for m in _methods(metrics, stage, f"deletion_auc_{ref}") if m != "random"]
+        for method in methods:
+            row: dict[str, Any] = {"method": method, "reference": ref}
+            for column, metric, name in (
+                ("deletion_auc", f"deletion_auc_{ref}", method), ("insertion_auc", f"insertion_auc_{ref}", method),
+                ("deletion_auc_random", f"deletion_auc_{ref}", "random"),
+                ("insertion_auc_random", f"insertion_auc_{ref}", "random"),
+            ):
+                row[column] = metrics.get(keys.metric_key(stage, metric, name))
+                row[f"{column}_std"] = metrics.get(keys.metric_key(stage, metric, name, "std"))
+            for selective in [m for m in _methods(metrics, stage, f"freeze_drop_{ref}")
+                              if (keys.split_selective(m) or ("",))[0] == method] or [None]:
+                full = dict(row)
+                if selective is not None:
+                    sigma = keys.split_selective(selective)[1]
+                    base = keys.at_sigma(method, sigma or 0.0, sigma is not None)
+                    full["selective_map"] = selective
+                    for column, metric, name in (
+                        ("drop_selective", f"freeze_drop_{ref}", selective), ("drop_topm", f"topm_drop_{ref}", base),
+                        ("drop_random", f"random_drop_{ref}", base),
+                        ("advantage_vs_random", f"drop_advantage_random_{ref}", base),
+                        ("budget_voxels", "drop_budget", base),
+                    ):
+                        full[column] = metrics.get(keys.metric_key(stage, metric, name))
+                        full[f"{column}_std"] = metrics.get(keys.metric_key(stage, metric, name, "std"))
+                rows.append(full)
+    return rows
+
+
+def randomization_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str, Any]]:
+    """Table 7: one row per (method, stage) with the Spearman correlation of the baseline and the selective map."""
+    stages = list(metrics.get(f"{stage}/randomization_stages") or [])
+    rows = []
+    for method in _methods(metrics, stage, "randomization_s0"):
+        if not keys.is_baseline(method):
+            continue
+        selective = next((m for m in _methods(metrics, stage, "randomization_s0")
+                          if (keys.split_selective(m) or ("",))[0] == method), None)
+        k = 0
+        while keys.metric_key(stage, f"randomization_s{k}", method) in metrics:
+            row: dict[str, Any] = {"method": method, "stage": k, "layer": stages[k] if k < len(stages) else str(k)}
+            for column, name in (("spearman", method), ("spearman_selective", selective)):
+                row[column] = metrics.get(keys.metric_key(stage, f"randomization_s{k}", name)) if name else None
+                row[f"{column}_std"] = (metrics.get(keys.metric_key(stage, f"randomization_s{k}", name, "std"))
+                                        if name else None)
+            rows.append(row)
+            k += 1
+    return rows
+
+
+def write_faithfulness_figures(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test") -> list[Path]:
+    """The deletion/insertion curves (one figure per reference, random floor dashed) and the randomisation curves
+    of ``stage`` from a run's metrics (``<stage>/faithfulness_curves``, ``<stage>/randomization_s<k>/…``)."""
+    from motion_relevance.viz.plots import plot_faithfulness_curves, plot_randomization
+
+    out = Path(out_dir)
+    paths = []
+    curves = metrics.get(f"{stage}/faithfulness_curves") or {}
+    steps = metrics.get(f"{stage}/faithfulness_steps")
+    for ref in REFERENCES:
+        if steps and any(k.split("/")[1] == ref for k in curves):
+            paths.append(plot_faithfulness_curves(curves, int(steps), out / f"{stage}_faithfulness_{ref}.png",
+                                                  reference=ref))
+    rows = randomization_rows(metrics, stage)
+    if rows:
+        by_method: dict[str, tuple[list, list]] = {}
+        for row in rows:
+            base, sel = by_method.setdefault(row["method"], ([], []))
+            base.append(row["spearman"])
+            sel.append(row["spearman_selective"])
+        layers = [row["layer"] for row in rows if row["method"] == rows[0]["method"]]
+        paths.append(plot_randomization(layers, by_method, out / f"{stage}_randomization.png",
+                                        title="cascading model randomisation"))
+    return paths
+
+
 def write_tables(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test") -> dict[str, list[dict]]:
-    """Write Tables 1–5 (markdown + CSV) of ``stage`` into ``out_dir``; returns name -> rows."""
+    """Write Tables 1–7 (markdown + CSV) of ``stage`` into ``out_dir``; returns name -> rows."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {name: table_rows(metrics, stage, names) for name, names in TABLES.items()}
+    tables["table6_faithfulness"] = faithfulness_rows(metrics, stage)
+    tables["table7_randomization"] = randomization_rows(metrics, stage)
     markdown = []
     for name, rows in tables.items():
         if not rows:
@@ -153,6 +238,7 @@ def _job_config(job: Path) -> dict[str, Any]:
 SIGMA_COLUMNS = (
     "precision", "precision_selective", "gt_f1", "gt_f1_selective", "gt_precision_selective",
     "gt_recall_selective", "motion_share_selective", "selectivity_area", "selectivity_mass", "spatial_bias",
+    "freeze_drop_freeze_selective", "drop_advantage_random_freeze",
 )
 #: Plotted against sigma (those present).
 SIGMA_PLOT = ("precision_selective", "gt_f1_selective", "selectivity_area", "selectivity_mass")
@@ -207,7 +293,7 @@ def sigma_rows(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test
             for column in SIGMA_COLUMNS:
                 if column.endswith("_selective"):
                     metric, method = column[: -len("_selective")], selective
-                elif column in ("selectivity_area", "selectivity_mass", "spatial_bias"):
+                elif column in ("selectivity_area", "selectivity_mass", "spatial_bias", "drop_advantage_random_freeze"):
                     metric, method = column, at_sigma
                 else:
                     metric, method = column, base
@@ -305,7 +391,7 @@ def write_sigma_report(rows: Sequence[Mapping[str, Any]], folder: str | Path, ti
     rows = sorted(rows, key=lambda r: (str(r["method"]), float(r["sigma"]), str(r.get("job", ""))))
     write_csv(rows, folder / "sigma_report.csv")
     shown = ["job", "sigma", "method", "precision_selective", "gt_f1_selective", "selectivity_area",
-             "selectivity_mass", "objective"]
+             "selectivity_mass", "freeze_drop_freeze_selective", "drop_advantage_random_freeze", "objective"]
     shown = [c for c in shown if any(r.get(c) is not None for r in rows)]
     compact = [{c: r.get(c) for c in shown} | {f"{c}_std": r.get(f"{c}_std") for c in shown
                                                if r.get(f"{c}_std") is not None} for r in rows]

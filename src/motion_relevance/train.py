@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from motion_relevance.models.checkpoint import check_preprocessing, read_checkpoint, read_description
@@ -29,6 +30,29 @@ log = logging.getLogger(__name__)
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+#: Input settings a model config may declare in ``model.preprocessing`` (what its published weights expect).
+MODEL_PREPROCESSING = ("mean", "std", "scale", "channel_order", "pathways")
+
+
+def apply_model_preprocessing(cfg: DictConfig) -> dict[str, Any]:
+    """Copy ``model.preprocessing`` (mean, std, scale, channel order, pathways) into ``cfg.data``, except keys the
+    command line sets (``data.mean=...``); returns what was applied (logged)."""
+    declared = (cfg.get("model") or {}).get("preprocessing") or {}
+    given: set[str] = set()
+    if HydraConfig.initialized():
+        for override in HydraConfig.get().overrides.task:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key.startswith("data."):
+                given.add(key[len("data."):])
+    applied = {k: declared[k] for k in MODEL_PREPROCESSING if k in declared and k not in given}
+    with open_dict(cfg):
+        for key, value in applied.items():
+            cfg.data[key] = value
+    if applied:
+        log.info("Data preprocessing from the model config: %s", OmegaConf.to_container(OmegaConf.create(applied)))
+    return applied
+
+
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     """Instantiate ``cfg.data``."""
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
@@ -38,9 +62,8 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
     """Instantiate ``cfg.model``, taking the class count and preprocessing from the data.
 
-    A model config's ``preprocessing`` block (the normalisation its published weights expect) is read by the data
-    configs (``${oc.select:model.preprocessing.mean, ...}``); the LightningModule records the data's actual
-    preprocessing.
+    A model config's ``preprocessing`` block (the normalisation its published weights expect) went into the data
+    config (:func:`apply_model_preprocessing`); the LightningModule records the data's actual preprocessing.
     """
     model_cfg = cfg.model.copy()
     with open_dict(model_cfg):
@@ -87,6 +110,7 @@ def cfg_target(obj: Any) -> str:
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and/or test as configured; returns (metrics, objects). Raises before any work on a bad config."""
     default_wandb_offline()
+    apply_model_preprocessing(cfg)
     validate_train_config(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")

@@ -58,6 +58,13 @@ class ExplanationCallback(pl.Callback):
         cache: an :class:`~motion_relevance.explain.cache.AttributionCache`, or None.
         figures: save (and log) the explanation grid and overlay videos at each explained epoch.
         overlay_videos: how many kept clips get an overlay video.
+        faithfulness: settings of the deletion/insertion, matched-budget and motion-reliance tests
+            (:class:`~motion_relevance.pipeline.FaithfulnessStage`; ``enabled: false`` or None: off).
+        randomization: settings of the cascading randomisation check
+            (:class:`~motion_relevance.pipeline.RandomizationStage`; ``enabled: false`` or None: off).
+
+    After each explained epoch :attr:`artifacts` holds the non-scalar results (mean faithfulness curves,
+    randomisation stage names) that the entry points add to ``metrics.json``.
     """
 
     def __init__(
@@ -74,6 +81,8 @@ class ExplanationCallback(pl.Callback):
         cache: AttributionCache | None = None,
         figures: bool = True,
         overlay_videos: int = 2,
+        faithfulness: Mapping[str, Any] | None = None,
+        randomization: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         unknown = [s for s in stages if s not in STAGES]
@@ -90,7 +99,8 @@ class ExplanationCallback(pl.Callback):
         self.pipeline_args = {
             "explainers": dict(explainers), "sigma": selective.get("sigma"),
             "padding": selective.get("padding", "replicate"), "flow": flow, "cache": cache, "target": target,
-            "mode": mode, "keep_clips": int(keep_clips),
+            "mode": mode, "keep_clips": int(keep_clips), "faithfulness": _plain(faithfulness),
+            "randomization": _plain(randomization),
         }
         # Built without the data's transform to check every argument now; rebuilt in setup() with it.
         self.pipeline = ExplanationPipeline(**self.pipeline_args)
@@ -101,6 +111,7 @@ class ExplanationCallback(pl.Callback):
         self.overlay_videos = int(overlay_videos)
         self._active = False
         self._seen = 0
+        self.artifacts: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- set-up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -183,23 +194,28 @@ class ExplanationCallback(pl.Callback):
         if not self._active:
             return
         values = self.pipeline.results(stage)
+        prefix = stage_prefix(stage)
+        self.artifacts = {f"{prefix}/{k}": v for k, v in self.pipeline.artifacts().items()}
         skipped = values.get(f"{stage_prefix(stage)}/flow_skipped_clips")
         if skipped:
             log.warning("%d clips have fewer than 2 frames: flow metrics skipped for them", int(skipped))
         # already reduced over processes (identical on every rank): NaN included, an undefined mean stays visible
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
-        if self.figures and self.pipeline.kept:
-            self._draw(trainer, pl_module, stage_prefix(stage))
+        if self.figures:
+            self._draw(trainer, pl_module, prefix, {**values, **self.artifacts})
 
     @rank_zero_only
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str, metrics: dict[str, Any]
+              ) -> None:
         """The explanation grid and overlay videos of the kept clips; a failure never loses the numbers."""
-        from motion_relevance.callbacks.figures import save_kept_figures
+        from motion_relevance.callbacks.figures import save_faithfulness_figures, save_kept_figures
 
         try:
-            save_kept_figures(trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,
-                              class_names=getattr(pl_module.hparams, "class_names", None))
+            if self.pipeline.kept:
+                save_kept_figures(trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,
+                                  class_names=getattr(pl_module.hparams, "class_names", None))
+            save_faithfulness_figures(trainer, metrics, prefix)
         except Exception as err:  # noqa: BLE001 - figures are a convenience, the metrics are the record
             log.error("Could not draw the explanation figures: %s: %s", type(err).__name__, err)
 

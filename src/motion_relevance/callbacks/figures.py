@@ -102,3 +102,17 @@ def save_kept_figures(trainer: pl.Trainer, pipeline: Any, prefix: str, *, overla
     columns = grid_columns(kept["relevance"], kept["selective"], pipeline.names)
     return save_epoch_figures(trainer, kept["frames"], columns, prefix, overlay_videos=overlay_videos,
                               captions=describe_rows(kept["labels"], kept["targets"], class_names))
+
+
+def save_faithfulness_figures(trainer: pl.Trainer, metrics: dict[str, Any], prefix: str) -> list[Path]:
+    """Deletion/insertion and randomisation curves of an explained epoch under ``<run folder>/explanations``,
+    also logged to loggers that take images."""
+    from motion_relevance.report import write_faithfulness_figures
+
+    paths = write_faithfulness_figures(metrics, Path(trainer.default_root_dir) / "explanations", stage=prefix)
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_image"):
+            for path in paths:
+                logger.log_image(key=f"{prefix}/{path.stem.removeprefix(prefix + '_')}", images=[str(path)],
+                                 step=trainer.global_step)
+    return paths

@@ -279,8 +279,13 @@ def cascading_randomization(
         )
     target_dev = target_t.to(clips.device)
 
+    inputs = input_builder(clips) if input_builder is not None else clips
+
     def explain() -> tuple[Tensor, Tensor]:
-        rel = explainer(work, clips, target_dev).detach()
+        rel = explainer(work, inputs, target_dev)
+        if not isinstance(rel, Tensor):  # multi-pathway models: compare the full-rate pathway's maps
+            rel = rel[max(range(len(rel)), key=lambda i: (rel[i].shape[2], i))]
+        rel = rel.detach()
         return rel.sum(1), selective_relevance(rel, sigma, padding=padding).sum(1)
 
     a0, s0 = explain()

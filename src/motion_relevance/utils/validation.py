@@ -148,6 +148,26 @@ def check_explanation_settings(cfg: DictConfig) -> None:
     target = cfg.get("target")
     if target is not None and target not in ("predicted", "label"):
         raise ValueError(f"target={target!r}: allowed values are ['predicted', 'label']")
+    check_stages(cfg)
+
+
+def check_stages(cfg: DictConfig) -> None:
+    """``faithfulness`` and ``randomization`` settings: the stages are built once (cheap) to check every value."""
+    from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
+
+    explainers = list(_node(cfg, "explainers") or []) or ["explainer"]
+    sigma = OmegaConf.select(cfg, "selective.sigma", default=4.0)
+    sigmas = list(sigma) if isinstance(sigma, ListConfig) else [sigma]
+    for key, cls, fixed in (("faithfulness", FaithfulnessStage, {"methods": explainers, "sigmas": sigmas}),
+                            ("randomization", RandomizationStage, {"explainers": dict.fromkeys(explainers),
+                                                                   "sigma": float(sigmas[0])})):
+        node = _node(cfg, key)
+        if node is None:
+            continue
+        settings = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if not isinstance(settings, dict):
+            raise ValueError(f"{key}={settings!r}: expected a mapping of settings (see conf/{key}/default.yaml)")
+        build_stage(cls, settings, key, **fixed)
 
 
 def validate_run_config(cfg: DictConfig) -> None:

@@ -20,7 +20,13 @@ from motion_relevance.viz.overlay import (
     upscale_nearest,
     write_overlay_video,
 )
-from motion_relevance.viz.plots import plot_metric_vs_sigma, plot_timeline, table_rows
+from motion_relevance.viz.plots import (
+    plot_faithfulness_curves,
+    plot_metric_vs_sigma,
+    plot_randomization,
+    plot_timeline,
+    table_rows,
+)
 from motion_relevance.viz.video_writer import VideoWriter, VideoWriterError
 
 __all__ = [
@@ -35,6 +41,8 @@ __all__ = [
     "iter_overlay_frames",
     "normalize_relevance",
     "overlay_clip_frames",
+    "plot_faithfulness_curves",
+    "plot_randomization",
     "plot_metric_vs_sigma",
     "plot_timeline",
     "relevance_to_heatmap",

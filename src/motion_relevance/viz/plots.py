@@ -1,4 +1,5 @@
-"""Line plots: metrics against the selectivity threshold ``sigma`` and the timeline of a live stream.
+"""Line plots: metrics against the selectivity threshold ``sigma``, the timeline of a live stream, faithfulness
+curves and randomisation curves.
 
 Plain matplotlib ``Figure`` objects with the Agg canvas (no pyplot, no global state) and no pandas: tables are
 lists of dicts (e.g. rows of a CSV read with :mod:`csv`, values may be strings) or a dict of columns.
@@ -15,7 +16,7 @@ import numpy as np
 
 from motion_relevance.viz.colormaps import to_numpy
 
-__all__ = ["plot_metric_vs_sigma", "plot_timeline", "table_rows"]
+__all__ = ["plot_faithfulness_curves", "plot_metric_vs_sigma", "plot_randomization", "plot_timeline", "table_rows"]
 
 _PRETTY = {
     "precision": "motion-selection precision",
@@ -170,5 +171,75 @@ def plot_timeline(
                               bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "0.6", "alpha": 0.85})
     if title:
         ax_c.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_faithfulness_curves(
+    curves: Mapping[str, Sequence[float]], steps: int, path: str | Path, *, reference: str, title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Deletion (left) and insertion (right) curves of each method for one ``reference``, with the random floor.
+
+    ``curves`` maps ``"<direction>/<reference>/<method>"`` to the mean target probability at each of the
+    ``steps + 1`` steps (``random`` is the seeded random-order floor, drawn dashed and grey). The x axis is the
+    fraction of voxels removed (deletion) or restored (insertion).
+    """
+    fig = _new_figure(10, 4, dpi)
+    x = np.linspace(0.0, 1.0, int(steps) + 1)
+    for i, direction in enumerate(("deletion", "insertion")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        found = False
+        for key, values in curves.items():
+            d, ref, method = key.split("/", 2)
+            if d != direction or ref != reference:
+                continue
+            y = np.asarray([_float(v) for v in values], dtype=float)
+            if method == "random":
+                ax.plot(x, y, "--", color="grey", label="random order (floor)")
+            else:
+                auc = float(np.trapezoid(y, x)) if np.isfinite(y).all() else math.nan
+                ax.plot(x, y, marker="o", markersize=3, label=f"{method} (AUC {auc:.3f})")
+            found = True
+        ax.set_xlabel(f"fraction of voxels {'removed' if direction == 'deletion' else 'restored'}")
+        ax.set_ylabel("target probability")
+        ax.set_title(f"{direction} ({reference} reference)" + (": lower is better" if direction == "deletion"
+                                                                  else ": higher is better"))
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if found:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_randomization(
+    stages: Sequence[str], correlations: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
+    title: str | None = None, dpi: int = 100,
+) -> Path:
+    """Spearman correlation with the original explanation at each cascading-randomisation stage.
+
+    ``correlations`` maps a method to ``(baseline per stage, selective per stage)``; solid lines are the baseline
+    maps, dashed their selective maps. An explanation that depends on the model falls towards 0.
+    """
+    fig = _new_figure(max(6.0, 0.5 * len(stages) + 3), 4.5, dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(stages))
+    for i, (method, (base, sel)) in enumerate(correlations.items()):
+        color = f"C{i % 10}"
+        ax.plot(x, [_float(v) for v in base], marker="o", color=color, label=method)
+        ax.plot(x, [_float(v) for v in sel], marker="x", linestyle="--", color=color, label=f"{method} selective")
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(stages), rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("randomised down to layer (output first)")
+    ax.set_ylabel("Spearman correlation with the original map")
+    ax.set_ylim(-1.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path, dpi)

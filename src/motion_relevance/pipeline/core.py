@@ -26,10 +26,11 @@ from torch import Tensor, nn
 
 from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
-from motion_relevance.explain.selective import check_sigma, selective_relevance
+from motion_relevance.explain.selective import DEFAULT_SIGMA, check_sigma, selective_relevance
 from motion_relevance.keys import state_digest
 from motion_relevance.metrics.suite import ExplanationMetrics
 from motion_relevance.metrics.timing import OverheadTimer
+from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,13 @@ class ExplanationPipeline:
         keep_clips: clips kept (on the CPU) for figures.
         transform: the data's :class:`~motion_relevance.data.transforms.ClipTransform` (model-input frames for
             flow and figures); None skips flow and figures.
+        faithfulness: keyword arguments of :class:`~motion_relevance.pipeline.faithfulness.FaithfulnessStage`
+            (``enabled: false`` or None: off).
+        randomization: keyword arguments of :class:`~motion_relevance.pipeline.faithfulness.RandomizationStage`
+            (``enabled: false`` or None: off).
+
+    A multi-pathway model names its inputs in ``pathway_names`` and builds them from a full-rate clip with
+    ``pack_inputs(clip)``; the faithfulness tests perturb the full-rate clip and feed the model its pathways.
     """
 
     def __init__(
@@ -132,6 +140,8 @@ class ExplanationPipeline:
         mode: str = "positive",
         keep_clips: int = 4,
         transform: ClipTransform | None = None,
+        faithfulness: Mapping[str, Any] | None = None,
+        randomization: Mapping[str, Any] | None = None,
     ) -> None:
         if not explainers:
             raise ValueError("explainers is empty; configure at least one explainer")
@@ -156,6 +166,14 @@ class ExplanationPipeline:
         self._digest: str | None = None
         self.pathways: tuple[str, ...] = ()
         self.metrics = self._suite()
+        self.faithfulness = build_stage(FaithfulnessStage, faithfulness, "faithfulness", methods=self.names,
+                                   sigmas=self.sigmas)
+        if self.faithfulness is not None and self.faithfulness.matched_budget and not self.sigmas:
+            raise ValueError("faithfulness.matched_budget needs selective maps: set selective.sigma, or "
+                             "faithfulness.matched_budget=false")
+        self.randomization = build_stage(RandomizationStage, randomization, "randomization",
+                                    explainers={n: e.explainer for n, e in self.explainers.items()},
+                                    sigma=self.sigmas[0] if self.sigmas else DEFAULT_SIGMA, padding=self.padding)
 
     def _suite(self) -> ExplanationMetrics:
         counters = ["explained_clips"]
@@ -189,6 +207,9 @@ class ExplanationPipeline:
         if device is not None:
             self.metrics.to(device)
         self.metrics.reset()
+        for stage in (self.faithfulness, self.randomization):
+            if stage is not None:
+                stage.start(device)
         self.kept = []
         if self.cache is not None:
             self.cache.reset_counters()
@@ -201,11 +222,23 @@ class ExplanationPipeline:
             for counter in ("hits", "misses", "corrupt"):
                 self.metrics.count(f"cache_{counter}", info[counter])
         values = self.metrics.compute(stage)
+        for extra in (self.faithfulness, self.randomization):
+            if extra is not None:
+                values.update(extra.results(stage))
         if self.cache is not None:
             prefix = "val" if stage == "validate" else stage
             values[f"{prefix}/cache_bytes"] = float(self.cache.info()["bytes"])
             values[f"{prefix}/cache_enabled"] = float(self.cache.enabled)
         return values
+
+    def artifacts(self) -> dict[str, Any]:
+        """Non-scalar results of the epoch for figures and ``metrics.json``: mean faithfulness curves per step,
+        randomisation stage names."""
+        out: dict[str, Any] = {}
+        for extra in (self.faithfulness, self.randomization):
+            if extra is not None:
+                out.update(extra.artifacts())
+        return out
 
     # ------------------------------------------------------------------ batches
     def targets(self, net: nn.Module, clips: Tensor | Sequence[Tensor], labels: Tensor,
@@ -244,6 +277,11 @@ class ExplanationPipeline:
                 batch.moves, batch.valid = self.flow(batch.frames)
                 self.metrics.count("flow_skipped_clips", int((~batch.valid.any(dim=1)).sum()))
         self._measure(batch)
+        builder = getattr(net, "pack_inputs", None) if not isinstance(clips, Tensor) else None
+        if self.faithfulness is not None:
+            self.faithfulness.update(net, batch.clips, targets, batch.relevance, batch.selective, builder)
+        if self.randomization is not None:
+            self.randomization.update(net, batch.clips, targets, builder)
         self.metrics.count("explained_clips", batch.size)
         if sum(b.size for b in self.kept) < self.keep_clips:
             self.kept.append(batch.cpu())

@@ -1,0 +1,317 @@
+"""Causal tests of the explanations inside the pipeline (docs/method.md, "Faithfulness and sanity checks").
+
+:class:`FaithfulnessStage` measures, on the first ``num_clips`` explained clips of an epoch, for every explainer and
+reference (``freeze``, ``mean``, ``blur``): the deletion and insertion curves and their AUC, the random-order floor
+(once per reference), the matched-budget drops (the voxels selective relevance keeps vs the baseline's top ``m`` vs
+``m`` random voxels) and, once per clip, the model's motion reliance. :class:`RandomizationStage` runs the
+cascading model-parameter randomisation on the first ``num_clips`` clips. Both keep their numbers in
+:class:`torchmetrics.MetricCollection` objects of sum states (exact under DDP) and name them with
+:mod:`motion_relevance.metrics.keys`:
+
+=====================================  ==========================================================================
+key (``<stage>/<name>/<method>``)      meaning
+=====================================  ==========================================================================
+``deletion_auc_<ref>/<m>``             AUC of the deletion curve of explainer ``m`` (``random``: the floor)
+``insertion_auc_<ref>/<m>``            AUC of the insertion curve
+``freeze_drop_<ref>/<m>_selective``    drop from replacing the voxels the selective map keeps (``m_sel`` voxels)
+``topm_drop_<ref>/<m>``                drop from replacing the baseline's top ``m_sel`` voxels
+``random_drop_<ref>/<m>``              drop from replacing ``m_sel`` random voxels
+``drop_advantage_random_<ref>/<m>``    paired per-clip difference selective − random (the sigma objective)
+``drop_advantage_topm_<ref>/<m>``      paired per-clip difference selective − top-m
+``drop_budget/<m>``                    ``m_sel``: voxels the selective map keeps
+``motion_reliance/model``              mean full-freeze drop / mean full-mean drop (``_se``: its standard error)
+``full_freeze_drop/model``             ``s(x) - s(freeze(x))``; ``full_mean_drop/model``: ``s(x) - s(mean(x))``
+``randomization_s<k>/<m>``             Spearman correlation at randomisation stage ``k`` (``m_selective``: its
+                                       selective map); the stage names are in :meth:`RandomizationStage.artifacts`
+=====================================  ==========================================================================
+
+With several sigmas per run the per-sigma names of :mod:`.keys` apply (``dtd_selective_s2``, ``dtd@s2``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+
+from motion_relevance.metrics import keys
+from motion_relevance.metrics.faithfulness import (
+    REFERENCES,
+    deletion_curve,
+    matched_budget_drops,
+    motion_reliance,
+    random_curve,
+)
+from motion_relevance.metrics.faithfulness_metrics import (
+    DeletionAUC,
+    FreezeDrop,
+    InsertionAUC,
+    MotionReliance,
+    RandomizationCorrelation,
+)
+from motion_relevance.metrics.randomization import cascading_randomization, randomization_stages
+
+__all__ = ["FaithfulnessStage", "RandomizationStage", "build_stage"]
+
+_STATS = keys.STATS
+InputBuilder = Callable[[Tensor], Any]
+
+
+def build_stage(cls: Any, settings: Mapping[str, Any] | None, key: str, **fixed: Any) -> Any:
+    """An optional stage from its config node ``key`` (None or ``enabled: false``: off); unknown keys are named."""
+    if not settings:
+        return None
+    settings = dict(settings)
+    if not settings.pop("enabled", True):
+        return None
+    allowed = set(inspect.signature(cls).parameters) - set(fixed)
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ValueError(f"{key} has unknown keys {unknown}; allowed: enabled, {', '.join(sorted(allowed))}")
+    return cls(**fixed, **settings)
+
+
+def _positive_int(key: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key}={value!r}: expected an integer >= {low}")
+    return int(value)
+
+
+def _log_stats(values: dict[str, float], prefix: str, name: str, method: str, result: Mapping[str, Tensor],
+               quantity: str) -> None:
+    for stat in _STATS:
+        value = result.get(f"{quantity}_{stat}")
+        if value is not None and value.dim() == 0:
+            values[keys.metric_key(prefix, name, method, stat)] = float(value)
+
+
+@dataclass
+class _Budget:
+    """How many clips of the epoch a stage still takes."""
+
+    limit: int
+    seen: int = 0
+
+    def take(self, n: int) -> int:
+        k = max(0, min(n, self.limit - self.seen))
+        self.seen += k
+        return k
+
+
+class FaithfulnessStage:
+    """Deletion/insertion curves, random floor, matched-budget drops and motion reliance of explained clips.
+
+    Args:
+        methods: explainer names of the run.
+        sigmas: the run's selective-relevance thresholds (a matched-budget test per sigma).
+        references: removal references among ``freeze``, ``mean``, ``blur``.
+        steps: steps ``K`` of the deletion and insertion curves.
+        num_clips: clips per epoch and process that are tested (the first ones explained).
+        batch_size: perturbed inputs per forward pass.
+        blur_sigma: the ``blur`` reference's Gaussian std in pixels.
+        seed: base seed of the random orders; clip ``i`` of the epoch uses ``seed + i`` (the same order whatever
+            the batch or process the clip lands in).
+        random_floor, matched_budget, reliance: switch the parts on or off.
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str],
+        sigmas: Sequence[float],
+        *,
+        references: Sequence[str] = REFERENCES,
+        steps: int = 10,
+        num_clips: int = 16,
+        batch_size: int = 16,
+        blur_sigma: float = 5.0,
+        seed: int = 0,
+        random_floor: bool = True,
+        matched_budget: bool = True,
+        reliance: bool = True,
+    ) -> None:
+        self.references = list(references)
+        bad = [r for r in self.references if r not in REFERENCES]
+        if bad or not self.references:
+            raise ValueError(f"faithfulness.references={list(references)}: allowed values are {list(REFERENCES)}")
+        self.steps = _positive_int("faithfulness.steps", steps)
+        self.num_clips = _positive_int("faithfulness.num_clips", num_clips)
+        self.batch_size = _positive_int("faithfulness.batch_size", batch_size)
+        if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not blur_sigma > 0:
+            raise ValueError(f"faithfulness.blur_sigma={blur_sigma!r}: expected a number of pixels > 0")
+        self.blur_sigma = float(blur_sigma)
+        self.seed = _positive_int("faithfulness.seed", seed, 0)
+        self.random_floor, self.matched_budget, self.reliance = bool(random_floor), bool(matched_budget), \
+            bool(reliance)
+        self.methods = list(methods)
+        self.sigmas = list(sigmas)
+        self.multi = len(self.sigmas) > 1
+        metrics: dict[str, Metric] = {}
+        for ref in self.references:
+            for method in [*self.methods, *(["random"] if self.random_floor else [])]:
+                metrics[f"deletion|{ref}|{method}"] = DeletionAUC(self.steps)
+                metrics[f"insertion|{ref}|{method}"] = InsertionAUC(self.steps)
+            if self.matched_budget:
+                for method in self.methods:
+                    for sigma in self.sigmas:
+                        metrics[f"drop|{ref}|{method}|{sigma:g}"] = FreezeDrop()
+        if self.reliance:
+            metrics["reliance"] = MotionReliance()
+        self.collection = MetricCollection({k.replace(".", "_"): v for k, v in metrics.items()},
+                                           compute_groups=False)
+        self._budget = _Budget(self.num_clips)
+
+    def _metric(self, *parts: Any) -> Metric:
+        return self.collection["|".join(str(p) for p in parts).replace(".", "_")]
+
+    def start(self, device: torch.device | str | None = None) -> None:
+        if device is not None:
+            self.collection.to(device)
+        self.collection.reset()
+        self._budget = _Budget(self.num_clips)
+
+    def update(self, net: nn.Module, clips: Tensor, targets: Tensor, relevance: Mapping[str, Tensor],
+               selective: Mapping[str, Tensor], input_builder: InputBuilder | None = None) -> None:
+        """Test the first clips of a batch: ``clips`` ``(B, C, T, H, W)`` at the full frame rate, the relevance of
+        each method and its selective maps on them (names of :mod:`.keys`)."""
+        first = self._budget.seen
+        k = self._budget.take(clips.shape[0])
+        if k == 0:
+            return
+        x, target = clips[:k].detach(), targets[:k]
+        seeds = [self.seed + first + i for i in range(k)]
+        common = {"batch_size": self.batch_size, "input_builder": input_builder}
+        for ref in self.references:
+            args = {**common, "steps": self.steps, "reference": ref, "blur_sigma": self.blur_sigma}
+            for method in self.methods:
+                rel = relevance[method][:k]
+                self._metric("deletion", ref, method).update(deletion_curve(net, x, rel, target, **args))
+                self._metric("insertion", ref, method).update(deletion_curve(net, x, rel, target, insertion=True,
+                                                                             **args))
+                if self.matched_budget:
+                    for sigma in self.sigmas:
+                        sel = selective[keys.selective(method, sigma, self.multi)][:k]
+                        drops = matched_budget_drops(net, x, rel, sel, target, reference=ref,
+                                                     blur_sigma=self.blur_sigma, seed=seeds, **common)
+                        self._metric("drop", ref, method, f"{sigma:g}").update(**drops)
+            if self.random_floor:
+                self._metric("deletion", ref, "random").update(random_curve(net, x, target, seed=seeds, **args))
+                self._metric("insertion", ref, "random").update(random_curve(net, x, target, insertion=True,
+                                                                             seed=seeds, **args))
+        if self.reliance:
+            self._metric("reliance").update(motion_reliance(net, x, target, **common))
+
+    def results(self, stage: str) -> dict[str, float]:
+        """The stage's numbers under their logged keys (reduced over processes)."""
+        prefix = keys.stage_prefix(stage)
+        values: dict[str, float] = {}
+        for ref in self.references:
+            for method in [*self.methods, *(["random"] if self.random_floor else [])]:
+                for direction in ("deletion", "insertion"):
+                    result = self._metric(direction, ref, method).compute()
+                    _log_stats(values, prefix, f"{direction}_auc_{ref}", method, result, "auc")
+            if not self.matched_budget:
+                continue
+            for method in self.methods:
+                for sigma in self.sigmas:
+                    r = self._metric("drop", ref, method, f"{sigma:g}").compute()
+                    base = keys.at_sigma(method, sigma, self.multi)
+                    for quantity, name, logged in (
+                        ("selective", f"freeze_drop_{ref}", keys.selective(method, sigma, self.multi)),
+                        ("baseline", f"topm_drop_{ref}", base), ("random", f"random_drop_{ref}", base),
+                        ("selective_minus_random", f"drop_advantage_random_{ref}", base),
+                        ("selective_minus_baseline", f"drop_advantage_topm_{ref}", base),
+                        ("budget", "drop_budget", base),
+                    ):
+                        _log_stats(values, prefix, name, logged, r, quantity)
+        if self.reliance:
+            r = self._metric("reliance").compute()
+            _log_stats(values, prefix, "full_freeze_drop", "model", r, "freeze_drop")
+            _log_stats(values, prefix, "full_mean_drop", "model", r, "mean_drop")
+            values[keys.metric_key(prefix, "motion_reliance", "model")] = float(r["ratio"])
+            values[keys.metric_key(prefix, "motion_reliance", "model", "std")] = float(r["ratio_se"])
+            values[keys.metric_key(prefix, "motion_reliance", "model", "n")] = float(r["ratio_n"])
+        return values
+
+    def artifacts(self) -> dict[str, Any]:
+        """Mean curves per step for the figures: ``{"<direction>/<ref>/<method>": [s_0, ..., s_K]}``."""
+        curves: dict[str, Any] = {}
+        for ref in self.references:
+            for method in [*self.methods, *(["random"] if self.random_floor else [])]:
+                for direction in ("deletion", "insertion"):
+                    mean = self._metric(direction, ref, method).compute()["curve_mean"]
+                    curves[f"{direction}/{ref}/{method}"] = [float(v) for v in mean]
+        return {"faithfulness_curves": curves, "faithfulness_steps": self.steps}
+
+
+class RandomizationStage:
+    """Cascading model-parameter randomisation of each explainer on the first ``num_clips`` clips of an epoch.
+
+    Args:
+        explainers: name -> explainer (called on randomised copies of the model; never cached).
+        sigma: threshold of the selective maps compared (the run's first sigma).
+        padding: padding of the selective step.
+        layers: ``"all"`` weighted layers, ``k`` / ``"top-k"`` nearest the output, or a list of module paths.
+        num_clips: clips per epoch and process.
+        seed: layer ``j`` is re-initialised under ``seed + j``.
+    """
+
+    def __init__(self, explainers: Mapping[str, Any], *, sigma: float, padding: str = "replicate",
+                 layers: Any = "all", num_clips: int = 4, seed: int = 0) -> None:
+        self.explainers = dict(explainers)
+        self.sigma, self.padding, self.layers = float(sigma), padding, layers
+        self.num_clips = _positive_int("randomization.num_clips", num_clips)
+        self.seed = _positive_int("randomization.seed", seed, 0)
+        self.stages: list[str] | None = None
+        self.collection: MetricCollection | None = None
+        self._budget = _Budget(self.num_clips)
+        self._device: torch.device | str | None = None
+
+    def start(self, device: torch.device | str | None = None) -> None:
+        self._device = device
+        if self.collection is not None:
+            self.collection.reset()
+        self._budget = _Budget(self.num_clips)
+
+    def _build(self, net: nn.Module, clips: Tensor, input_builder: InputBuilder | None) -> None:
+        stages = randomization_stages(net, clips[:1], self.layers, input_builder=input_builder)
+        self.stages = ["original", *(group[0] for group in stages)]
+        self.collection = MetricCollection(
+            {name: RandomizationCorrelation(self.stages) for name in self.explainers}, compute_groups=False)
+        if self._device is not None:
+            self.collection.to(self._device)
+
+    def update(self, net: nn.Module, clips: Tensor, targets: Tensor, input_builder: InputBuilder | None = None,
+               ) -> None:
+        k = self._budget.take(clips.shape[0])
+        if k == 0:
+            return
+        if self.collection is None:
+            self._build(net, clips, input_builder)
+        assert self.collection is not None
+        for name, explainer in self.explainers.items():
+            result = cascading_randomization(net, clips[:k].detach(), explainer, targets[:k], sigma=self.sigma,
+                                             padding=self.padding, layers=self.layers, seed=self.seed,
+                                             input_builder=input_builder)
+            self.collection[name].update(result)
+
+    def results(self, stage: str) -> dict[str, float]:
+        prefix = keys.stage_prefix(stage)
+        values: dict[str, float] = {}
+        if self.collection is None or self.stages is None:
+            return values
+        for name in self.explainers:
+            result = self.collection[name].compute()
+            for quantity, method in (("baseline", name), ("selective", keys.selective(name, self.sigma, False))):
+                for k in range(len(self.stages)):
+                    for stat in _STATS:
+                        values[keys.metric_key(prefix, f"randomization_s{k}", method, stat)] = \
+                            float(result[f"{quantity}_{stat}"][k])
+        return values
+
+    def artifacts(self) -> dict[str, Any]:
+        return {} if self.stages is None else {"randomization_stages": list(self.stages)}

@@ -1,0 +1,146 @@
+"""The faithfulness and randomisation metric classes are exact under DDP: 2 gloo CPU processes on disjoint halves
+of 33 clips report what one process reports on all 33. Loopback only."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from motion_relevance.metrics.faithfulness import (
+    deletion_curve,
+    matched_budget_drops,
+    motion_reliance,
+    random_curve,
+)
+from motion_relevance.metrics.faithfulness_metrics import (
+    DeletionAUC,
+    FaithfulnessCurves,
+    FreezeDrop,
+    InsertionAUC,
+    MotionReliance,
+    RandomizationCorrelation,
+)
+from motion_relevance.metrics.randomization import cascading_randomization
+
+N_CLIPS, WORLD, STEPS = 33, 2, 4
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv3d(3, 2, 3, padding=1),
+            relu=nn.ReLU(),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(2 * 4 * 5 * 6, 6),
+            relu2=nn.ReLU(),
+            fc2=nn.Linear(6, 4),
+        )
+    ).double()
+
+
+def _gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x).gather(1, target.view(-1, 1)).sum(), x)
+    return g
+
+
+def per_clip_values() -> dict[str, torch.Tensor]:
+    """Per-clip inputs of every metric, from the real functions; every 7th selective map is empty (m = 0)."""
+    g = torch.Generator().manual_seed(1234)
+    clips = torch.randn((N_CLIPS, 3, 4, 5, 6), generator=g, dtype=torch.float64)
+    rel = torch.randn((N_CLIPS, 3, 4, 5, 6), generator=g, dtype=torch.float64)
+    sel = rel * (torch.rand((N_CLIPS, 1, 4, 5, 6), generator=g) < 0.3)
+    sel[::7] = 0
+    model = _model()
+    seeds = torch.arange(N_CLIPS) + 100  # per-clip seeds: the floor does not depend on the split
+    drops = matched_budget_drops(model, clips, rel, sel, seed=seeds)
+    rand = cascading_randomization(model, clips, _gradient, sigma=1.0)
+    return {
+        "deletion": deletion_curve(model, clips, rel, steps=STEPS),
+        "insertion": deletion_curve(model, clips, rel, steps=STEPS, insertion=True, reference="blur"),
+        "floor": random_curve(model, clips, steps=STEPS, seed=seeds),
+        "sel": drops["selective"],
+        "base": drops["baseline"],
+        "rand": drops["random"],
+        "budget": drops["budget"],
+        "reliance": motion_reliance(model, clips),
+        "corr_base": rand.baseline,
+        "corr_sel": rand.selective,
+    }
+
+
+def make_metrics(**kw) -> dict:
+    return {
+        "deletion": DeletionAUC(steps=STEPS, **kw),
+        "insertion": InsertionAUC(steps=STEPS, **kw),
+        "floor": FaithfulnessCurves(steps=STEPS, **kw),
+        "freeze": FreezeDrop(**kw),
+        "reliance": MotionReliance(**kw),
+        "randomization": RandomizationCorrelation(["original", "fc2", "fc1", "conv"], **kw),
+    }
+
+
+def _plain(v: torch.Tensor) -> float | list[float]:
+    return v.tolist() if v.dim() else v.item()
+
+
+def run_metrics(metrics: dict, d: dict, idx: torch.Tensor, batch: int = 5) -> dict:
+    for s in range(0, len(idx), batch):
+        i = idx[s : s + batch]
+        metrics["deletion"].update(d["deletion"][i])
+        metrics["insertion"].update(d["insertion"][i])
+        metrics["floor"].update(d["floor"][i])
+        metrics["freeze"].update(d["sel"][i], d["base"][i], d["rand"][i], d["budget"][i])
+        metrics["reliance"].update(d["reliance"][i])
+        metrics["randomization"].update(d["corr_base"][:, i], d["corr_sel"][:, i])
+    return {name: {k: _plain(v) for k, v in m.compute().items()} for name, m in metrics.items()}
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        d = per_clip_values()
+        half = torch.arange(N_CLIPS).tensor_split(WORLD)[rank]  # 17 and 16 clips: disjoint, nothing padded
+        distributed = run_metrics(make_metrics(), d, half)
+        single = run_metrics(make_metrics(sync_on_compute=False), d, torch.arange(N_CLIPS))
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"ddp": distributed, "single": single}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _close(a: float, b: float) -> bool:
+    return (a != a and b != b) or abs(a - b) <= 1e-9 * max(1.0, abs(b))
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    single = results[0]["single"]
+    assert single["deletion"]["auc_n"] == N_CLIPS
+    assert single["freeze"]["selective_n"] == N_CLIPS - 5  # clips 0, 7, 14, 21, 28 keep nothing
+    assert single["freeze"]["selective_n_undefined"] == 5
+    assert single["reliance"]["ratio_n"] == N_CLIPS
+    n_rand = single["randomization"]
+    assert [a + b for a, b in zip(n_rand["baseline_n"], n_rand["baseline_n_undefined"])] == [N_CLIPS] * 4
+    for res in results:
+        assert res["single"] == single
+        for name, stats in single.items():
+            for key, want in stats.items():
+                got = res["ddp"][name][key]
+                pairs = zip(got, want) if isinstance(want, list) else [(got, want)]
+                assert all(_close(a, b) for a, b in pairs), (name, key, got, want)
