@@ -4,13 +4,13 @@ Full ``C3D(num_classes=101)`` on clips ``(1, 3, 16, 112, 112)``; methods DTD, Gr
 Guided Grad-CAM (our Captum wrappers, target = predicted class). For every method:
 
 * batch 1: ``--clips`` distinct random clips (after ``--warmup`` other clips, not timed); per clip the explanation
-  time and the selective step (``selective_relevance(R, 4.0)``) are timed separately (SPEC §4: device
+  time and the selective step (``selective_relevance(R, 4.0)``) are timed separately (docs/method.md, "Metrics": device
   synchronised before each clock read, no data loading); mean, std, median over clips;
 * "with selective" = explanation + selective step of the same clip; the ratio column is with / original;
 * batch 8: ``--b8-batches`` batches of 8 distinct clips (after ``--b8-warmup`` untimed batches): clips/s of
   explanation + selective, and the speed-up of batch 8 over batch 1 per clip.
 
-The paper's figures (GTX 1080 Ti) are printed beside ours when ``PAPER_TABLE4`` holds them; SPEC.md/DESIGN.md
+The paper's figures (GTX 1080 Ti) are printed beside ours when ``PAPER_TABLE4`` holds them; this repository
 do not quote them, so that column shows "–" until someone fills it in from the paper.
 
 Run: ``.venv/bin/python benchmarks/bench_table4.py [--device cuda] [--clips 30]``
@@ -38,7 +38,7 @@ from motion_relevance.models import C3D  # noqa: E402
 
 SIGMA = 4.0
 #: The paper's Table 4 (ms per clip, batch 1, GTX 1080 Ti): {method: {"original": ms, "selective": ms}}.
-#: Left empty: neither SPEC.md nor DESIGN.md quotes the figures, and we do not guess them.
+#: Left empty: the repository quotes no figures of the paper, and we do not guess them.
 PAPER_TABLE4: dict[str, dict[str, float]] = {}
 
 METHODS: dict[str, Callable[[], Any]] = {
@@ -161,7 +161,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
             )
         )
     if not PAPER_TABLE4:
-        lines += ["", "Paper column: not quoted in SPEC.md / DESIGN.md; fill `PAPER_TABLE4` to compare."]
+        lines += ["", "Paper column: not quoted here; fill `PAPER_TABLE4` to compare."]
     return "\n".join(lines) + "\n"
 
 

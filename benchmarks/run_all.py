@@ -234,7 +234,7 @@ def sec_table4(d: dict) -> list[str]:
     if not meta.get("paper_quoted"):
         out += [
             "",
-            "The paper's Table 4 figures are not quoted in SPEC.md / DESIGN.md, so the paper columns are "
+            "The paper's Table 4 figures are not quoted here, so the paper columns are "
             "empty (fill `PAPER_TABLE4` in bench_table4.py).",
         ]
     return out

@@ -1,4 +1,4 @@
-"""Optical flow, moving masks and the flow cache (SPEC §3)."""
+"""Optical flow, moving masks and the flow cache (docs/method.md, "Optical flow")."""
 
 from __future__ import annotations
 

@@ -625,3 +625,17 @@ def test_overlay_sink_writes_every_frame_in_background_and_foreground(tmp_path: 
     broken.write(frames, (np.zeros((2, 2)), np.zeros((2, 2))), ["c"] * 5)  # maps of the wrong shape
     with pytest.raises(RuntimeError, match="writing the overlay video failed"):
         broken.close()
+
+
+def test_file_source_without_decord_falls_back_to_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Platforms without a decord wheel (macOS on Apple silicon) still stream files, through OpenCV."""
+    import motion_relevance.data.video as video
+
+    path = SHARED_DATA / "ucf101_mini" / "UCF-101" / "Basketball" / "v_Basketball_g01_c01.avi"
+    if not path.exists():
+        pytest.skip("no shared real data")
+    with_decord = [f for f, _ in open_source(str(path), resize="native", crop_size=None).frames()]
+    monkeypatch.setattr(video, "decord_available", lambda: False)
+    without = [f for f, _ in open_source(str(path), resize="native", crop_size=None).frames()]
+    assert len(without) == len(with_decord) and without[0].shape == with_decord[0].shape
+    assert np.abs(without[0].astype(int) - with_decord[0].astype(int)).mean() < 2.0

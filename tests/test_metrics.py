@@ -1,4 +1,4 @@
-"""Functional metrics and torchmetrics classes vs independent numpy references (SPEC §4)."""
+"""Functional metrics and torchmetrics classes vs independent numpy references (docs/method.md, "Metrics")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Every metric class is exact under DDP: 2 gloo CPU processes on disjoint halves of 33 clips report what one
-process reports on all 33 (SPEC §4). Loopback only."""
+process reports on all 33 (docs/method.md, "Metrics"). Loopback only."""
 
 from __future__ import annotations
 

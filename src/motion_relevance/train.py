@@ -1,7 +1,7 @@
 """Train, checkpoint and test a clip classifier: ``python -m motion_relevance.train`` (or ``mr-train``).
 
 Everything comes from ``conf/train.yaml``; override on the command line, e.g.
-``mr-train trainer.max_epochs=3 data.videos_per_class=20 logger=csv``. Resume with ``ckpt_path=…/last.ckpt``.
+``mr-train trainer.max_epochs=3 data.generator.videos_per_class=20 logger=csv``. Resume with ``ckpt_path=…/last.ckpt``.
 The last line printed is ``Run folder: <path>``; the run folder holds ``checkpoints/`` (best and ``last.ckpt``),
 ``csv/metrics.csv`` (per-epoch train/val/test metrics), ``metrics.json`` (final numbers) and ``wandb/`` (the offline
 W&B run).

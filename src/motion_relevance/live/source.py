@@ -215,10 +215,14 @@ class FileSource(FrameSource):
         self._reader.seek(0)
 
     def _open(self, size: tuple[int, int] | None) -> Any:
-        import decord
+        from motion_relevance.data.video import resolve_decoder
 
         kw = {"height": size[0], "width": size[1]} if size else {}
         try:
+            if resolve_decoder("decord") == "opencv":  # no decord wheel on this platform
+                return _OpenCVReader(self.path)
+            import decord
+
             return decord.VideoReader(str(self.path), num_threads=self.num_threads, **kw)
         except Exception as err:  # decord raises DECORDError / RuntimeError
             if _zero_frames(self.path):
@@ -248,6 +252,58 @@ class FileSource(FrameSource):
 
     def close(self) -> None:
         self._reader = None
+
+
+class _Frames:
+    """A decoded frame or batch in decord's shape of API (``.asnumpy()``, ``.shape``)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape = array.shape
+
+    def asnumpy(self) -> np.ndarray:
+        return self.array
+
+
+class _OpenCVReader:
+    """The part of decord's ``VideoReader`` a file source uses, on OpenCV (platforms without decord): frames are
+    read in order (a seek only when an index goes back or skips), RGB, at the native size."""
+
+    def __init__(self, path: Path) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self._cap = cv2.VideoCapture(str(path))
+        if not self._cap.isOpened():
+            raise RuntimeError(f"OpenCV cannot open {path}")
+        self._n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self._fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get_avg_fps(self) -> float:
+        return self._fps
+
+    def seek(self, index: int) -> None:
+        self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, int(index))
+        self._pos = int(index)
+
+    def _read(self, index: int) -> np.ndarray:
+        if index != self._pos:
+            self.seek(index)
+        ok, frame = self._cap.read()
+        if not ok:
+            raise RuntimeError(f"frame {index} cannot be decoded")
+        self._pos = index + 1
+        return frame[:, :, ::-1].copy()
+
+    def __getitem__(self, index: int) -> _Frames:
+        return _Frames(self._read(int(index)))
+
+    def get_batch(self, indices: list[int]) -> _Frames:
+        return _Frames(np.stack([self._read(int(i)) for i in indices]))
 
 
 def check_file(path: str | Path) -> Path:

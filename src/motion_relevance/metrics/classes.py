@@ -88,7 +88,7 @@ def _check_mode(mode: str) -> str:
 
 
 class MotionPrecision(_MeanStdMetric):
-    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over frames with flow (SPEC §4, Table 1).
+    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over frames with flow (docs/method.md, "Metrics"; Table 1).
 
     ``update(relevance (B,C,T,H,W), moves (B,T,H,W) bool, valid_frames (B,T) bool | None)``.
     Clips with ``|P(R)| = 0`` on valid frames count in ``precision_n_undefined``. Skip clips without any flow
@@ -107,7 +107,7 @@ class MotionPrecision(_MeanStdMetric):
 
 
 class Selectivity(_MeanStdMetric):
-    """Area ratio ``|P(R_sel)|/|P(R)|`` and mass ratio ``Σ R_sel⁺ / Σ R⁺`` (SPEC §4, Table 3).
+    """Area ratio ``|P(R_sel)|/|P(R)|`` and mass ratio ``Σ R_sel⁺ / Σ R⁺`` (docs/method.md, "Metrics"; Table 3).
 
     ``update(relevance (B,C,T,H,W), selective (B,C,T,H,W))``. Quantities ``area`` and ``mass``.
     """
@@ -125,7 +125,7 @@ class Selectivity(_MeanStdMetric):
 
 
 class Agreement(_MeanStdMetric):
-    """IoU of ``P(A)`` and ``P(B)`` of two explanations of the same clips (SPEC §4, Table 2). Quantity ``iou``."""
+    """IoU of ``P(A)`` and ``P(B)`` of two explanations of the same clips (docs/method.md, "Metrics"; Table 2). Quantity ``iou``."""
 
     quantities: ClassVar[tuple[str, ...]] = ("iou",)
 
@@ -138,7 +138,7 @@ class Agreement(_MeanStdMetric):
 
 
 class GroundTruthMetrics(_MeanStdMetric):
-    """Precision, recall, motion share and F1 of an explanation vs the true motion mask (SPEC §4, synthetic data).
+    """Precision, recall, motion share and F1 of an explanation vs the true motion mask (docs/method.md, "Metrics"; synthetic data).
 
     ``update(relevance (B,C,T,H,W), mask (B,T,H,W) bool)``. Pass ``R`` for the baseline or ``R_sel`` for the
     selective map (its ``f1_mean`` is the sigma-sweep objective). Quantities ``precision``, ``recall``,
@@ -160,7 +160,7 @@ class GroundTruthMetrics(_MeanStdMetric):
 
 
 class SpatialBias(_MeanStdMetric):
-    """Spatial bias ``1 - Σ R_sel⁺ / Σ R⁺`` of a model under a method (SPEC §4). Quantity ``bias``.
+    """Spatial bias ``1 - Σ R_sel⁺ / Σ R⁺`` of a model under a method (docs/method.md, "Metrics"). Quantity ``bias``.
 
     ``update(relevance (B,C,T,H,W), selective (B,C,T,H,W))``.
     """
@@ -188,7 +188,7 @@ class PathwayShare(_MeanStdMetric):
 
 
 class Overhead(_MeanStdMetric):
-    """Wall time per clip in ms (SPEC §4, Table 4), fed with measured times (see :class:`OverheadTimer`).
+    """Wall time per clip in ms (docs/method.md, "Metrics"; Table 4), fed with measured times (see :class:`OverheadTimer`).
 
     ``update(ms)`` with a number or a 1-D sequence/tensor of per-clip times. When timing a batch of ``B`` clips,
     pass one time per clip (``batch_ms / B``), or time with batch size 1 for the paper's table. Non-finite

@@ -1,4 +1,4 @@
-"""Optical flow on the model's input frames and the "moves" mask it defines (SPEC §3).
+"""Optical flow on the model's input frames and the "moves" mask it defines (docs/method.md, "Optical flow").
 
 * :func:`compute_flow` — dense flow ``(T-1, H, W, 2)`` (dx, dy in px/frame) of uint8 RGB frames ``(T, H, W, 3)``;
   entry ``t`` is the field from frame ``t`` to ``t+1``. Farnebäck with the authors' parameters by default,
@@ -39,7 +39,7 @@ from motion_relevance.keys import cache_key, tensor_digest
 
 log = logging.getLogger(__name__)
 
-#: The authors' Farnebäck parameters (SPEC §3).
+#: The authors' Farnebäck parameters (docs/method.md, "Optical flow").
 FARNEBACK_DEFAULTS: dict[str, Any] = {
     "pyr_scale": 0.5,
     "levels": 3,
@@ -113,7 +113,7 @@ def _dis(params: Mapping[str, Any]) -> cv2.DISOpticalFlow:
 
 
 def compute_flow(frames: np.ndarray | torch.Tensor, method: str = "farneback", **params: Any) -> np.ndarray:
-    """Dense optical flow of one clip (SPEC §3).
+    """Dense optical flow of one clip (docs/method.md, "Optical flow").
 
     Args:
         frames: uint8 ``(T, H, W, 3)`` RGB frames — the model's input after resize and crop, before
@@ -151,7 +151,7 @@ def flow_magnitude(flow: np.ndarray) -> np.ndarray:
 def moving_mask(
     flow: np.ndarray, threshold: str | float = "std", *, magnitude: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which voxels move (SPEC §3).
+    """Which voxels move (docs/method.md, "Optical flow").
 
     Args:
         flow: ``(T-1, H, W, 2)`` from :func:`compute_flow`, or ``(T-1, H, W)`` magnitudes with ``magnitude=True``.
@@ -182,7 +182,7 @@ def moving_mask(
 
 
 class FlowEstimator:
-    """Batched flow → moving masks with an optional on-disk cache (SPEC §3). Hydra-friendly constructor.
+    """Batched flow → moving masks with an optional on-disk cache (docs/method.md, "Optical flow"). Hydra-friendly constructor.
 
     Example config (``conf/flow/farneback.yaml``)::
 

@@ -1,11 +1,11 @@
-"""Per-clip metric functions (SPEC §4). Plain torch; every function works on a batch and returns ``(B,)`` tensors.
+"""Per-clip metric functions (docs/method.md, "Metrics"). Plain torch; every function works on a batch and returns ``(B,)`` tensors.
 
 Shapes: explanations ``(B, C, T, H, W)``; masks ``(B, T, H, W)`` bool (``(B, 1, T, H, W)`` is accepted);
 ``valid_frames`` ``(B, T)`` bool. ``P(X) = X.sum(C) > 0`` (``mode="positive"``, default) or ``|X.sum(C)| > 0``
 (``mode="nonzero"``). ``R⁺ = max(R.sum(C), 0)``.
 
 A ratio whose denominator is 0 is *undefined*: its value is NaN and its ``defined`` flag False, so aggregators
-count such clips separately instead of averaging them as 0 or 1 (SPEC §4).
+count such clips separately instead of averaging them as 0 or 1 (docs/method.md, "Metrics").
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def positive_mask(x: Tensor, mode: str = "positive") -> Tensor:
 def motion_precision(
     relevance: Tensor, moves: Tensor, valid_frames: Tensor | None = None, mode: str = "positive"
 ) -> tuple[Tensor, Tensor]:
-    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over the frames with flow (SPEC §4, Table 1).
+    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over the frames with flow (docs/method.md, "Metrics"; Table 1).
 
     Args:
         relevance: ``(B, C, T, H, W)``.
@@ -83,7 +83,7 @@ def motion_precision(
 
 
 def selectivity(relevance: Tensor, selective: Tensor, mode: str = "positive") -> tuple[Tensor, Tensor, Tensor]:
-    """Selectivity of selective relevance (SPEC §4, Table 3).
+    """Selectivity of selective relevance (docs/method.md, "Metrics"; Table 3).
 
     Returns:
         ``area_ratio = |P(R_sel)| / |P(R)|``, ``mass_ratio = Σ R_sel⁺ / Σ R⁺`` (float64 ``(B,)``) and ``defined``
@@ -100,7 +100,7 @@ def selectivity(relevance: Tensor, selective: Tensor, mode: str = "positive") ->
 
 
 def agreement(a: Tensor, b: Tensor, mode: str = "positive") -> tuple[Tensor, Tensor]:
-    """Agreement of two explanations: IoU ``|P(A) ∧ P(B)| / |P(A) ∨ P(B)|`` (SPEC §4, Table 2).
+    """Agreement of two explanations: IoU ``|P(A) ∧ P(B)| / |P(A) ∨ P(B)|`` (docs/method.md, "Metrics"; Table 2).
 
     Returns ``iou`` float64 ``(B,)`` (NaN where the union is empty) and ``defined`` ``(B,)``.
     """
@@ -111,7 +111,7 @@ def agreement(a: Tensor, b: Tensor, mode: str = "positive") -> tuple[Tensor, Ten
 def gt_precision_recall(
     relevance: Tensor, mask: Tensor, mode: str = "positive"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Ground-truth precision ``|P(R) ∧ M| / |P(R)|`` and recall ``|P(R) ∧ M| / |M|`` (SPEC §4, synthetic data).
+    """Ground-truth precision ``|P(R) ∧ M| / |P(R)|`` and recall ``|P(R) ∧ M| / |M|`` (docs/method.md, "Metrics"; synthetic data).
 
     Returns ``precision``, ``recall`` (float64 ``(B,)``, NaN where undefined), ``precision_defined``
     (``|P(R)| > 0``) and ``recall_defined`` (``|M| > 0``).
@@ -135,7 +135,7 @@ def f1(relevance: Tensor, mask: Tensor, mode: str = "positive") -> tuple[Tensor,
 
 
 def motion_share(relevance: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Motion share ``Σ R⁺ inside M / Σ R⁺`` (SPEC §4, synthetic data).
+    """Motion share ``Σ R⁺ inside M / Σ R⁺`` (docs/method.md, "Metrics"; synthetic data).
 
     Returns ``share`` float64 ``(B,)`` (NaN where undefined) and ``defined`` ``(B,)`` (``Σ R⁺ > 0``).
     """
@@ -147,7 +147,7 @@ def motion_share(relevance: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 def spatial_bias(relevance: Tensor, selective: Tensor) -> tuple[Tensor, Tensor]:
     """Spatial bias ``1 - Σ R_sel⁺ / Σ R⁺``: the share of positive relevance selective relevance removes as static.
 
-    Returns ``bias`` float64 ``(B,)`` (NaN where ``Σ R⁺ = 0``) and ``defined`` ``(B,)`` (SPEC §4).
+    Returns ``bias`` float64 ``(B,)`` (NaN where ``Σ R⁺ = 0``) and ``defined`` ``(B,)`` (docs/method.md, "Metrics").
     """
     mass, defined = _ratio(
         positive_relevance(selective).double().sum(dim=_DIMS), positive_relevance(relevance).double().sum(dim=_DIMS)

@@ -1,4 +1,4 @@
-"""Wall-clock timing of explanation steps for the overhead table (SPEC §4, Table 4)."""
+"""Wall-clock timing of explanation steps for the overhead table (docs/method.md, "Metrics"; Table 4)."""
 
 from __future__ import annotations
 
