@@ -258,3 +258,24 @@ def test_pipeline_measures_pathway_shares_at_their_own_frame_rates() -> None:
     assert out["test/pathway_share_slow/ixw"] == pytest.approx(float(share_slow))
     assert out["test/pathway_share_slow/ixw"] + out["test/pathway_share_fast/ixw"] == pytest.approx(1.0)
     assert "test/pathway_share_fast/ixw_selective" in out
+
+
+def test_pipeline_records_every_clip_value_it_reduces() -> None:
+    torch.manual_seed(4)
+    net = _Linear().eval()
+    clips, labels = torch.randn(3, 3, 4, 5, 5), torch.tensor([0, 1, 2])
+    pipe = ExplanationPipeline({"ixw": _InputTimesWeight()}, sigma=1.0, target="label", record_clips=True,
+                               faithfulness={"steps": 2, "num_clips": 2, "references": ["freeze"]})
+    pipe.start(net)
+    pipe.explain(net, clips, labels, videos=["a.avi", "b.avi", "c.avi"])
+    pipe.explain(net, clips[:1], labels[:1], videos=["d.avi"])
+    rows, out = pipe.clip_rows(), pipe.results("test")
+    bias = [r for r in rows if (r["metric"], r["method"]) == ("spatial_bias", "ixw")]
+    assert [r["video"] for r in bias] == ["a.avi", "b.avi", "c.avi", "d.avi"] and [r["clip"] for r in bias] == [0, 1,
+                                                                                                          2, 3]
+    values = np.array([r["value"] for r in bias], dtype=float)
+    assert np.nanmean(values) == pytest.approx(out["test/spatial_bias/ixw"])
+    auc = [r["value"] for r in rows if (r["metric"], r["method"]) == ("deletion_auc_freeze", "ixw")]
+    assert len(auc) == 2 and np.mean(auc) == pytest.approx(out["test/deletion_auc_freeze/ixw"])  # num_clips = 2
+    pipe.start(net)
+    assert pipe.clip_rows() == []

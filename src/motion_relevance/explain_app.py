@@ -29,7 +29,7 @@ from motion_relevance.explain.selective import check_sigma
 from motion_relevance.metrics import keys
 from motion_relevance.models.checkpoint import check_classes, check_preprocessing, load_classifier
 from motion_relevance.models.module import VideoClassifier
-from motion_relevance.report import write_tables
+from motion_relevance.report import write_csv, write_tables
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
 from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record, to_python
@@ -183,6 +183,10 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
     for callback in callbacks:  # non-scalar results (faithfulness curves, randomisation stages) for metrics.json
         metrics.update(getattr(callback, "artifacts", None) or {})
+        rows = getattr(callback, "clip_rows", None)
+        if rows:
+            name = "per_clip.csv" if trainer.world_size == 1 else f"per_clip_rank{trainer.global_rank}.csv"
+            write_csv(rows, output_dir / name)
     record_data_counts(datamodule, loggers, metrics)
     metrics["checkpoint"] = str(loaded.path)
     if cfg.get("objective") is not None:

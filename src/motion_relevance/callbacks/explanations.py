@@ -62,6 +62,8 @@ class ExplanationCallback(pl.Callback):
             (:class:`~motion_relevance.pipeline.FaithfulnessStage`; ``enabled: false`` or None: off).
         randomization: settings of the cascading randomisation check
             (:class:`~motion_relevance.pipeline.RandomizationStage`; ``enabled: false`` or None: off).
+        record_clips: keep every per-clip value; after each explained epoch :attr:`clip_rows` holds them (the
+            entry points write ``per_clip.csv``).
 
     After each explained epoch :attr:`artifacts` holds the non-scalar results (mean faithfulness curves,
     randomisation stage names) that the entry points add to ``metrics.json``.
@@ -83,6 +85,7 @@ class ExplanationCallback(pl.Callback):
         overlay_videos: int = 2,
         faithfulness: Mapping[str, Any] | None = None,
         randomization: Mapping[str, Any] | None = None,
+        record_clips: bool = False,
     ) -> None:
         super().__init__()
         unknown = [s for s in stages if s not in STAGES]
@@ -100,7 +103,7 @@ class ExplanationCallback(pl.Callback):
             "explainers": dict(explainers), "sigma": selective.get("sigma"),
             "padding": selective.get("padding", "replicate"), "flow": flow, "cache": cache, "target": target,
             "mode": mode, "keep_clips": int(keep_clips), "faithfulness": _plain(faithfulness),
-            "randomization": _plain(randomization),
+            "randomization": _plain(randomization), "record_clips": bool(record_clips),
         }
         # Built without the data's transform to check every argument now; rebuilt in setup() with it.
         self.pipeline = ExplanationPipeline(**self.pipeline_args)
@@ -112,6 +115,7 @@ class ExplanationCallback(pl.Callback):
         self._active = False
         self._seen = 0
         self.artifacts: dict[str, Any] = {}
+        self.clip_rows: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- set-up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -196,6 +200,7 @@ class ExplanationCallback(pl.Callback):
         values = self.pipeline.results(stage)
         prefix = stage_prefix(stage)
         self.artifacts = {f"{prefix}/{k}": v for k, v in self.pipeline.artifacts().items()}
+        self.clip_rows = [{"stage": prefix, **row} for row in self.pipeline.clip_rows()]
         skipped = values.get(f"{stage_prefix(stage)}/flow_skipped_clips")
         if skipped:
             log.warning("%d clips have fewer than 2 frames: flow metrics skipped for them", int(skipped))

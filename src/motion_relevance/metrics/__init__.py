@@ -1,4 +1,5 @@
-"""Metrics of motion relevance (docs/method.md, "Optical flow" and "Metrics"): optical-flow motion masks, per-clip functional metrics and
+"""Metrics of motion relevance (docs/method.md, "Optical flow" and "Metrics"): optical-flow motion masks,
+per-clip functional metrics and
 torchmetrics classes (mean/std over clips, exact under DDP). No Lightning or Hydra imports here."""
 
 from motion_relevance.metrics.classes import (

@@ -61,12 +61,17 @@ class _MeanStdMetric(Metric):
         self.add_state("total_sq", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("n_undefined", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
+        #: with ``keep_last`` set, quantity -> the per-clip values of the last update (NaN where undefined)
+        self.keep_last = False
+        self.last_values: dict[str, Tensor] = {}
 
     def _accumulate(self, q: str, values: Tensor, defined: Tensor) -> None:
         """Add the defined entries of per-clip ``values`` (B,) to quantity ``q``; count the others."""
         i = self.quantities.index(q)
         device = self.total.device
         defined = defined.bool().to(device) & torch.isfinite(values.to(device))
+        if self.keep_last:
+            self.last_values[q] = torch.where(defined, values.to(device, torch.float64), torch.nan).cpu()
         v = values.to(device, torch.float64)[defined]
         self.total[i] += v.sum()
         self.total_sq[i] += (v * v).sum()
@@ -88,7 +93,8 @@ def _check_mode(mode: str) -> str:
 
 
 class MotionPrecision(_MeanStdMetric):
-    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over frames with flow (docs/method.md, "Metrics"; Table 1).
+    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over frames with flow (docs/method.md, "Metrics";
+    Table 1).
 
     ``update(relevance (B,C,T,H,W), moves (B,T,H,W) bool, valid_frames (B,T) bool | None)``.
     Clips with ``|P(R)| = 0`` on valid frames count in ``precision_n_undefined``. Skip clips without any flow
@@ -125,7 +131,10 @@ class Selectivity(_MeanStdMetric):
 
 
 class Agreement(_MeanStdMetric):
-    """IoU of ``P(A)`` and ``P(B)`` of two explanations of the same clips (docs/method.md, "Metrics"; Table 2). Quantity ``iou``."""
+    """IoU of ``P(A)`` and ``P(B)`` of two explanations of the same clips (docs/method.md, "Metrics"; Table 2).
+
+    Quantity ``iou``.
+    """
 
     quantities: ClassVar[tuple[str, ...]] = ("iou",)
 
@@ -138,7 +147,8 @@ class Agreement(_MeanStdMetric):
 
 
 class GroundTruthMetrics(_MeanStdMetric):
-    """Precision, recall, motion share and F1 of an explanation vs the true motion mask (docs/method.md, "Metrics"; synthetic data).
+    """Precision, recall, motion share and F1 of an explanation vs the true motion mask (docs/method.md,
+    "Metrics"; synthetic data).
 
     ``update(relevance (B,C,T,H,W), mask (B,T,H,W) bool)``. Pass ``R`` for the baseline or ``R_sel`` for the
     selective map (its ``f1_mean`` is the sigma-sweep objective). Quantities ``precision``, ``recall``,
@@ -188,7 +198,8 @@ class PathwayShare(_MeanStdMetric):
 
 
 class Overhead(_MeanStdMetric):
-    """Wall time per clip in ms (docs/method.md, "Metrics"; Table 4), fed with measured times (see :class:`OverheadTimer`).
+    """Wall time per clip in ms (docs/method.md, "Metrics"; Table 4), fed with measured times
+    (see :class:`OverheadTimer`).
 
     ``update(ms)`` with a number or a 1-D sequence/tensor of per-clip times. When timing a batch of ``B`` clips,
     pass one time per clip (``batch_ms / B``), or time with batch size 1 for the paper's table. Non-finite

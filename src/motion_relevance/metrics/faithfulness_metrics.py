@@ -63,6 +63,9 @@ class _QuantityStats(Metric):
         self.add_state("total_sq", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("undefined", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+        #: with ``keep_last`` set, quantity -> per-clip values of the last update (NaN where undefined; scalars)
+        self.keep_last = False
+        self.last_values: dict[str, Tensor] = {}
 
     def _accumulate(self, index: int, values: Tensor, defined: Tensor | None = None) -> None:
         """Add per-clip ``values`` ``(B, *width)`` of quantity ``index``; non-finite or not ``defined`` are counted."""
@@ -70,6 +73,8 @@ class _QuantityStats(Metric):
         ok = torch.isfinite(v)
         if defined is not None:
             ok &= defined.to(self.total.device).bool().view(-1, *([1] * (v.dim() - 1)))
+        if self.keep_last and v.dim() == 1:
+            self.last_values[self.quantities[index]] = torch.where(ok, v, torch.nan).cpu()
         v = torch.where(ok, v, torch.zeros_like(v))
         self.total[index] += v.sum(0)
         self.total_sq[index] += (v * v).sum(0)

@@ -182,7 +182,9 @@ def moving_mask(
 
 
 class FlowEstimator:
-    """Batched flow → moving masks with an optional on-disk cache (docs/method.md, "Optical flow"). Hydra-friendly constructor.
+    """Batched flow → moving masks with an optional on-disk cache (docs/method.md, "Optical flow").
+
+    Hydra-friendly constructor.
 
     Example config (``conf/flow/farneback.yaml``)::
 

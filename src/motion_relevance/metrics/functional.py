@@ -1,4 +1,5 @@
-"""Per-clip metric functions (docs/method.md, "Metrics"). Plain torch; every function works on a batch and returns ``(B,)`` tensors.
+"""Per-clip metric functions (docs/method.md, "Metrics"). Plain torch; every function works on a batch and
+returns ``(B,)`` tensors.
 
 Shapes: explanations ``(B, C, T, H, W)``; masks ``(B, T, H, W)`` bool (``(B, 1, T, H, W)`` is accepted);
 ``valid_frames`` ``(B, T)`` bool. ``P(X) = X.sum(C) > 0`` (``mode="positive"``, default) or ``|X.sum(C)| > 0``
@@ -63,7 +64,8 @@ def positive_mask(x: Tensor, mode: str = "positive") -> Tensor:
 def motion_precision(
     relevance: Tensor, moves: Tensor, valid_frames: Tensor | None = None, mode: str = "positive"
 ) -> tuple[Tensor, Tensor]:
-    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over the frames with flow (docs/method.md, "Metrics"; Table 1).
+    """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over the frames with flow (docs/method.md,
+    "Metrics"; Table 1).
 
     Args:
         relevance: ``(B, C, T, H, W)``.
@@ -111,7 +113,8 @@ def agreement(a: Tensor, b: Tensor, mode: str = "positive") -> tuple[Tensor, Ten
 def gt_precision_recall(
     relevance: Tensor, mask: Tensor, mode: str = "positive"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Ground-truth precision ``|P(R) ∧ M| / |P(R)|`` and recall ``|P(R) ∧ M| / |M|`` (docs/method.md, "Metrics"; synthetic data).
+    """Ground-truth precision ``|P(R) ∧ M| / |P(R)|`` and recall ``|P(R) ∧ M| / |M|`` (docs/method.md, "Metrics";
+    synthetic data).
 
     Returns ``precision``, ``recall`` (float64 ``(B,)``, NaN where undefined), ``precision_defined``
     (``|P(R)| > 0``) and ``recall_defined`` (``|M| > 0``).

@@ -29,12 +29,34 @@ from motion_relevance.metrics.classes import (
     SpatialBias,
 )
 
-__all__ = ["COUNTERS", "ExplanationMetrics"]
+__all__ = ["COUNTERS", "ClipRecords", "ExplanationMetrics"]
 
 #: Counters the suite sums over processes (logged as ``<stage>/<name>``).
 COUNTERS = ("explained_clips", "cache_hits", "cache_misses", "cache_corrupt", "flow_skipped_clips")
 #: Ground-truth quantities -> logged metric names.
 _GT_NAMES = {"precision": "gt_precision", "recall": "gt_recall", "motion_share": "motion_share", "f1": "gt_f1"}
+
+
+class ClipRecords:
+    """Per-clip values in long format: rows ``{clip, metric, method, value}`` (``value`` NaN where undefined).
+
+    ``offset`` is the epoch index of the current batch's first clip (set by the caller before each batch)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, object]] = []
+        self.offset = 0
+
+    def add(self, metric: Metric, names: dict[str, str], method: str) -> None:
+        """The last update of ``metric`` (its ``last_values``), each quantity under its logged metric name."""
+        for quantity, name in names.items():
+            values = getattr(metric, "last_values", {}).get(quantity)
+            if values is None:
+                continue
+            self.rows += [{"clip": self.offset + i, "metric": name, "method": method, "value": float(v)}
+                          for i, v in enumerate(values.tolist())]
+
+    def clear(self) -> None:
+        self.rows, self.offset = [], 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,7 @@ class ExplanationMetrics:
         mode: positive-relevance rule, ``"positive"`` (``X.sum(C) > 0``) or ``"nonzero"``.
         flow: whether flow precision is measured (no flow: no precision metrics are created or logged).
         counters: the :data:`COUNTERS` this run logs (always logged, also when zero).
+        record: keep every per-clip value (:class:`ClipRecords`, long format) besides the reductions.
         pathways: names of the model's input pathways (multi-pathway models such as SlowFast: ``("slow",
             "fast")``): each pathway's share of the positive relevance, baseline and selective, is measured.
 
@@ -64,7 +87,7 @@ class ExplanationMetrics:
 
     def __init__(self, methods: Sequence[str], sigmas: Sequence[float] = (), *, mode: str = "positive",
                  flow: bool = True, counters: Sequence[str] = ("explained_clips",),
-                 pathways: Sequence[str] = ()) -> None:
+                 pathways: Sequence[str] = (), record: bool = False) -> None:
         unknown = [c for c in counters if c not in COUNTERS]
         if unknown:
             raise KeyError(f"unknown counters {unknown}; counters: {COUNTERS}")
@@ -107,6 +130,10 @@ class ExplanationMetrics:
         for counter in self.counters:
             metrics[f"count|{counter}"] = SumMetric(nan_strategy="error")
         self.collection = MetricCollection(metrics, compute_groups=False)
+        self.records = ClipRecords() if record else None
+        if record:
+            for metric in self.collection.values(copy_state=False):
+                metric.keep_last = True
         self.reset()
 
     def selective_name(self, method: str, sigma: float) -> str:
@@ -115,6 +142,15 @@ class ExplanationMetrics:
 
     def _metric(self, group: str, method: str) -> Metric:
         return self.collection[f"{group}|{method}".replace(".", "_")]
+
+    def _update(self, group: str, method: str, *args: Tensor | None) -> None:
+        """Update one metric; with :attr:`records` set, keep its per-clip values under their logged names."""
+        slot = f"{group}|{method}".replace(".", "_")
+        metric = self.collection[slot]
+        metric.update(*args)
+        if self.records is not None:
+            entry = self._entries[slot]
+            self.records.add(metric, entry.names, entry.method)
 
     # ------------------------------------------------------------------ updates
     def to(self, device: torch.device | str) -> ExplanationMetrics:
@@ -131,10 +167,10 @@ class ExplanationMetrics:
                  mask: Tensor | None) -> None:
         if self.flow and moves is not None:
             device = rel_sum.device
-            self._metric("precision", method).update(rel_sum, moves.to(device), valid.to(device)
-                                                     if valid is not None else None)
+            self._update("precision", method, rel_sum, moves.to(device), valid.to(device)
+                         if valid is not None else None)
         if mask is not None:
-            self._metric("gt", method).update(rel_sum, mask.to(rel_sum.device))
+            self._update("gt", method, rel_sum, mask.to(rel_sum.device))
 
     def update_baseline(self, method: str, rel_sum: Tensor, *, moves: Tensor | None = None,
                         valid: Tensor | None = None, mask: Tensor | None = None) -> None:
@@ -147,13 +183,13 @@ class ExplanationMetrics:
         """Flow precision, ground truth, selectivity and spatial bias of ``method``'s selective map at ``sigma``."""
         name = self.selective_name(method, sigma)
         self._per_map(name, sel_sum, moves, valid, mask)
-        self._metric("selectivity", name).update(rel_sum, sel_sum)
-        self._metric("bias", name).update(rel_sum, sel_sum)
+        self._update("selectivity", name, rel_sum, sel_sum)
+        self._update("bias", name, rel_sum, sel_sum)
 
     def update_agreement(self, sums: dict[str, Tensor]) -> None:
         """IoU of every pair of baseline explanations (channel sums of the same clips)."""
         for a, b in itertools.combinations(self.methods, 2):
-            self._metric("agreement", keys.pair(a, b)).update(sums[a], sums[b])
+            self._update("agreement", keys.pair(a, b), sums[a], sums[b])
 
     def update_pathways(self, method: str, relevance: Sequence[Tensor]) -> None:
         """Each pathway's share of the positive relevance of ``method`` (a baseline or selective map name); one
@@ -163,7 +199,7 @@ class ExplanationMetrics:
         masses = [functional.positive_relevance(r).flatten(1).sum(1).double() for r in relevance]
         total = torch.stack(masses).sum(0)
         for pathway, rel in zip(self.pathways, relevance):
-            self._metric(f"pathway_{pathway}", method).update(rel, total)
+            self._update(f"pathway_{pathway}", method, rel, total)
 
     def update_overhead(self, method: str, ms: Iterable[float]) -> None:
         """Timed samples (ms per clip) of ``method`` or of ``"selective"``."""

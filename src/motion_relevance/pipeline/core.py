@@ -123,6 +123,8 @@ class ExplanationPipeline:
             (``enabled: false`` or None: off).
         randomization: keyword arguments of :class:`~motion_relevance.pipeline.faithfulness.RandomizationStage`
             (``enabled: false`` or None: off).
+        record_clips: keep every per-clip value (:meth:`clip_rows`: one row per clip, metric and method, with
+            the clip's video, label and explained class) for per-clip analyses such as bootstrap intervals.
 
     A multi-pathway model names its inputs in ``pathway_names`` and builds them from a full-rate clip with
     ``pack_inputs(clip)``; the faithfulness tests perturb the full-rate clip and feed the model its pathways.
@@ -142,6 +144,7 @@ class ExplanationPipeline:
         transform: ClipTransform | None = None,
         faithfulness: Mapping[str, Any] | None = None,
         randomization: Mapping[str, Any] | None = None,
+        record_clips: bool = False,
     ) -> None:
         if not explainers:
             raise ValueError("explainers is empty; configure at least one explainer")
@@ -165,6 +168,8 @@ class ExplanationPipeline:
         self.kept: list[ExplainedBatch] = []
         self._digest: str | None = None
         self.pathways: tuple[str, ...] = ()
+        self.record_clips = bool(record_clips)
+        self.clips_info: list[dict[str, Any]] = []
         self.metrics = self._suite()
         self.faithfulness = build_stage(FaithfulnessStage, faithfulness, "faithfulness", methods=self.names,
                                    sigmas=self.sigmas)
@@ -183,7 +188,7 @@ class ExplanationPipeline:
             counters.append("flow_skipped_clips")
         return ExplanationMetrics(list(self.explainers), self.sigmas, mode=self.mode,
                                   flow=self.flow is not None and self.transform is not None, counters=counters,
-                                  pathways=self.pathways)
+                                  pathways=self.pathways, record=self.record_clips)
 
     @property
     def names(self) -> list[str]:
@@ -210,6 +215,11 @@ class ExplanationPipeline:
         for stage in (self.faithfulness, self.randomization):
             if stage is not None:
                 stage.start(device)
+        if self.faithfulness is not None and self.metrics.records is not None:
+            self.faithfulness.record_into(self.metrics.records)
+        self.clips_info = []
+        if self.metrics.records is not None:
+            self.metrics.records.clear()
         self.kept = []
         if self.cache is not None:
             self.cache.reset_counters()
@@ -240,6 +250,14 @@ class ExplanationPipeline:
                 out.update(extra.artifacts())
         return out
 
+    def clip_rows(self) -> list[dict[str, Any]]:
+        """Every per-clip value of the epoch (``record_clips=True``): rows ``{clip, video, label, target, metric,
+        method, value}`` (NaN where undefined)."""
+        if self.metrics.records is None:
+            return []
+        info = {c["clip"]: c for c in self.clips_info}
+        return [{**info.get(r["clip"], {"clip": r["clip"]}), **r} for r in self.metrics.records.rows]
+
     # ------------------------------------------------------------------ batches
     def targets(self, net: nn.Module, clips: Tensor | Sequence[Tensor], labels: Tensor,
                 logits: Tensor | None = None) -> Tensor:
@@ -258,6 +276,12 @@ class ExplanationPipeline:
         """Explain and measure one batch (``net`` in eval mode, gradients enabled by the caller)."""
         targets = self.targets(net, clips, labels, logits)
         ref = reference_input(clips)
+        records = self.metrics.records
+        if records is not None:
+            records.offset = len(self.clips_info)
+            names = list(videos)
+            self.clips_info += [{"clip": records.offset + i, "video": names[i] if i < len(names) else "",
+                                 "label": int(labels[i]), "target": int(targets[i])} for i in range(labels.shape[0])]
         relevance: dict[str, Tensor] = {}
         for name, explainer in self.explainers.items():
             out = explainer(net, clips, targets, model_digest=self._digest)

@@ -55,6 +55,7 @@ from motion_relevance.metrics.faithfulness_metrics import (
     RandomizationCorrelation,
 )
 from motion_relevance.metrics.randomization import cascading_randomization, randomization_stages
+from motion_relevance.metrics.suite import ClipRecords
 
 __all__ = ["FaithfulnessStage", "RandomizationStage", "build_stage"]
 
@@ -164,6 +165,17 @@ class FaithfulnessStage:
         self.collection = MetricCollection({k.replace(".", "_"): v for k, v in metrics.items()},
                                            compute_groups=False)
         self._budget = _Budget(self.num_clips)
+        self.records: ClipRecords | None = None
+
+    def record_into(self, records: ClipRecords) -> None:
+        """Keep every per-clip value (AUCs, drops, reliance) in ``records`` too."""
+        self.records = records
+        for metric in self.collection.values(copy_state=False):
+            metric.keep_last = True
+
+    def _record(self, metric: Metric, names: dict[str, str], method: str) -> None:
+        if self.records is not None:
+            self.records.add(metric, names, method)
 
     def _metric(self, *parts: Any) -> Metric:
         return self.collection["|".join(str(p) for p in parts).replace(".", "_")]
@@ -189,21 +201,31 @@ class FaithfulnessStage:
             args = {**common, "steps": self.steps, "reference": ref, "blur_sigma": self.blur_sigma}
             for method in self.methods:
                 rel = relevance[method][:k]
-                self._metric("deletion", ref, method).update(deletion_curve(net, x, rel, target, **args))
-                self._metric("insertion", ref, method).update(deletion_curve(net, x, rel, target, insertion=True,
-                                                                             **args))
+                for direction in ("deletion", "insertion"):
+                    metric = self._metric(direction, ref, method)
+                    metric.update(deletion_curve(net, x, rel, target, insertion=direction == "insertion", **args))
+                    self._record(metric, {"auc": f"{direction}_auc_{ref}"}, method)
                 if self.matched_budget:
                     for sigma in self.sigmas:
-                        sel = selective[keys.selective(method, sigma, self.multi)][:k]
-                        drops = matched_budget_drops(net, x, rel, sel, target, reference=ref,
+                        name = keys.selective(method, sigma, self.multi)
+                        drops = matched_budget_drops(net, x, rel, selective[name][:k], target, reference=ref,
                                                      blur_sigma=self.blur_sigma, seed=seeds, **common)
-                        self._metric("drop", ref, method, f"{sigma:g}").update(**drops)
+                        metric = self._metric("drop", ref, method, f"{sigma:g}")
+                        metric.update(**drops)
+                        self._record(metric, {"selective": f"freeze_drop_{ref}"}, name)
+                        self._record(metric, {"baseline": f"topm_drop_{ref}", "random": f"random_drop_{ref}",
+                                              "selective_minus_random": f"drop_advantage_random_{ref}",
+                                              "budget": "drop_budget"}, keys.at_sigma(method, sigma, self.multi))
             if self.random_floor:
-                self._metric("deletion", ref, "random").update(random_curve(net, x, target, seed=seeds, **args))
-                self._metric("insertion", ref, "random").update(random_curve(net, x, target, insertion=True,
-                                                                             seed=seeds, **args))
+                for direction in ("deletion", "insertion"):
+                    metric = self._metric(direction, ref, "random")
+                    metric.update(random_curve(net, x, target, insertion=direction == "insertion", seed=seeds,
+                                               **args))
+                    self._record(metric, {"auc": f"{direction}_auc_{ref}"}, "random")
         if self.reliance:
-            self._metric("reliance").update(motion_reliance(net, x, target, **common))
+            metric = self._metric("reliance")
+            metric.update(motion_reliance(net, x, target, **common))
+            self._record(metric, {"freeze_drop": "full_freeze_drop", "mean_drop": "full_mean_drop"}, "model")
 
     def results(self, stage: str) -> dict[str, float]:
         """The stage's numbers under their logged keys (reduced over processes)."""

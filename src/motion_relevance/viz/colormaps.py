@@ -1,10 +1,10 @@
 """Relevance → colour: channel reduction, per-clip normalisation, colour maps and alpha blending.
 
 Conventions: relevance maps are ``(T, H, W)`` (or ``(H, W)``) after :func:`channel_sum`; pixel methods give
-``(C, T, H, W)`` and are summed over ``C`` first (docs/method.md, "Selective relevance"). Colour images are ``uint8`` RGB with a trailing
-axis of 3. Normalisation is per clip: one ``vmax`` (the largest ``|value|`` over all ``T`` frames, or the
-caller's ``vmax``) for the whole clip, so intensities are comparable over time. An all-zero clip normalises to
-zeros (the neutral colour), never NaN.
+``(C, T, H, W)`` and are summed over ``C`` first (docs/method.md, "Selective relevance"). Colour images are
+``uint8`` RGB with a trailing axis of 3. Normalisation is per clip: one ``vmax`` (the largest ``|value|`` over
+all ``T`` frames, or the caller's ``vmax``) for the whole clip, so intensities are comparable over time. An
+all-zero clip normalises to zeros (the neutral colour), never NaN.
 
 Modes: ``"signed"`` maps ``[-vmax, vmax]`` through a diverging map (default ``"bwr"``: blue negative, white 0,
 red positive, as in the LRP literature); ``"positive"`` keeps ``max(R, 0)`` and maps ``[0, vmax]`` through a
