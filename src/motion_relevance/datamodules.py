@@ -54,6 +54,7 @@ class VideoDataModule(pl.LightningDataModule):
         clip_len, stride: frames per clip and frame step. resize: ``(H, W)`` on decode or ``None``.
         crop_size: square/``(H, W)`` crop (random for training, centre otherwise).
         hflip: random horizontal flips in training (off for mirror-sensitive labels such as directions).
+        channel_shuffle: random colour-channel permutation per training clip (takes away colour shortcuts).
         mean, std, scale, channel_order: normalisation ``(x / scale - mean) / std`` in ``channel_order``.
         val_fraction, val_seed: share of training *groups* held out for validation (deterministic).
         eval_order: order of the validation/test videos: ``"shuffled"`` (default; a fixed permutation seeded by
@@ -82,6 +83,7 @@ class VideoDataModule(pl.LightningDataModule):
         resize: int | Sequence[int] | None = (128, 171),
         crop_size: int | Sequence[int] | None = 112,
         hflip: bool = True,
+        channel_shuffle: bool = False,
         mean: Sequence[float] | float = IMAGENET_MEAN,
         std: Sequence[float] | float = IMAGENET_STD,
         scale: float = 255.0,
@@ -134,7 +136,8 @@ class VideoDataModule(pl.LightningDataModule):
         self.pathways = _check_pathways(pathways)
         norm = {"mean": mean, "std": std, "scale": scale, "channel_order": channel_order}
         self.hflip = bool(hflip)
-        self.train_transform = ClipTransform(crop_size, train=True, hflip=self.hflip, **norm)
+        self.train_transform = ClipTransform(crop_size, train=True, hflip=self.hflip,
+                                             channel_shuffle=bool(channel_shuffle), **norm)
         self.eval_transform = ClipTransform(crop_size, train=False, **norm)
         crop = self.eval_transform.crop_size
         if crop is not None and self.resize is not None and (crop[0] > self.resize[0] or crop[1] > self.resize[1]):

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-#: Input settings a model config may declare in ``model.preprocessing`` (what its published weights expect).
-MODEL_PREPROCESSING = ("mean", "std", "scale", "channel_order", "pathways")
+#: Input settings a model config may declare in ``model.preprocessing`` (what its published weights expect, and
+#: training augmentations the model needs).
+MODEL_PREPROCESSING = ("mean", "std", "scale", "channel_order", "pathways", "channel_shuffle")
 
 
 def apply_model_preprocessing(cfg: DictConfig) -> dict[str, Any]:

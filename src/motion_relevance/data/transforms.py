@@ -43,6 +43,9 @@ class ClipTransform:
             centre crop.
         hflip: flip half of the training clips horizontally. Turn it off when labels are mirror-sensitive
             (motion_shapes directions: a flipped "MoveRight" clip is a "MoveLeft" clip).
+        channel_shuffle: permute the colour channels of each training clip at random (same permutation for every
+            frame): colour carries no class information, motion is unchanged. Takes away a colour shortcut from
+            models that would otherwise fit the training clips by their objects' colours (``videomae_tiny``).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class ClipTransform:
         channel_order: str = "RGB",
         train: bool = False,
         hflip: bool = True,
+        channel_shuffle: bool = False,
     ) -> None:
         self.crop_size = check_size("crop_size", crop_size)
         self.mean = _triple("mean", mean)
@@ -64,6 +68,7 @@ class ClipTransform:
         self.channel_order = check_choice("channel_order", str(channel_order).upper(), CHANNEL_ORDERS)
         self.train = bool(train)
         self.hflip = bool(hflip)
+        self.channel_shuffle = bool(channel_shuffle)
         shape = (3, 1, 1, 1)
         self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(shape)
         self._std_t = torch.tensor(self.std, dtype=torch.float32).view(shape)
@@ -111,6 +116,8 @@ class ClipTransform:
         if flip:
             frames = frames[:, :, ::-1]
             mask = mask[:, :, ::-1] if mask is not None else None
+        if self.train and self.channel_shuffle:
+            frames = frames[..., torch.randperm(3).numpy()]
         return frames, mask
 
     def normalize(self, frames: np.ndarray) -> torch.Tensor:

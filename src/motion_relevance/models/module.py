@@ -34,6 +34,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def load_weights(net: nn.Module, path: str) -> None:
+    """Published weights into ``net`` (read as data): the model's own loader (VideoMAE: both bias namings), the C3D
+    port's loader, or the strict layout loader of :mod:`motion_relevance.models.published` (torchvision and
+    pytorchvideo layouts); a final layer of another class count is re-initialised."""
+    from motion_relevance.models.c3d import C3D
+
+    if callable(getattr(net, "load_pretrained", None)):
+        net.load_pretrained(path)
+    elif isinstance(net, C3D):
+        from motion_relevance.models.pretrained import load_pretrained
+
+        load_pretrained(net, path)
+    else:
+        from motion_relevance.models.published import load_published
+
+        load_published(net, path)
+
+
 class VideoClassifier(pl.LightningModule):
     """Cross-entropy training of ``net`` on clips, with top-1 accuracy and a count of skipped videos.
 
@@ -47,9 +65,9 @@ class VideoClassifier(pl.LightningModule):
         net_config: the net's config (plain dict with ``_target_``), stored in checkpoints.
         preprocessing: the data's transform config (plain dict), stored in checkpoints.
         class_names: names of the classes, stored in checkpoints.
-        pretrained: optional weights in the C3D port's layout (Sports-1M ``c3d.pickle``) loaded into ``net``
-            before training (``model.pretrained=…``); the final layer is re-initialised when its class count
-            differs. Not stored in checkpoints (they hold the trained weights).
+        pretrained: optional published weights loaded into ``net`` before training (``model.pretrained=…``, see
+            :func:`load_weights`); the final layer is re-initialised when its class count differs. Not stored in
+            checkpoints (they hold the trained weights).
         explain_layer: the layer Grad-CAM explains by default (a module path of ``net``, e.g. ``conv5b`` or
             ``layer4``); set on the network as ``net.explain_layer`` and stored in checkpoints. ``None`` keeps the
             network's own default.
@@ -79,9 +97,7 @@ class VideoClassifier(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         if pretrained:
-            from motion_relevance.models.pretrained import load_pretrained
-
-            load_pretrained(net, pretrained)
+            load_weights(net, pretrained)
         if explain_layer:
             names = dict(net.named_modules())
             if explain_layer not in names:
