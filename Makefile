@@ -18,8 +18,7 @@ $(BIN)/python:
 
 # torch first (a CPU build from local disk here), then the project with its dev extras beside it; the install
 # also compiles the CPU kernel of selective relevance (setup.py), so a change to its source re-installs.
-KERNEL_SOURCES := setup.py $(wildcard src/motion_relevance/explain/_selective_cpu*.cpp)
-$(STAMP): pyproject.toml $(KERNEL_SOURCES) | $(BIN)/python
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; \

@@ -333,7 +333,7 @@ def test_caller_model_untouched(make) -> None:  # type: ignore[no-untyped-def]
 
 
 class _FailSecondForward(nn.Module):
-    """Wraps a net; raises on the second forward of each explanation (inside Captum, hooks attached)."""
+    """Wraps a net; raises on the second forward of each explanation (the engine's one forward, rules attached)."""
 
     calls = 0  # class attribute: shared by the explainer's copies of the model
 
@@ -344,7 +344,7 @@ class _FailSecondForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         type(self).calls += 1
-        if type(self).calls >= 3:  # 1st: structure trace; 2nd: LRP's first pass; 3rd: with rule hooks
+        if type(self).calls >= 2:  # 1st: structure trace; 2nd: the explanation's forward with the rules attached
             raise RuntimeError("boom")
         return self.net(x)
 
@@ -355,6 +355,7 @@ def test_hooks_removed_and_weights_kept_when_explaining_raises() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         DeepTaylor(lower=LOW, upper=HIGH)(model, clips_for())
     assert hook_counts(model) == 0 and not any(hasattr(m, "rule") for m in model.modules())
+    assert not any("forward" in vars(m) for m in model.modules())
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
 
 
@@ -385,8 +386,9 @@ def _inplace_relu_net() -> nn.Sequential:
 
 
 def _batchnorm_net() -> nn.Sequential:
+    """A BatchNorm after the ReLU (before the next conv, as in pre-activation blocks): it cannot be folded."""
     net = tiny_net()
-    net.relu1 = nn.Sequential(nn.BatchNorm3d(4).double(), nn.ReLU())
+    net.relu1 = nn.Sequential(nn.ReLU(), nn.BatchNorm3d(4).double())
     return net
 
 

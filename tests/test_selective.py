@@ -1,37 +1,32 @@
-"""Selective relevance (SPEC §1) against an independent numpy/scipy implementation of the specification."""
+"""Selective relevance (docs/method.md, "Selective relevance") against an independent numpy/scipy transcription."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from motion_relevance.explain import _selective_kernel, selective
-from motion_relevance.explain.selective import selective_mask, selective_relevance, temporal_gradient
-
-
-@pytest.fixture(params=["kernel", "tensor_ops"], autouse=True)
-def cpu_backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test runs on both CPU implementations: the compiled kernel and the tensor-op one."""
-    if request.param == "tensor_ops":
-        with selective.tensor_ops():
-            yield request.param
-        return
-    if _selective_kernel.library() is None:
-        pytest.skip("the compiled CPU kernel is not built in this install (see test_compiled_kernel_is_built)")
-    yield request.param
-
+from motion_relevance.explain import selective
+from motion_relevance.explain.selective import (
+    PADDINGS,
+    SigmaTypeError,
+    check_padding,
+    check_sigma,
+    selective_mask,
+    selective_relevance,
+    temporal_gradient,
+)
 
 _B = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64)
-#: the 3x3x3 Sobel kernel of SPEC §1, index 0 = t-1
+#: the 3x3x3 Sobel kernel h_t, index 0 = t-1
 SOBEL_T = np.stack([_B, np.zeros((3, 3)), -_B])
 
 
 def reference(relevance: np.ndarray, sigma: float, padding: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SPEC §1 written literally: channel sum, 3-D correlation with the kernel, |.|, per-clip threshold."""
+    """The method written literally: channel sum, 3-D correlation with the kernel, |.|, per-clip threshold."""
     from scipy.ndimage import correlate  # here, so that other test modules can import `structured` without scipy
 
     mode = {"zeros": "constant", "replicate": "nearest"}[padding]
@@ -77,7 +72,6 @@ def test_accelerator_conv_path_matches_reference(
 ) -> None:
     """The conv3d path used on GPUs (forced here on the CPU) computes the same G and masks."""
     monkeypatch.setattr(selective, "_use_conv", lambda device: True)
-    monkeypatch.setattr(selective, "_use_kernel", lambda relevance: False)
     r = structured(shape, seed=sum(shape) + 1)
     for sigma in (0.0, 2.5):
         g_ref, sel_ref, mask_ref = reference(r, sigma, padding)
@@ -112,14 +106,18 @@ def test_sigma_sequence_adds_leading_dim_and_matches_single_calls() -> None:
     assert selective_relevance(rel, torch.tensor([1.0, 2.0])).shape == (2, *rel.shape)
 
 
-def test_chunked_batches_equal_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    rel = torch.randn(5, 3, 6, 10, 12)
+def test_batch_equals_clip_by_clip() -> None:
+    """Statistics are per clip: a batch gives what its clips give one at a time (one clip scaled by 100, so a
+    batch-wide std would change the others' masks)."""
+    rel = torch.randn(5, 3, 6, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    rel[2] *= 100.0
     whole = selective_relevance(rel, [1.0, 2.0])
     g_whole = temporal_gradient(rel)
-    monkeypatch.setattr(selective, "_CHUNK_VOXELS", 2 * 6 * 12 * 14)  # two clips per chunk
-    monkeypatch.setattr(selective, "_KERNEL_CHUNK_VOXELS", 2 * 6 * 10 * 12)
-    torch.testing.assert_close(selective_relevance(rel, [1.0, 2.0]), whole, rtol=0, atol=0)
-    torch.testing.assert_close(temporal_gradient(rel), g_whole, rtol=0, atol=0)
+    split = torch.cat([selective_relevance(rel[i : i + 1], [1.0, 2.0]) for i in range(5)], dim=1)
+    torch.testing.assert_close(split, whole, rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.cat([temporal_gradient(rel[i : i + 1]) for i in range(5)]), g_whole, rtol=0, atol=0
+    )
 
 
 def test_static_relevance_is_not_motion_with_replicate_padding() -> None:
@@ -196,7 +194,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
             selective_relevance(broken[:, :, 2:3], padding="zeros")
 
 
-def test_non_contiguous_input(cpu_backend: str) -> None:
+def test_non_contiguous_input() -> None:
     base = torch.from_numpy(structured((2, 3, 6, 9, 8), seed=11))
     view = base.transpose(3, 4)  # (2, 3, 6, 8, 9), not contiguous
     assert not view.is_contiguous()
@@ -207,7 +205,7 @@ def test_non_contiguous_input(cpu_backend: str) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_runs_and_agrees_with_float32(dtype: torch.dtype) -> None:
-    """Half precision (no compiled kernel: the tensor-op path) keeps its dtype and the float32 mask to rounding."""
+    """Half precision keeps its dtype and the float32 mask to rounding."""
     rel = torch.randn(2, 3, 8, 20, 20, generator=torch.Generator().manual_seed(5))
     out = selective_relevance(rel.to(dtype), [1.0, 2.0])
     assert out.dtype == dtype and out.shape == (2, *rel.shape)
@@ -217,7 +215,7 @@ def test_low_precision_runs_and_agrees_with_float32(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("padding", ["replicate", "zeros"])
 def test_a_voxel_exactly_at_the_threshold_is_not_kept(padding: str) -> None:
-    """SPEC §1 keeps G > sigma * std strictly. S = [-1, 5, -4] on 1x1 frames: with replicate padding G = 16 * [6, 3, 9]
+    """The mask keeps G > sigma * std strictly. S = [-1, 5, -4] on 1x1 frames: with replicate padding G = 16 * [6, 3, 9]
     = [96, 48, 144], std = 48 exactly, so at sigma = 1 the middle frame sits on the threshold. Every path must
     round the std as sqrt(m2 / (n - 1)) (exact here), not as norm / sqrt(n - 1) (one ulp low)."""
     rel = torch.tensor([-1.0, 5.0, -4.0], dtype=torch.float64).view(1, 1, 3, 1, 1)
@@ -238,3 +236,140 @@ def test_temporal_gradient_carries_nan_and_large_finite_values_pass() -> None:
     huge = torch.randn(1, 1, 4, 8, 112, generator=torch.Generator().manual_seed(2)) * 1e36
     out = selective_relevance(huge, 1.0)
     assert torch.isfinite(out).all() and torch.count_nonzero(out) > 0
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(1, 3, 16, 20, 24), (3, 2, 7, 9, 5), (2, 1, 1, 4, 4), (1, 3, 2, 1, 6)])
+def test_any_thread_count_matches_reference(shape: tuple[int, ...], threads: int) -> None:
+    """Torch splits reductions across threads; float64 on integer data stays exact for any split, float32 agrees
+    with the default thread count to rounding."""
+    before = torch.get_num_threads()
+    exact = structured(shape, seed=threads)
+    noisy = torch.randn(shape, generator=torch.Generator().manual_seed(threads))
+    want32 = (temporal_gradient(noisy), selective_mask(noisy, 1.0))
+    torch.set_num_threads(threads)
+    try:
+        for padding in PADDINGS:
+            g_ref, sel_ref, _ = reference(exact, 2.0, padding)
+            np.testing.assert_array_equal(temporal_gradient(torch.from_numpy(exact), padding=padding).numpy(), g_ref)
+            np.testing.assert_array_equal(
+                selective_relevance(torch.from_numpy(exact), 2.0, padding=padding).numpy(), sel_ref
+            )
+        torch.testing.assert_close(temporal_gradient(noisy), want32[0], rtol=1e-6, atol=1e-5)
+        assert (selective_mask(noisy, 1.0) != want32[1]).float().mean() < 1e-3
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_non_finite_relevance_names_the_clip(conv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN/Inf raise ValueError naming the first bad clip, on the CPU path and the accelerator (conv3d) path, for
+    T = 1 with zero padding (where G ignores R) too; later clips are not blamed for it."""
+    monkeypatch.setattr(selective, "_use_conv", lambda device: conv)
+    for t, padding in ((6, "replicate"), (6, "zeros"), (1, "replicate"), (1, "zeros")):
+        for bad in (math.nan, math.inf, -math.inf):
+            rel = torch.randn(3, 3, t, 8, 8)
+            rel[1, 2, t // 2, 4, 4] = bad
+            rel[2, 0, 0, 0, 0] = bad
+            with pytest.raises(ValueError, match="clip 1 contains NaN or Inf"):
+                selective_relevance(rel, [1.0, 2.0], padding=padding)
+            with pytest.raises(ValueError, match="clip 1 contains NaN or Inf"):
+                selective_mask(rel, 2.0, padding=padding)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_huge_finite_float32_does_not_overflow_the_statistics(conv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """G**2 overflows float32 for |R| ~ 1e36 (G itself fits): the std is then taken in float64, and the mask is the
+    one of the same relevance in float64."""
+    monkeypatch.setattr(selective, "_use_conv", lambda device: conv)
+    huge = torch.randn(2, 3, 5, 9, 11, generator=torch.Generator().manual_seed(8)) * 1e36
+    assert torch.isinf(temporal_gradient(huge).square()).any() and torch.isfinite(temporal_gradient(huge)).all()
+    mask = selective_mask(huge, [0.5, 1.0])
+    agree = (mask == selective_mask(huge.double(), [0.5, 1.0])).float().mean()
+    assert agree > 0.999 and mask.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_is_computed_in_float32(dtype: torch.dtype) -> None:
+    """Half-precision relevance whose G exceeds the dtype's range (float16: 65504) still gets its mask: G and its
+    statistics are taken in float32, and the mask is the float32 one of the same (rounded) values."""
+    rel = (torch.randn(1, 3, 6, 10, 10, generator=torch.Generator().manual_seed(6)) * 1e4).to(dtype)
+    wide = rel.float()
+    assert torch.isfinite(wide).all() and temporal_gradient(wide).max() > torch.finfo(torch.float16).max
+    assert torch.equal(selective_mask(rel, [1.0, 2.0]), selective_mask(wide, [1.0, 2.0]))
+    out = selective_relevance(rel, 1.0)
+    assert out.dtype == dtype and torch.equal(out, (wide * selective_mask(wide, 1.0)).to(dtype))
+    assert temporal_gradient(rel).dtype == dtype
+
+
+def test_constant_gradient_gives_an_all_zero_mask_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A constant G whose float32 mean rounds away from the constant is still no motion, even at sigma = 0 (T = 2
+    with replicate padding: G[0] = G[1] = 16 |S[0] - S[1]| everywhere); on the conv3d path as well."""
+    rel = torch.empty(2, 3, 2, 12, 12)
+    rel[:, :, 0], rel[:, :, 1] = 0.1, 0.2 / 3
+    for conv in (False, True):
+        monkeypatch.setattr(selective, "_use_conv", lambda device, conv=conv: conv)
+        g = temporal_gradient(rel)
+        assert g.max() == g.min() > 0 and g.mean() != g.max()  # the mean alone would see a tiny spread
+        assert not selective_mask(rel, [0.0, 1.0]).any()
+        assert torch.count_nonzero(selective_relevance(rel, 0.0)) == 0
+
+
+def test_check_sigma_accepts_numbers_sequences_and_configs() -> None:
+    assert check_sigma(4) == [4.0] and check_sigma(0.0) == [0.0] and check_sigma(np.float32(2.5)) == [2.5]
+    assert check_sigma((1, 2.5)) == [1.0, 2.5] and check_sigma(torch.tensor([1.0, 3.0])) == [1.0, 3.0]
+    assert check_sigma(OmegaConf.create({"s": [1, 2.5]}).s) == [1.0, 2.5]
+    assert check_sigma(math.inf) == [math.inf]  # a valid, if useless, threshold: an all-zero mask
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, [1.0, -0.5], [1.0, math.nan], [], ()])
+def test_check_sigma_refuses_bad_values_naming_the_key(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"selective\.sigma must be a non-negative number") as err:
+        check_sigma(bad)  # type: ignore[arg-type]
+    assert not isinstance(err.value, TypeError)
+
+
+@pytest.mark.parametrize("bad", ["4", "abc", True, None, [1.0, "2"], [1.0, [2.0]]])
+def test_check_sigma_refuses_non_numbers_as_type_and_value_error(bad: object) -> None:
+    """A non-number is a TypeError for code and a ValueError for config validation: one exception serves both."""
+    with pytest.raises(SigmaTypeError, match=r"selective\.sigma must be a non-negative number") as err:
+        check_sigma(bad)  # type: ignore[arg-type]
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
+
+
+def test_check_padding() -> None:
+    assert PADDINGS == ("replicate", "zeros")
+    assert [check_padding(p) for p in PADDINGS] == list(PADDINGS)
+    with pytest.raises(ValueError, match=r"selective\.padding must be one of \('replicate', 'zeros'\), got 'reflect'"):
+        check_padding("reflect")
+
+
+def test_empty_relevance_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        selective_relevance(torch.zeros(0, 3, 4, 5, 5))
+    with pytest.raises(ValueError, match="empty"):
+        temporal_gradient(torch.zeros(1, 3, 0, 5, 5))
+
+
+@pytest.mark.gpu
+def test_cuda_path_matches_cpu() -> None:
+    """On a CUDA device (one padded conv3d, statistics on the device): the same results as the CPU, exactly on
+    float64 integer data; NaN still raises naming the clip; constant relevance gives zeros."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    exact = torch.from_numpy(structured((3, 3, 9, 12, 10), seed=4))
+    for padding in PADDINGS:
+        want = (temporal_gradient(exact, padding=padding), selective_relevance(exact, [0.0, 1.0, 2.5], padding=padding))
+        got = (
+            temporal_gradient(exact.cuda(), padding=padding),
+            selective_relevance(exact.cuda(), [0.0, 1.0, 2.5], padding=padding),
+        )
+        torch.testing.assert_close(tuple(x.cpu() for x in got), want, rtol=0, atol=0)
+        noisy = torch.randn(4, 3, 16, 56, 56)
+        agree = selective_mask(noisy.cuda(), 2.0, padding=padding).cpu() == selective_mask(noisy, 2.0, padding=padding)
+        assert agree.float().mean() > 0.9999
+    broken = torch.randn(2, 3, 6, 8, 8, device="cuda")
+    broken[1, 0, 3, 4, 4] = float("nan")
+    with pytest.raises(ValueError, match="clip 1 contains NaN or Inf"):
+        selective_relevance(broken, 2.0)
+    assert torch.count_nonzero(selective_relevance(torch.ones(2, 3, 6, 8, 8, device="cuda"), 0.0)) == 0

@@ -1,66 +1,97 @@
-"""Baseline explanations through Captum (SPEC §2): DTD, Grad-CAM, Guided Backprop, Guided Grad-CAM, any Captum class.
+"""Explanations: DTD and AttnLRP (the propagation engine), Grad-CAM, Guided Backprop, Guided Grad-CAM, any Captum class.
 
 Every explainer is built from plain keyword arguments (Hydra ``_target_``) and called as
 ``explainer(model, clips, target=None) -> relevance (B, C, T, H, W)``:
 
+* ``clips`` is a tensor ``(B, C, T, H, W)``, or a list of such tensors with the same ``B`` for a multi-input model
+  (SlowFast's ``[slow, fast]``, called as ``model([slow, fast])``); then the result is a tuple with one relevance
+  tensor per input, of that input's shape (``C = 1`` for Grad-CAM maps);
 * ``target=None`` explains the predicted class of each clip, an int or a tensor/sequence of ``B`` ints picks
   classes (e.g. ``target=labels``);
 * the model is never modified: the explainer works on an eval-mode copy that shares the weights
   (:func:`motion_relevance.explain._copy.eval_copy`), so the caller's training flag, weights,
   ``requires_grad`` flags, ``.grad`` fields and hooks stay as they were, also when the call raises;
-* every input check (clip shape/dtype/NaN, target range, layer names, ReLU modules, DTD layer types) runs
-  before any hook is attached, and raises ``ValueError`` / ``TypeError`` naming the problem and the fix;
+* every input check (clip shape/dtype/NaN, target range, layer names, ReLU modules, modules without a relevance
+  rule, BatchNorm that cannot be folded) runs before any work, and raises ``ValueError`` / ``TypeError`` naming the
+  problem and the fix;
 * the result is detached, on the clips' device, and checked for NaN/Inf.
 
-They work on any 3-D CNN made of ``Conv3d``, ``MaxPool3d`` / ``AvgPool3d``, ``Linear``, ``Flatten``, ``Dropout`` and
-separate ``nn.ReLU`` modules that returns logits ``(B, num_classes)``.
+The methods and their rules are described in ``docs/method.md`` ("Deep Taylor and LRP through modern video
+networks"; Grad-CAM's frame alignment there too).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from captum.attr import (
-    LRP,
-    Attribution,
-    GuidedGradCam,
-    LayerAttribution,
-    LayerGradCam,
-)
-from captum.attr import (
-    GuidedBackprop as CaptumGuidedBackprop,
-)
+import torch.nn.functional as F
+from captum.attr import LRP, Attribution, LayerGradCam
+from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttribution
 from torch import Tensor, nn
 
 from motion_relevance.explain._copy import TargetLogit, eval_copy, predicted_class
-from motion_relevance.explain.lrp import DTD_LAYER_TYPES, assign_dtd_rules, zb_bounds_from_normalization
+from motion_relevance.explain.bounds import zb_bounds_from_normalization
+from motion_relevance.explain.propagation import Composite, Gradient, Rule, propagate
+from motion_relevance.explain.rules import (
+    ATTNLRP,
+    DTD,
+    DTD_PROPORTIONAL,
+    PROPORTIONAL_POOLS,
+    WEIGHTED_LAYERS,
+    Fold,
+    Gate,
+    Pass,
+    PositiveSplit,
+    ZBox,
+    ZPlus,
+)
 from motion_relevance.explain.validation import (
     ModelStructure,
     analyse_model,
-    check_clips,
     check_finite,
+    check_inputs,
     check_target_range,
     get_layer,
     normalise_target,
     require_relu_modules,
+    require_rules,
 )
+from motion_relevance.models.layers import GateMul
 
-__all__ = ["CaptumExplainer", "DeepTaylor", "Explainer", "GradCAM", "GuidedBackprop", "GuidedGradCAM"]
+__all__ = [
+    "AttnLRP",
+    "CaptumExplainer",
+    "DeepTaylor",
+    "Explainer",
+    "GradCAM",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "to_input_frames",
+]
 
 _UPSAMPLE_MODES = ("trilinear", "nearest", "area")
+#: Grad-CAM layer of models without an ``explain_layer`` attribute (C3D's last conv layer)
+DEFAULT_LAYER = "conv5b"
 
 
 class Explainer:
-    """Base class: validation, the eval copy and output checks around one attribution (``_explain``)."""
+    """Base class: validation, the eval copy and output checks around one attribution (``_explain``).
+
+    Subclasses with ``multi_input = True`` receive the inputs as a tuple of tensors in ``_validate`` / ``_explain``
+    and return a tuple (one tensor per input); others receive and return one tensor and refuse lists of clips.
+    """
 
     #: short name used for metric keys (``dtd``, ``gradcam``, ``gbp``, ``guided_gradcam``, …)
     name: str = "explainer"
+    #: explains multi-input models (``_validate`` / ``_explain`` get tuples)
+    multi_input: bool = False
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None:
@@ -71,35 +102,38 @@ class Explainer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
-    def __call__(self, model: nn.Module, clips: Tensor, target: Any = None) -> Tensor:
-        """Relevance ``(B, C, T, H, W)`` of ``target`` (default: the predicted class) for ``clips``."""
+    def __call__(self, model: nn.Module, clips: Tensor | Sequence[Tensor], target: Any = None
+                 ) -> Tensor | tuple[Tensor, ...]:
+        """Relevance ``(B, C, T, H, W)`` of ``target`` (default: the predicted class) for ``clips`` (a tuple of
+        those for a list of clips)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_clips(clips)
+        inputs, multi = check_inputs(clips)
+        if multi and not self.multi_input:
+            raise TypeError(f"{type(self).__name__} explains single-input models; got a list of {len(inputs)} clips")
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 f"{type(self).__name__} needs gradients but runs under torch.inference_mode(); in Lightning set "
                 "Trainer(inference_mode=False) for explanation runs"
             )
-        target_t = normalise_target(target, clips.shape[0])
-        structure = analyse_model(model, clips)
+        target_t = normalise_target(target, inputs[0].shape[0])
+        structure = analyse_model(model, list(inputs) if multi else inputs[0])
         check_target_range(target_t, structure.num_outputs)
-        self._validate(model, structure, clips)
+        self._validate(model, structure, inputs if self.multi_input else inputs[0])
         work = eval_copy(model)
-        inputs = clips.detach()
-        if inputs.is_inference():
-            inputs = inputs.clone()
+        prepared = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-            relevance = self._explain(work, inputs.requires_grad_(True), target_t, structure)
-        relevance = relevance.detach()
-        check_finite(relevance, f"the {self.name} relevance")
-        return relevance
+            relevance = self._explain(work, prepared if self.multi_input else prepared[0], target_t, structure)
+        parts = tuple(r.detach() for r in (relevance if isinstance(relevance, tuple) else (relevance,)))
+        for i, part in enumerate(parts):
+            check_finite(part, f"the {self.name} relevance" + (f" of input {i}" if len(parts) > 1 else ""))
+        return parts if multi else parts[0]
 
-    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Tensor) -> None:
+    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         """Model checks of this method (before any hook); raise ``ValueError`` / ``TypeError``."""
 
-    def _explain(self, model: nn.Module, clips: Tensor, target: Tensor | None, structure: ModelStructure) -> Tensor:
+    def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
         raise NotImplementedError
 
 
@@ -114,7 +148,8 @@ def _check_single_use(structure: ModelStructure, layer: str, method: str) -> Non
     if shape is None or len(shape) != 5:
         raise ValueError(
             f"{method} needs a 3-D convolutional layer with output (B, C, T, H, W), but {layer!r} outputs "
-            f"{shape}; pick a Conv3d layer such as 'conv5b'"
+            f"{shape}; pick a Conv3d layer or block such as 'conv5b' or 'layer4' (for transformer blocks use "
+            "motion_relevance.explain.transformer.TokenGradCAM)"
         )
 
 
@@ -124,30 +159,110 @@ def _check_upsample(mode: str) -> str:
     return mode
 
 
+def _layer_name(model: nn.Module, layer: str | None) -> str:
+    """``layer``, else the model's ``explain_layer`` attribute, else ``conv5b``."""
+    if layer is not None:
+        return layer
+    return str(getattr(model, "explain_layer", None) or DEFAULT_LAYER)
+
+
+def to_input_frames(maps: Tensor, size: Sequence[int], mode: str = "trilinear") -> Tensor:
+    """Layer maps ``(B, C, T', H', W')`` -> ``(B, C, T, H, W)``, frame-aligned with the layer's stride.
+
+    A layer of stride ``s = ceil(T / T')`` (per dimension) covers input frames ``[k s, (k + 1) s)`` with map cell
+    ``k``. The map is upsampled by exactly ``s`` — ``"trilinear"`` (``align_corners=False``) puts cell ``k``'s value at
+    the centre of its frames and interpolates linearly between cell centres (constant before the first and after
+    the last centre), ``"nearest"`` / ``"area"`` repeat it over its frames — and cropped to ``T``. When ``T = s T'``
+    (every layer of the models here on clips of the sizes they were built for) this is ``F.interpolate`` to
+    ``(T, H, W)``; otherwise the plain resize would stretch the cells over the clip and shift late frames.
+    """
+    size = tuple(int(v) for v in size)
+    cells = tuple(int(v) for v in maps.shape[2:])
+    strides = tuple(max(1, math.ceil(n / c)) for n, c in zip(size, cells))
+    full = tuple(s * c for s, c in zip(strides, cells))
+    kwargs: dict[str, Any] = {"align_corners": False} if mode == "trilinear" else {}
+    up = F.interpolate(maps, size=full, mode=mode, **kwargs)
+    if full != size:
+        up = up[(slice(None), slice(None), *(slice(0, n) for n in size))]
+    return up
+
+
+def _pathway(structure: ModelStructure, layer: str, inputs: tuple[Tensor, ...], index: int | None) -> int:
+    """The input a layer's map is mapped back to: ``index``, else the only input the layer depends on, else (fused
+    layers) among those with at least the layer's frame count the one with the fewest frames."""
+    if index is not None:
+        return index
+    if len(inputs) == 1:
+        return 0
+    shape = structure.output_shapes[layer]
+    assert shape is not None
+    depends = sorted(structure.ancestry.get(layer) or range(len(inputs)))
+    enough = [k for k in depends if inputs[k].shape[2] >= shape[2]] or depends
+    return min(enough, key=lambda k: int(inputs[k].shape[2]))
+
+
+class _LayerMap:
+    """Shared by Grad-CAM and Guided Grad-CAM: which layer, how its map reaches the input frames."""
+
+    def __init__(self, layer: str | None, upsample: str, input_index: int | None) -> None:
+        if layer is not None and (not isinstance(layer, str) or not layer):
+            raise TypeError(f"layer must be a module path such as 'conv5b' or 'layer4' (or None), got {layer!r}")
+        if input_index is not None and (isinstance(input_index, bool) or not isinstance(input_index, int)
+                                        or input_index < 0):
+            raise ValueError(f"input_index must be a non-negative int or None, got {input_index!r}")
+        self.layer, self.upsample, self.input_index = layer, _check_upsample(upsample), input_index
+
+    def validate(self, model: nn.Module, structure: ModelStructure, inputs: tuple[Tensor, ...], method: str) -> None:
+        layer = _layer_name(model, self.layer)
+        get_layer(model, layer)
+        _check_single_use(structure, layer, method)
+        if self.input_index is not None and self.input_index >= len(inputs):
+            raise ValueError(f"input_index={self.input_index} but the model takes {len(inputs)} input(s)")
+
+    def maps(self, model: nn.Module, forward: nn.Module, inputs: tuple[Tensor, ...], structure: ModelStructure
+             ) -> tuple[Tensor, ...]:
+        """Grad-CAM (ReLU on) of the layer, mapped to its input's frames; zeros for the other inputs."""
+        layer = _layer_name(model, self.layer)
+        cam = LayerGradCam(forward, get_layer(model, layer))
+        maps = cam.attribute(inputs if structure.multi else inputs[0], relu_attributions=True)
+        k = _pathway(structure, layer, inputs, self.input_index)
+        out = []
+        for i, x in enumerate(inputs):
+            if i == k:
+                out.append(to_input_frames(maps, x.shape[2:], self.upsample))
+            else:
+                out.append(x.new_zeros(x.shape[0], maps.shape[1], *x.shape[2:]))
+        return tuple(out)
+
+
 class GradCAM(Explainer):
-    """Grad-CAM (``captum.attr.LayerGradCam``) on ``layer``, ReLU on, upsampled to ``(T, H, W)``; ``C = 1``.
+    """Grad-CAM (``captum.attr.LayerGradCam``) on ``layer``, ReLU on, mapped to the input frames; ``C = 1``.
 
     Args:
-        layer: name of the convolutional layer (``"conv5b"``, the last conv layer of C3D: 2x7x7 for 16x112x112).
-        upsample: ``"trilinear"`` (SPEC; ``align_corners=False``), ``"nearest"`` or ``"area"``.
+        layer: module path of a layer or block with a 5-D output (``"conv5b"``, ``"layer4"``, ``"blocks.4"``,
+            ``"blocks.4.multipathway_blocks.1"``); ``None`` = the model's ``explain_layer`` attribute (``"conv5b"``
+            when it has none).
+        upsample: ``"trilinear"`` (default; ``align_corners=False``), ``"nearest"`` or ``"area"``: see
+            :func:`to_input_frames` (frame-aligned with the layer's stride).
+        input_index: for a multi-input model, the input the map is mapped back to (default: the pathway the layer
+            belongs to); the other inputs get zeros.
         name: metric-key name (default ``"gradcam"``).
     """
 
     name = "gradcam"
+    multi_input = True
 
-    def __init__(self, layer: str = "conv5b", upsample: str = "trilinear", name: str | None = None) -> None:
+    def __init__(self, layer: str | None = None, upsample: str = "trilinear", input_index: int | None = None,
+                 name: str | None = None) -> None:
         super().__init__(name)
-        self.layer = layer
-        self.upsample = _check_upsample(upsample)
+        self._map = _LayerMap(layer, upsample, input_index)
+        self.layer, self.upsample, self.input_index = layer, upsample, input_index
 
-    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Tensor) -> None:
-        get_layer(model, self.layer)
-        _check_single_use(structure, self.layer, "Grad-CAM")
+    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
+        self._map.validate(model, structure, clips, "Grad-CAM")
 
-    def _explain(self, model: nn.Module, clips: Tensor, target: Tensor | None, structure: ModelStructure) -> Tensor:
-        cam = LayerGradCam(TargetLogit(model, target), get_layer(model, self.layer))
-        maps = cam.attribute(clips, relu_attributions=True)
-        return LayerAttribution.interpolate(maps, tuple(clips.shape[2:]), interpolate_mode=self.upsample)
+    def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
+        return self._map.maps(model, TargetLogit(model, target, structure.multi), clips, structure)
 
 
 class GuidedBackprop(Explainer):
@@ -155,43 +270,42 @@ class GuidedBackprop(Explainer):
     every ReLU; ``C = 3``. Needs one non-in-place ``nn.ReLU`` module per place."""
 
     name = "gbp"
+    multi_input = True
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
 
-    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Tensor) -> None:
+    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         require_relu_modules(model, structure, "Guided Backprop")
 
-    def _explain(self, model: nn.Module, clips: Tensor, target: Tensor | None, structure: ModelStructure) -> Tensor:
-        return CaptumGuidedBackprop(TargetLogit(model, target)).attribute(clips)
+    def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
+        gbp = CaptumGuidedBackprop(TargetLogit(model, target, structure.multi))
+        return gbp.attribute(clips if structure.multi else clips[0])
 
 
 class GuidedGradCAM(Explainer):
-    """Guided Grad-CAM (``captum.attr.GuidedGradCam`` on ``layer``): Guided Backprop times the Grad-CAM map
-    upsampled to ``(T, H, W)``; ``C = 3``.
-
-    Captum's ``GuidedGradCam`` handles 5-D inputs once it is given ``interpolate_mode="trilinear"`` (its
-    default ``"nearest"`` would also run); the map is the same ``LayerGradCam`` map as :class:`GradCAM`.
-    """
+    """Guided Grad-CAM: Guided Backprop times the Grad-CAM map of ``layer`` mapped to the input frames (as
+    :class:`GradCAM`); ``C = 3``. For a multi-input model the inputs other than the layer's pathway get zeros."""
 
     name = "guided_gradcam"
+    multi_input = True
 
-    def __init__(self, layer: str = "conv5b", upsample: str = "trilinear", name: str | None = None) -> None:
+    def __init__(self, layer: str | None = None, upsample: str = "trilinear", input_index: int | None = None,
+                 name: str | None = None) -> None:
         super().__init__(name)
-        self.layer = layer
-        self.upsample = _check_upsample(upsample)
+        self._map = _LayerMap(layer, upsample, input_index)
+        self.layer, self.upsample, self.input_index = layer, upsample, input_index
 
-    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Tensor) -> None:
-        get_layer(model, self.layer)
-        _check_single_use(structure, self.layer, "Guided Grad-CAM")
+    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
+        self._map.validate(model, structure, clips, "Guided Grad-CAM")
         require_relu_modules(model, structure, "Guided Grad-CAM")
 
-    def _explain(self, model: nn.Module, clips: Tensor, target: Tensor | None, structure: ModelStructure) -> Tensor:
-        ggc = GuidedGradCam(TargetLogit(model, target), get_layer(model, self.layer))
-        relevance = ggc.attribute(clips, interpolate_mode=self.upsample)
-        if relevance.shape != clips.shape:  # Captum warns and returns an empty tensor if upsampling fails
-            raise RuntimeError(f"Guided Grad-CAM could not upsample the {self.layer!r} map to {tuple(clips.shape)}")
-        return relevance
+    def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
+        forward = TargetLogit(model, target, structure.multi)  # one wrapper: both passes explain the same class
+        cams = self._map.maps(model, forward, clips, structure)
+        gbp = CaptumGuidedBackprop(forward).attribute(clips if structure.multi else clips[0])
+        gbp = gbp if isinstance(gbp, tuple) else (gbp,)
+        return tuple(g * c for g, c in zip(gbp, cams))
 
 
 def _as_bound(value: Any, what: str) -> Tensor:
@@ -206,12 +320,15 @@ def _as_bound(value: Any, what: str) -> Tensor:
 
 
 class DeepTaylor(Explainer):
-    """Deep Taylor Decomposition through ``captum.attr.LRP`` (SPEC §2); ``C = 3``.
+    """Deep Taylor Decomposition by the propagation engine (:mod:`motion_relevance.explain.propagation`); ``C = 3``.
 
-    z+ on hidden Conv3d/Linear layers (biases left out), zB on the first Conv3d/Linear layer with the bounds
-    ``[lower, upper]`` of the normalised input, ReLU passes relevance through, max-pooling winner-take-all or
-    proportional. Relevance starts from the target logit: for a bias-free ReLU network the input relevance
-    sums to it, and it is non-negative when that logit is positive.
+    z+ on hidden conv / linear layers (biases left out), zB on the first conv / linear layer of each input with the
+    bounds ``[lower, upper]`` of the normalised input, ReLU / SiLU pass relevance through, max-pooling
+    winner-take-all or proportional, average pooling proportional, BatchNorm folded into the conv before it,
+    residual sums (``models.layers.Add``) split by positive parts, gates (``GateMul``) held constant (the full table:
+    :mod:`motion_relevance.explain.rules`). One forward and one backward pass. Relevance starts from the target
+    logit: it sums to that logit wherever every layer's denominator is positive (always for bias-free networks
+    with inputs inside the bounds), and is non-negative when the logit is.
 
     Args:
         lower, upper: zB bounds (smallest / largest normalised pixel value), scalars or one value per input
@@ -219,12 +336,15 @@ class DeepTaylor(Explainer):
         mean, std, scale: alternative to ``lower``/``upper``: the normalisation ``(frames / scale - mean) / std``
             the bounds are computed from (convenient in configs).
         pooling: ``"winner"`` (default; relevance to the arg-max) or ``"proportional"`` (in proportion to inputs).
+        rules: extra ``{module type: Rule}`` entries for this explainer (see :mod:`.propagation`).
         name: metric-key name (default ``"dtd"``).
 
     Inputs outside ``[lower, upper]`` make zB terms negative; a warning says so.
     """
 
     name = "dtd"
+    multi_input = True
+    method = "DTD"
 
     def __init__(
         self,
@@ -235,81 +355,154 @@ class DeepTaylor(Explainer):
         std: float | Sequence[float] | None = None,
         scale: float = 255.0,
         pooling: str = "winner",
+        rules: Mapping[type[nn.Module], Rule] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        cls = type(self).__name__
         if lower is None and upper is None and mean is not None and std is not None:
             lower, upper = zb_bounds_from_normalization(mean, std, scale)
         if lower is None or upper is None:
             raise ValueError(
-                "DeepTaylor needs the zB bounds of the normalised input: pass lower= and upper= (see "
+                f"{cls} needs the zB bounds of the normalised input: pass lower= and upper= (see "
                 "zb_bounds_from_normalization) or mean= and std= (and scale=) of the normalisation"
             )
         self.lower, self.upper = _as_bound(lower, "lower"), _as_bound(upper, "upper")
         if self.lower.numel() != self.upper.numel() and 1 not in (self.lower.numel(), self.upper.numel()):
             raise ValueError(
-                f"DeepTaylor lower ({self.lower.numel()} values) and upper ({self.upper.numel()} values) must "
+                f"{cls} lower ({self.lower.numel()} values) and upper ({self.upper.numel()} values) must "
                 "have the same number of channels"
             )
         if not bool((self.lower < self.upper).all()):
-            raise ValueError(f"DeepTaylor needs lower < upper, got {self.lower.tolist()} / {self.upper.tolist()}")
+            raise ValueError(f"{cls} needs lower < upper, got {self.lower.tolist()} / {self.upper.tolist()}")
         if pooling not in ("winner", "proportional"):
             raise ValueError(f"pooling must be 'winner' or 'proportional', got {pooling!r}")
         self.pooling = pooling
+        self.composite = self._composite(pooling)
+        if rules:
+            self.composite = self.composite.with_rules(dict(rules))
+
+    def _composite(self, pooling: str) -> Composite:
+        return DTD if pooling == "winner" else DTD_PROPORTIONAL
 
     def __repr__(self) -> str:
         return (
-            f"DeepTaylor(lower={self.lower.tolist()}, upper={self.upper.tolist()}, pooling={self.pooling!r}, "
-            f"name={self.name!r})"
+            f"{type(self).__name__}(lower={self.lower.tolist()}, upper={self.upper.tolist()}, "
+            f"pooling={self.pooling!r}, name={self.name!r})"
         )
 
-    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Tensor) -> None:
-        require_relu_modules(model, structure, "DTD")
-        modules = dict(model.named_modules())
-        for name in dict.fromkeys(structure.leaf_order):
-            module = modules.get(name)
-            if type(module) not in DTD_LAYER_TYPES:
-                raise TypeError(
-                    f"DTD has no rule for module {name!r} ({type(module).__name__}); supported leaf modules: "
-                    f"{[t.__name__ for t in DTD_LAYER_TYPES]}. Fold BatchNorm into the preceding conv, or use "
-                    "CaptumExplainer with a method that needs no rules"
-                )
-            if (
-                self.pooling == "proportional"
-                and isinstance(module, nn.MaxPool3d)
-                and (module.dilation not in (1, (1, 1, 1)) or module.return_indices)
-            ):
-                raise ValueError(f"proportional pooling does not support dilation/return_indices ({name!r})")
-        for name, count in structure.calls.items():
-            if count > 1 and any(True for _ in modules[name].parameters(recurse=False)):
-                raise ValueError(f"DTD needs each layer to run once per forward pass; {name!r} ran {count} times")
-        first = structure.first_weighted
-        if first is None or not isinstance(modules[first], (nn.Conv3d, nn.Linear)):
-            raise ValueError("DTD found no Conv3d/Linear layer to apply the zB rule to")
-        channels = modules[first].weight.shape[1] * getattr(modules[first], "groups", 1)
-        for bound in (self.lower, self.upper):
-            if bound.numel() not in (1, channels) or (bound.numel() > 1 and isinstance(modules[first], nn.Linear)):
-                raise ValueError(
-                    f"DeepTaylor bounds have {bound.numel()} values but the first layer {first!r} takes {channels} "
-                    "input channels; give one value per channel (Conv3d) or a scalar"
-                )
-        self._warn_out_of_bounds(clips)
+    def _rules_by_name(self, model: nn.Module, structure: ModelStructure) -> dict[str, Rule]:
+        """zB on the first layer of each input; for DTD, z+ keeping the output's sign on the layers whose negative
+        outputs can receive relevance (through SiLU / GELU, see :func:`signed_layers`)."""
+        by_name: dict[str, Rule] = {}
+        if self.method == "DTD":
+            modules = dict(model.named_modules())
+            known = ZPlus(nonnegative=True)  # the z+ of layers after a ReLU: no sign check of the input
+            by_name.update({n: known for n in structure.nonnegative_inputs
+                            if type(self.composite.rule_for(modules[n])) is ZPlus})
+            signed = ZPlus(signed=True)
+            by_name.update(dict.fromkeys(signed_layers(model, structure, self.composite), signed))
+        zb = ZBox(self.lower, self.upper)
+        by_name.update({name: zb for k in range(structure.num_inputs) for name in structure.first_layers.get(k, [])})
+        return by_name
 
-    def _warn_out_of_bounds(self, clips: Tensor) -> None:
+    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
+        require_relu_modules(model, structure, self.method)
+        if not any(structure.first_layers.values()):
+            raise ValueError(f"{self.method} found no Conv3d/Linear layer to apply the zB rule to")
+        require_rules(model, structure, self.composite, self._rules_by_name(model, structure), self.method)
+        for i, x in enumerate(clips):
+            self._warn_out_of_bounds(x, "clips" if len(clips) == 1 else f"clips[{i}]")
+
+    def _warn_out_of_bounds(self, clips: Tensor, what: str) -> None:
         per_channel = clips.transpose(0, 1).reshape(clips.shape[1], -1)
         lows, highs = per_channel.amin(1).double().cpu(), per_channel.amax(1).double().cpu()
         if bool((lows < self.lower - 1e-4).any()) or bool((highs > self.upper + 1e-4).any()):
             warnings.warn(
-                f"clips lie outside the zB bounds [{self.lower.tolist()}, {self.upper.tolist()}] (min "
-                f"{lows.tolist()}, max {highs.tolist()}): DTD input relevance may turn negative; check the bounds "
-                "against the data normalisation",
-                stacklevel=3,
+                f"{what} lie outside the zB bounds [{self.lower.tolist()}, {self.upper.tolist()}] (min "
+                f"{lows.tolist()}, max {highs.tolist()}): {self.method} input relevance may turn negative; check the "
+                "bounds against the data normalisation",
+                stacklevel=4,
             )
 
-    def _explain(self, model: nn.Module, clips: Tensor, target: Tensor | None, structure: ModelStructure) -> Tensor:
-        assert structure.first_weighted is not None
-        assign_dtd_rules(model, structure.first_weighted, self.lower, self.upper, self.pooling)
-        return LRP(TargetLogit(model, target)).attribute(clips)
+    def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
+        relevance, _ = propagate(
+            model, clips, self.composite, structure.leaf_order, target=target, folds=structure.bn_folds,
+            overrides=self._rules_by_name(model, structure), multi=structure.multi, method=self.method,
+        )
+        return relevance
+
+
+def signed_layers(model: nn.Module, structure: ModelStructure, composite: Composite = DTD) -> list[str]:
+    """Conv / linear layers whose negative outputs can receive relevance: those whose output reaches a SiLU / GELU
+    (or anything else that may hand relevance to negative values) through folded BatchNorm, a gate's input or
+    modules that route relevance unchanged, before a ReLU or a residual sum split by positive parts; consumers that
+    carry no relevance (a gate's own branch) are ignored. They take ``ZPlus(signed=True)``; ReLU networks have
+    none."""
+    modules = dict(model.named_modules())
+    relevant = _relevance_carriers(modules, structure)
+
+    def reaches_signed(name: str, seen: set[str]) -> bool:
+        for consumer, index in structure.consumers.get(name, []):
+            if not consumer:
+                return True  # a function in forward(): unknown
+            if consumer not in relevant or consumer in seen:
+                continue
+            seen.add(consumer)
+            module = modules[consumer]
+            rule = composite.rule_for(module)
+            if isinstance(rule, Gate) and index == 1:
+                continue
+            if isinstance(rule, (Gradient, Fold, Gate)):
+                if reaches_signed(consumer, seen):
+                    return True
+            elif not (isinstance(rule, PositiveSplit) or (isinstance(rule, Pass) and isinstance(module, nn.ReLU))):
+                return True
+        return False
+
+    return [n for n in dict.fromkeys(structure.leaf_order)
+            if isinstance(modules[n], WEIGHTED_LAYERS) and n in relevant and reaches_signed(n, set())]
+
+
+def _relevance_carriers(modules: dict[str, nn.Module], structure: ModelStructure) -> set[str]:
+    """Leaves whose output can carry relevance: every leaf with a path to the logits that does not enter a gate
+    (``GateMul``'s second input); all of them when the logits come from a function in forward()."""
+    leaves = list(dict.fromkeys(structure.leaf_order))
+    if structure.output_leaf is None:
+        return set(leaves)
+    carriers = {structure.output_leaf}
+    changed = True
+    while changed:
+        changed = False
+        for name in leaves:
+            if name in carriers:
+                continue
+            for consumer, index in structure.consumers.get(name, []):
+                if not consumer or (consumer in carriers
+                                    and not (isinstance(modules[consumer], GateMul) and index == 1)):
+                    carriers.add(name)
+                    changed = True
+                    break
+    return carriers
+
+
+class AttnLRP(DeepTaylor):
+    """AttnLRP (Achtibat et al., ICML 2024) for transformers by the propagation engine; ``C = 3``.
+
+    Epsilon rule (1e-6) on linear layers and sums, zB on the first layer (the tubelet embedding) with the bounds
+    ``[lower, upper]``, the softmax rule ``R_x = x (R - s sum R)``, products of two tensors (``models.layers.MatMul``)
+    split uniformly, LayerNorm's normaliser held constant, GELU passing relevance through (the full table:
+    :mod:`motion_relevance.explain.rules`). One forward and one backward pass. Biases, the softmax and the
+    stabilisers absorb relevance, so the input relevance sums to the target logit only approximately.
+
+    Args: as :class:`DeepTaylor` (``pooling`` applies to max-pooling layers, if the model has any).
+    """
+
+    name = "attnlrp"
+    method = "AttnLRP"
+
+    def _composite(self, pooling: str) -> Composite:
+        return ATTNLRP if pooling == "winner" else ATTNLRP.with_rules(PROPORTIONAL_POOLS)
 
 
 def _import_attribution(path: str) -> type[Attribution]:
@@ -350,8 +543,11 @@ class CaptumExplainer(Explainer):
         name: metric-key name (default: the class name in snake case, e.g. ``"integrated_gradients"``).
 
     The predicted class (``target=None``) is found with one no-grad forward first, since methods such as
-    Integrated Gradients run the model on other inputs than the clips.
+    Integrated Gradients run the model on other inputs than the clips. For a multi-input model the class receives
+    the inputs as a tuple (Captum's convention) and the model is called with their list.
     """
+
+    multi_input = True
 
     def __init__(
         self,
@@ -375,20 +571,36 @@ class CaptumExplainer(Explainer):
     def __repr__(self) -> str:
         return f"CaptumExplainer(method={self.method!r}, layer={self.layer!r}, name={self.name!r})"
 
-    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Tensor) -> None:
+    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         if self.layer is not None:
             get_layer(model, self.layer)
         if issubclass(self.cls, (ModifiedReluGradientAttribution, LRP)):
             require_relu_modules(model, structure, self.cls.__name__)
 
-    def _explain(self, model: nn.Module, clips: Tensor, target: Tensor | None, structure: ModelStructure) -> Tensor:
+    def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
         if target is None:
-            target = predicted_class(model, clips)
-        args: tuple[Any, ...] = (model,) if self.layer is None else (model, get_layer(model, self.layer))
+            target = predicted_class(model, list(clips) if structure.multi else clips[0])
+        forward = _Logits(model) if structure.multi else model
+        args: tuple[Any, ...] = (forward,) if self.layer is None else (forward, get_layer(model, self.layer))
         method = self.cls(*args, **self.init_kwargs)
-        result = method.attribute(clips, target=target.to(clips.device), **self.attribute_kwargs)
-        if isinstance(result, tuple):  # (attributions, delta) or a 1-tuple of attributions
+        result = method.attribute(clips if structure.multi else clips[0], target=target.to(clips[0].device),
+                                  **self.attribute_kwargs)
+        if self.attribute_kwargs.get("return_convergence_delta"):
             result = result[0]
-        if self.layer is not None and self.upsample is not None and result.dim() == 5:
-            result = LayerAttribution.interpolate(result, tuple(clips.shape[2:]), interpolate_mode=self.upsample)
-        return result
+        parts = result if isinstance(result, tuple) else (result,)
+        if self.layer is not None and self.upsample is not None and parts[0].dim() == 5:
+            k = _pathway(structure, self.layer, clips, None) if self.layer in structure.output_shapes else 0
+            parts = tuple(to_input_frames(parts[0], x.shape[2:], self.upsample) if i == k
+                          else x.new_zeros(x.shape[0], parts[0].shape[1], *x.shape[2:]) for i, x in enumerate(clips))
+        return parts
+
+
+class _Logits(nn.Module):
+    """A multi-input model called with one tensor per input (Captum's convention): ``model([x1, x2, ...])``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *clips: Tensor) -> Tensor:
+        return self.model(list(clips))

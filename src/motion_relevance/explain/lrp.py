@@ -1,7 +1,8 @@
-"""Deep Taylor Decomposition rules for ``captum.attr.LRP`` on 3-D CNNs (SPEC §2).
+"""Deep Taylor Decomposition rules for ``captum.attr.LRP`` on plain 3-D CNNs: the reference the propagation engine
+(:mod:`motion_relevance.explain.propagation`, used by ``DeepTaylor``) is tested against on C3D.
 
 Rules, set as ``module.rule`` on every leaf of the model (Captum 0.9 has no default rule for ``Conv3d``,
-``AvgPool3d`` or ``Flatten``):
+``AvgPool3d`` or ``Flatten``), from one table by module type:
 
 =====================  =======================================================================
 layer                  rule
@@ -17,12 +18,13 @@ ReLU, Dropout          pass-through (Captum's own handling of non-linear layers)
 =====================  =======================================================================
 
 Captum starts from the target output (normalised to 1 while propagating, then multiplied by the target
-logit), so the input relevance of a bias-free chain sums to the target logit.
+logit), so the input relevance of a bias-free chain sums to the target logit. Captum runs the model twice (once
+to record activations, once with the rules' hooks); it has no rule for BatchNorm3d, residual sums or gates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +32,10 @@ from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, Propaga
 from torch import Tensor, nn
 
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
+from motion_relevance.explain.rules import bound_like
 
 __all__ = [
+    "CAPTUM_RULES",
     "DTD_LAYER_TYPES",
     "PassRule",
     "ProportionalPoolRule",
@@ -41,28 +45,6 @@ __all__ = [
 ]
 
 _STABILITY = 1e-9
-
-#: Leaf module types DTD knows how to propagate through.
-DTD_LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv3d,
-    nn.Linear,
-    nn.MaxPool3d,
-    nn.AvgPool3d,
-    nn.ReLU,
-    nn.Flatten,
-    nn.Dropout,
-    nn.Dropout3d,
-    nn.Identity,
-)
-
-
-def _bound(value: Tensor, like: Tensor) -> Tensor:
-    """Broadcast a scalar or per-channel bound to ``like`` (channels in dim 1)."""
-    value = value.to(dtype=like.dtype, device=like.device)
-    if value.numel() == 1:
-        return value.reshape(()).expand_as(like)
-    return value.view(1, -1, *([1] * (like.dim() - 2))).expand_as(like)
-
 
 def zb_relevance(module: nn.Module, x: Tensor, relevance: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """zB rule through one Conv3d / Linear layer: input relevance ``(B, C_in, ...)`` from output relevance.
@@ -83,8 +65,8 @@ def zb_relevance(module: nn.Module, x: Tensor, relevance: Tensor, lower: Tensor,
 
     with torch.enable_grad():
         xs = x.detach().requires_grad_(True)
-        lo = _bound(lower, x).contiguous().requires_grad_(True)
-        hi = _bound(upper, x).contiguous().requires_grad_(True)
+        lo = bound_like(lower, x).contiguous().requires_grad_(True)
+        hi = bound_like(upper, x).contiguous().requires_grad_(True)
         z = layer(xs, weight) - layer(lo, weight.clamp(min=0)) - layer(hi, weight.clamp(max=0))
         sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
         s = relevance / (z.detach() + sign * _STABILITY)
@@ -176,6 +158,42 @@ class ProportionalPoolRule(PropagationRule):
         return out
 
 
+def _max_pool_rule(pooling: str) -> PropagationRule:
+    return ProportionalPoolRule() if pooling == "proportional" else EpsilonRule(_STABILITY)
+
+
+def _pass(pooling: str) -> PropagationRule:
+    return PassRule()
+
+
+def _z_plus(pooling: str) -> PropagationRule:
+    return Alpha1_Beta0_Rule(set_bias_to_zero=True)
+
+
+def _none(pooling: str) -> None:
+    return None  # Captum's own pass-through for non-linear layers (it sets ``rule = None``)
+
+
+def _average(pooling: str) -> PropagationRule:
+    return EpsilonRule(_STABILITY)
+
+
+#: Module type -> rule factory (argument: the pooling option); the zB rule of the first layer is set by name.
+CAPTUM_RULES: dict[type[nn.Module], Callable[[str], PropagationRule | None]] = {
+    nn.Conv3d: _z_plus,
+    nn.Linear: _z_plus,
+    nn.MaxPool3d: _max_pool_rule,
+    nn.AvgPool3d: _average,
+    nn.ReLU: _none,
+    nn.Dropout: _none,
+    nn.Flatten: _pass,
+    nn.Dropout3d: _pass,
+    nn.Identity: _pass,
+}
+#: Leaf module types the Captum reference handles.
+DTD_LAYER_TYPES: tuple[type[nn.Module], ...] = tuple(CAPTUM_RULES)
+
+
 def assign_dtd_rules(model: nn.Module, first_layer: str, lower: Tensor, upper: Tensor, pooling: str = "winner") -> None:
     """Set ``module.rule`` on every leaf of ``model`` (an explanation copy) for DTD; see the module table."""
     for name, module in model.named_modules():
@@ -183,12 +201,9 @@ def assign_dtd_rules(model: nn.Module, first_layer: str, lower: Tensor, upper: T
             continue
         if name == first_layer:
             module.rule = ZBRule(lower, upper)
-        elif isinstance(module, (nn.Conv3d, nn.Linear)):
-            module.rule = Alpha1_Beta0_Rule(set_bias_to_zero=True)
-        elif isinstance(module, nn.MaxPool3d):
-            module.rule = ProportionalPoolRule() if pooling == "proportional" else EpsilonRule(_STABILITY)
-        elif isinstance(module, nn.AvgPool3d):
-            module.rule = EpsilonRule(_STABILITY)
-        elif isinstance(module, (nn.Flatten, nn.Identity, nn.Dropout3d)):
-            module.rule = PassRule()
-        # nn.ReLU and nn.Dropout: Captum's pass-through for non-linear layers (rule None, set by Captum)
+        elif type(module) in CAPTUM_RULES:
+            rule = CAPTUM_RULES[type(module)](pooling)
+            if rule is not None:
+                module.rule = rule
+        else:
+            raise TypeError(f"the Captum DTD reference has no rule for {name!r} ({type(module).__name__})")
