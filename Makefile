@@ -16,8 +16,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first (a CPU build from local disk here), then the project with its dev extras beside it; the install
-# also compiles the CPU kernel of selective relevance (setup.py), so a change to its source re-installs.
+# torch first (a CPU build from local disk here), then the project with its dev extras beside it (pure Python).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -e ".[dev]"

@@ -23,7 +23,15 @@ Explainers (``explainer(model, clips, target=None) -> (B, C, T, H, W)``, built f
 from typing import TYPE_CHECKING, Any
 
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
-from motion_relevance.explain.selective import selective_mask, selective_relevance, temporal_gradient
+from motion_relevance.explain.selective import (
+    DEFAULT_SIGMA,
+    PADDINGS,
+    check_padding,
+    check_sigma,
+    selective_mask,
+    selective_relevance,
+    temporal_gradient,
+)
 
 if TYPE_CHECKING:  # the explainers import Captum (about 0.5 s): loaded on first use
     from motion_relevance.explain.explainers import (
@@ -63,6 +71,10 @@ __all__ = [
     "GradCAM",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "DEFAULT_SIGMA",
+    "PADDINGS",
+    "check_padding",
+    "check_sigma",
     "selective_mask",
     "selective_relevance",
     "temporal_gradient",

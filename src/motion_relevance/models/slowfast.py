@@ -271,6 +271,8 @@ class SlowFast(nn.Module):
     #: Default Grad-CAM layer: the fast pathway's last res stage (full frame rate).
     explain_layer = "blocks.4.multipathway_blocks.1"
     head_name = "blocks.6.proj"
+    #: Names of the inputs, in ``forward``'s order (the explanation pipeline reports each one's share).
+    pathway_names = ("slow", "fast")
 
     def __init__(
         self,
@@ -400,6 +402,10 @@ class SlowFast(nn.Module):
                         "model.crop_size to the data's, or use model.head_pool=adaptive"
                     )
         return [slow, fast]
+
+    def pack_inputs(self, clip: Tensor) -> list[Tensor]:
+        """``[slow, fast]`` from one full-rate clip ``(B, C, T, H, W)`` (:func:`pack_pathways` with this ``alpha``)."""
+        return pack_pathways(clip, self.alpha)
 
     def forward(self, x: list[Tensor]) -> Tensor:
         """Logits ``(B, num_classes)`` for ``[slow (B,C,T/alpha,H,W), fast (B,C,T,H,W)]``."""

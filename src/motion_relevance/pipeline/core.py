@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
-from motion_relevance.explain.selective import DEFAULT_SIGMA, check_sigma, selective_relevance
+from motion_relevance.explain.selective import DEFAULT_SIGMA, check_padding, check_sigma, selective_relevance
 from motion_relevance.keys import state_digest
 from motion_relevance.metrics.suite import ExplanationMetrics
 from motion_relevance.metrics.timing import OverheadTimer
@@ -38,7 +38,6 @@ __all__ = ["TARGETS", "ExplainedBatch", "ExplanationPipeline", "reference_input"
 
 TARGETS = ("predicted", "label")
 MODES = ("positive", "nonzero")
-PADDINGS = ("replicate", "zeros")
 
 
 def reference_input(clips: Tensor | Sequence[Tensor]) -> int:
@@ -154,7 +153,7 @@ class ExplanationPipeline:
                             "explainers.<name> an explainer config (e.g. +explainer@explainers.<name>=dtd)")
         self.target = _check_choice("target", target, TARGETS)
         self.mode = _check_choice("mode", mode, MODES)
-        self.padding = _check_choice("selective.padding", padding, PADDINGS)
+        self.padding = check_padding(padding)
         self.sigmas = [] if sigma is None or (isinstance(sigma, Sequence) and not sigma) else check_sigma(sigma)
         if isinstance(keep_clips, bool) or not isinstance(keep_clips, int) or keep_clips < 0:
             raise ValueError(f"keep_clips={keep_clips!r}: expected an integer >= 0")
