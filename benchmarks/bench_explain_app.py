@@ -65,9 +65,9 @@ class PhaseClock:
 
 def instrument(clock: PhaseClock) -> None:
     """Wrap the functions each phase runs through."""
+    import motion_relevance.callbacks.attribution as attribution
     import pytorch_lightning.loggers as pl_loggers
 
-    import motion_relevance.callbacks.attribution as attribution
     import motion_relevance.callbacks.figures as figures
     from motion_relevance.explain.explainers import Explainer
     from motion_relevance.metrics.flow import FlowEstimator

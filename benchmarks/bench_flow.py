@@ -1,10 +1,13 @@
-"""Optical flow for motion masks: Farnebäck (authors' parameters) vs DIS on real 16x112x112 clips (docs/method.md, "Optical flow").
+"""Optical flow for motion masks: Farnebäck (authors' parameters) vs DIS on real 16x112x112 clips.
+
+See docs/method.md, "Optical flow".
 
 Measures, on clips decoded with decord, resized to 128x171 and centre-cropped to 112 (C3D input):
 1. flow time per clip (median, IQR, min, max) for each method;
-2. whether motion-selection precision (docs/method.md, "Metrics") agrees when computed with each method's moving mask, for three
-   stand-in explanations (no trained explainer is needed): the signed frame difference (a "motion" map), the
-   grey intensity (a "static appearance" map) and a fixed random map (chance); plus the IoU of the two masks;
+2. whether motion-selection precision (docs/method.md, "Metrics") agrees when computed with each method's
+   moving mask, for three stand-in explanations (no trained explainer is needed): the signed frame difference
+   (a "motion" map), the grey intensity (a "static appearance" map) and a fixed random map
+   (chance); plus the IoU of the two masks;
 3. the flow cache: cold (compute + write) vs warm (read + threshold) cost per clip, and entry size.
 
 Run: ``.venv/bin/python benchmarks/bench_flow.py`` → ``benchmarks/results/bench_flow.{json,md}``.

@@ -391,9 +391,7 @@ def test_the_real_split_files_pass_every_check() -> None:
     root = SHARED_DATA / "ucf101_mini"
     if not root.is_dir():
         pytest.skip("no shared real data")
-    from motion_relevance.data.splits import read_class_ind, split_overlap
-
-    from motion_relevance.data.splits import read_list
+    from motion_relevance.data.splits import read_class_ind, read_list, split_overlap
 
     names = read_class_ind(root / LIST_DIR / "classInd.txt")
     for split in (1, 2, 3):

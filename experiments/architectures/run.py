@@ -102,7 +102,7 @@ def explain(cfg: DictConfig, model: str, bias: float, seed: int, ckpt: Path) -> 
     if cfg.study.reuse and (out / "per_clip.csv").is_file() and (out / "metrics.json").is_file():
         return out
     explainers = per_model(cfg.study.explainers, model)
-    randomize = bias == min(cfg.study.context_bias)
+    randomize = bias == min(per_model(cfg.study.context_bias, model))
     cmd = [sys.executable, "-m", "motion_relevance.explain", f"ckpt_path={ckpt}", "per_clip=true", "logger=csv",
            f"hydra.run.dir={out}", "extras.print_config=false", "flow=none", "cache=none",
            f"num_clips={cfg.study.num_clips}", f"selective.sigma={json.dumps(list(cfg.study.sigmas))}",
@@ -266,15 +266,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = compose(list(sys.argv[1:] if argv is None else argv))
     runs = []
+    steps = set(cfg.study.steps)
     started = time.perf_counter()
     for model in cfg.study.models:
-        for bias in cfg.study.context_bias:
+        for bias in per_model(cfg.study.context_bias, model):
             for seed in cfg.study.seeds:
-                ckpt = train(cfg, model, float(bias), int(seed))
+                ckpt = train(cfg, model, float(bias), int(seed)) if "train" in steps else None
+                if "explain" not in steps or ckpt is None:
+                    continue
                 out = explain(cfg, model, float(bias), int(seed), ckpt)
                 runs.append({"model": model, "bias": float(bias), "seed": int(seed),
                              "metrics": json.loads((out / "metrics.json").read_text()),
                              "rows": read_rows(out / "per_clip.csv")})
+    if "analyse" not in steps:
+        print(f"study steps {sorted(steps)} done in {time.perf_counter() - started:.0f} s")
+        return
     tables = analyse(cfg, runs)
     text = write(tables, Path(str(cfg.study.out_dir)) / "tables")
     if cfg.study.publish:

@@ -35,6 +35,7 @@ from motion_relevance.explain.selective import (
 
 if TYPE_CHECKING:  # the explainers import Captum (about 0.5 s): loaded on first use
     from motion_relevance.explain.explainers import (
+        AttnLRP,
         CaptumExplainer,
         DeepTaylor,
         Explainer,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # the explainers import Captum (about 0.5 s): loaded on first
     from motion_relevance.explain.frame_inflation import FrameInflation
 
 _LAZY = {
+    "AttnLRP": "explainers",
     "CaptumExplainer": "explainers",
     "DeepTaylor": "explainers",
     "Explainer": "explainers",
@@ -64,6 +66,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AttnLRP",
     "CaptumExplainer",
     "DeepTaylor",
     "Explainer",

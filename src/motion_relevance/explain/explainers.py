@@ -396,12 +396,15 @@ class DeepTaylor(Explainer):
         outputs can receive relevance (through SiLU / GELU, see :func:`signed_layers`)."""
         by_name: dict[str, Rule] = {}
         if self.method == "DTD":
-            modules = dict(model.named_modules())
-            known = ZPlus(nonnegative=True)  # the z+ of layers after a ReLU: no sign check of the input
-            by_name.update({n: known for n in structure.nonnegative_inputs
-                            if type(self.composite.rule_for(modules[n])) is ZPlus})
-            signed = ZPlus(signed=True)
-            by_name.update(dict.fromkeys(signed_layers(model, structure, self.composite), signed))
+            key = ("dtd-layers", id(self.composite))  # a structural fact of the model: computed once per model
+            cached = structure.derived.get(key)
+            if cached is None or cached[0] is not self.composite:
+                modules = dict(model.named_modules())
+                plain = [n for n in structure.nonnegative_inputs if type(self.composite.rule_for(modules[n])) is ZPlus]
+                cached = (self.composite, plain, signed_layers(model, structure, self.composite))
+                structure.derived[key] = cached
+            by_name.update(dict.fromkeys(cached[1], _KNOWN_NONNEGATIVE))
+            by_name.update(dict.fromkeys(cached[2], _SIGNED))
         zb = ZBox(self.lower, self.upper)
         by_name.update({name: zb for k in range(structure.num_inputs) for name in structure.first_layers.get(k, [])})
         return by_name
@@ -431,6 +434,10 @@ class DeepTaylor(Explainer):
             overrides=self._rules_by_name(model, structure), multi=structure.multi, method=self.method,
         )
         return relevance
+
+
+_KNOWN_NONNEGATIVE = ZPlus(nonnegative=True)  # z+ of layers after a ReLU: no sign check of the input
+_SIGNED = ZPlus(signed=True)
 
 
 def signed_layers(model: nn.Module, structure: ModelStructure, composite: Composite = DTD) -> list[str]:
@@ -470,19 +477,20 @@ def _relevance_carriers(modules: dict[str, nn.Module], structure: ModelStructure
     leaves = list(dict.fromkeys(structure.leaf_order))
     if structure.output_leaf is None:
         return set(leaves)
+    feeds: dict[str, list[str]] = {}  # consumer -> the leaves whose output it takes (not as a gate)
     carriers = {structure.output_leaf}
-    changed = True
-    while changed:
-        changed = False
-        for name in leaves:
-            if name in carriers:
-                continue
-            for consumer, index in structure.consumers.get(name, []):
-                if not consumer or (consumer in carriers
-                                    and not (isinstance(modules[consumer], GateMul) and index == 1)):
-                    carriers.add(name)
-                    changed = True
-                    break
+    for name in leaves:
+        for consumer, index in structure.consumers.get(name, []):
+            if not consumer:
+                carriers.add(name)  # used by a function in forward(): counted as carrying relevance
+            elif not (isinstance(modules[consumer], GateMul) and index == 1):
+                feeds.setdefault(consumer, []).append(name)
+    todo = list(carriers)
+    while todo:
+        for name in feeds.get(todo.pop(), []):
+            if name not in carriers:
+                carriers.add(name)
+                todo.append(name)
     return carriers
 
 

@@ -186,6 +186,8 @@ class ModelStructure:
     output_leaf: str | None = None  #: the leaf that returns the logits (None: a function in forward() does)
     #: leaves with a weight whose inputs are >= 0 for any clip (ReLU outputs, pooled or concatenated ones)
     nonnegative_inputs: set[str] = field(default_factory=set)
+    #: analyses derived from this structure by explainers (cached with it; keys chosen by the explainer)
+    derived: dict[Any, Any] = field(default_factory=dict)
 
 
 _ANCESTRY = "_mr_ancestry"  # tensor attribute: inputs the tensor depends on
