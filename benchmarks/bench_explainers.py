@@ -68,9 +68,11 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str]]
                                               dropout=0.0, **small), SMALL, "blocks.4.multipathway_blocks.1"),
         "x3d_small": (lambda: m.X3D(clip_len=16, crop_size=56, head_pool="adaptive", dropout=0.0, **small), SMALL,
                       "blocks.4"),
-        "videomae_tiny": (lambda: m.VideoMAE(image_size=56, patch_size=14, num_frames=16, hidden_size=128,
-                                             num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
-                                             layer_norm_eps=1e-6, qkv_bias=True, **small), SMALL, ""),
+        # conf/model/videomae_tiny.yaml and videomae_base.yaml (VideoMAE-B/16, Kinetics size)
+        "videomae_tiny": (lambda: m.VideoMAE(image_size=56, patch_size=8, num_frames=16, tubelet_size=4,
+                                             hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                             intermediate_size=192, layer_norm_eps=1e-6, qkv_bias=True, **small),
+                          SMALL, ""),
         "c3d": (lambda: C3D(num_classes=101), (16, 112), "conv5b"),
         "r3d_18": (lambda: m.r3d_18(num_classes=400), (16, 112), "layer4"),
         "mc3_18": (lambda: m.mc3_18(num_classes=400), (16, 112), "layer4"),
@@ -78,6 +80,7 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str]]
         "slowfast_r50": (lambda: m.slowfast_r50(num_classes=400), (32, 224), "blocks.4.multipathway_blocks.1"),
         "x3d_xs": (lambda: m.x3d_xs(num_classes=400), (4, 160), "blocks.4"),
         "x3d_s": (lambda: m.x3d_s(num_classes=400), (13, 182), "blocks.4"),
+        "videomae_base": (lambda: m.VideoMAE(num_classes=400), (16, 224), ""),
     }
 
 
@@ -369,6 +372,7 @@ def main() -> None:
     parser.add_argument("--overhead-factor", type=int, default=4, help="small C3D: wrapper-vs-bare pairs per repeat")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per memory child")
+    parser.add_argument("--out", default="bench_explainers", help="name of the results files (benchmarks/results/)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -387,7 +391,8 @@ def main() -> None:
         "(median over interleaved rounds, target = predicted class); peak memory = increase of the resident set "
         "during one call, MiB (fresh process per model and batch). DTD/GBP time: ratio of the medians (median of "
         "the per-round ratios in brackets). `Captum LRP`: Captum's LRP with the same DTD rules (C3D only). "
-        "VideoMAE's DTD column is AttnLRP.\n\n"
+        "VideoMAE's DTD column is AttnLRP and its GBP column is one plain gradient (it has no ReLU): AttnLRP's "
+        "alternative.\n\n"
         "| model | B | forward | Grad-CAM | GBP | DTD | Captum LRP | DTD/GBP time | forward MiB | Grad-CAM MiB "
         "| GBP MiB | DTD MiB | Captum LRP MiB | DTD/GBP memory |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(model_rows) + "\n"
@@ -412,7 +417,7 @@ def main() -> None:
     print(markdown)
     payload = {"models": model_results, "c3d": c3d_results, "frame_inflation": fi_results,
                "load_average": {"before": load, "after": load_after}}
-    json_path, _ = write_results("bench_explainers", payload, markdown)
+    json_path, _ = write_results(args.out, payload, markdown)
     print(f"wrote {json_path}")
 
 

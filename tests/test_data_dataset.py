@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from motion_relevance.data import MotionShapesConfig, VideoDecoder, generate_motion_shapes, load_split
+from motion_relevance.data.video import resolve_decoder
 from motion_relevance.datamodules import MotionShapesDataModule, VideoDataModule
 
 TINY = {"classes": ["right", "left", "up", "down"], "videos_per_class": 6, "num_groups": 3, "test_groups": 1,
@@ -42,7 +43,8 @@ def test_motion_shapes_datamodule_batches_with_masks(tmp_path: Path) -> None:
     assert b["mask"].any()
     cfg = dm.transform_config()
     assert cfg == {"clip_len": 16, "stride": 1, "resize": None, "crop_size": [32, 32], "mean": [0.29] * 3,
-                   "std": [0.16] * 3, "scale": 255.0, "channel_order": "RGB"}
+                   "std": [0.16] * 3, "scale": 255.0, "channel_order": "RGB", "pathways": None,
+                   "decoder": resolve_decoder("decord")}
     t = next(iter(dm.test_dataloader()))
     frames = dm.eval_transform.denormalize(t["clip"])
     assert frames.shape == (4, 16, 32, 32, 3)

@@ -422,9 +422,9 @@ BAD_VALUES = [  # (override, the key the error names, the allowed values it stat
     ("selective.sigma=-1", "selective.sigma", "non-negative number"),
     ("selective.sigma=abc", "selective.sigma", "non-negative number"),
     ("explainer._target_=torch.nn.Linear", "explainer._target_='torch.nn.Linear' is not an explainer",
-     r"subclass of motion_relevance.explain.Explainer, e.g. explainer=dtd\|gbp\|gradcam"),
+     r"subclass of motion_relevance.explain.Explainer, e.g. explainer=attnlrp\|dtd\|gbp\|gradcam"),
     ("explainer._target_=no.such.Explainer", "explainer._target_='no.such.Explainer' cannot be imported",
-     r"explainer=dtd\|gbp\|gradcam"),
+     r"explainer=attnlrp\|dtd\|gbp\|gradcam"),
     ("+logger.bad._target_=no.such.Logger", "logger.bad._target_='no.such.Logger' cannot be imported", ""),
 ]
 
@@ -457,7 +457,8 @@ def test_explainer_that_is_no_config_and_missing_keys_are_refused(tmp_path: Path
     cfg = live_cfg(tmp_path, 0, tmp_path / "missing.ckpt")
     with open_dict(cfg):
         cfg.explainer = "bar"
-    with pytest.raises(LiveConfigError, match=r"explainer='bar' is not an explainer config.*explainer=dtd\|gbp"):
+    with pytest.raises(LiveConfigError,
+                       match=r"explainer='bar' is not an explainer config.*explainer=attnlrp\|dtd\|gbp"):
         live_app.run(cfg, capture_factory=_no_camera)
     with pytest.raises(Exception, match="explainer/bar"):  # a group option that does not exist: Hydra names it
         live_cfg(tmp_path, 0, tmp_path / "missing.ckpt", "explainer=bar")

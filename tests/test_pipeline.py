@@ -279,3 +279,15 @@ def test_pipeline_records_every_clip_value_it_reduces() -> None:
     assert len(auc) == 2 and np.mean(auc) == pytest.approx(out["test/deletion_auc_freeze/ixw"])  # num_clips = 2
     pipe.start(net)
     assert pipe.clip_rows() == []
+
+
+def test_random_floor_seed_follows_the_clip_not_its_position() -> None:
+    """The random-order floor of a clip is seeded from its pixels: the same in any batch position or process."""
+    from motion_relevance.pipeline.faithfulness import clip_seeds
+
+    torch.manual_seed(0)
+    clips = torch.randn(3, 3, 4, 8, 8)
+    seeds = clip_seeds(clips, 5)
+    assert clip_seeds(clips.flip(0), 5) == seeds[::-1]
+    assert clip_seeds(clips[1:2], 5) == seeds[1:2]
+    assert len(set(seeds)) == 3 and clip_seeds(clips, 6) == [s + 1 for s in seeds]

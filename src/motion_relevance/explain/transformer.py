@@ -4,7 +4,7 @@ Both work on models that cut clips into tubelets (``models.VideoMAE``: a ``token
 ``tubelet_size`` / ``patch_size`` attributes), compute one value per token on the grid ``(T / tubelet, H / patch,
 W / patch)`` and map it back to the input with :func:`tokens_to_frames`; the result is ``(B, 1, T, H, W)`` like
 :class:`~motion_relevance.explain.explainers.GradCAM`. The method is described in ``docs/method.md``
-("Explaining a video transformer").
+("Video transformers (token maps, rollout, tubelet-resolution selective relevance)").
 
 Mapping tokens to frames is frame-aligned: a token covers exactly the ``tubelet`` frames and ``patch x patch``
 pixels its tubelet was cut from (the tubelet embedding is a convolution with kernel = stride). ``"nearest"``

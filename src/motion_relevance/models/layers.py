@@ -1,8 +1,8 @@
 """Parameter-free layers that make a network's non-chain operations visible as modules.
 
-Relevance propagation attaches one rule to each module (see ``docs/method.md``, "Deep Taylor beyond chains"): a
-residual sum written as ``x + f(x)`` inside ``forward()`` is invisible to it, an :class:`Add` module is not. These
-modules hold no parameters or buffers, so adding them to a block never changes its ``state_dict()`` keys.
+Relevance propagation attaches one rule to each module (see ``docs/method.md``, "Deep Taylor and LRP through modern
+video networks"): a residual sum written as ``x + f(x)`` inside ``forward()`` is invisible to it, an :class:`Add` module
+is not. These modules hold no parameters or buffers, so adding them to a block never changes its ``state_dict()`` keys.
 
 ============  ================================  ====================================================
 module        computes                          propagation rule (DTD / LRP)

@@ -16,7 +16,7 @@ fc         Linear(512, num_classes)
 =========  ==========================================  =============================================
 
 Differences from torchvision that leave the state dict unchanged, made so that relevance propagation has a
-module for every operation (see ``docs/method.md``, "Deep Taylor beyond chains"):
+module for every operation (see ``docs/method.md``, "Deep Taylor and LRP through modern video networks"):
 
 - every ReLU is its own non-in-place ``nn.ReLU`` used at one place;
 - each residual sum is an :class:`~motion_relevance.models.layers.Add` module, called as

@@ -25,14 +25,13 @@ The input is a list ``[slow, fast]`` of clips ``(B, 3, T/alpha, H, W)`` and ``(B
 pytorchvideo; :func:`pack_pathways` builds it from one clip. ``alpha`` is the frame-rate ratio (4) and ``beta``
 the channel ratio of the fast pathway (1/8).
 
-Differences from pytorchvideo that leave the state dict and the logits unchanged (for relevance propagation,
-see ``docs/method.md``, "Deep Taylor beyond chains"): every ReLU is its own module used at one place; residual sums
-are :class:`~motion_relevance.models.layers.Add` modules called as ``self.add(branch, shortcut)`` (residual branch
-``branch2`` first, shortcut second); the lateral fusion's and the head's concatenations are
+Differences from pytorchvideo that leave the state dict and the logits unchanged (for relevance propagation, see
+``docs/method.md``, "Deep Taylor and LRP through modern video networks"): every ReLU is its own module used at one
+place; residual sums are :class:`~motion_relevance.models.layers.Add` modules called as ``self.add(branch, shortcut)``
+(residual branch ``branch2`` first, shortcut second); the lateral fusion's and the head's concatenations are
 :class:`~motion_relevance.models.layers.Concat` modules; the head averages globally *before* its linear layer
-(pytorchvideo applies the linear layer at every position of the pooled map and then averages: the same numbers,
-since averaging commutes with a linear map); no softmax (pytorchvideo's hub head has no activation either).
-"""
+(pytorchvideo applies the linear layer at every position of the pooled map and then averages: the same numbers, since
+averaging commutes with a linear map); no softmax (pytorchvideo's hub head has no activation either). """
 
 from __future__ import annotations
 

@@ -24,13 +24,12 @@ module path                                     what
 ==============================================  =============================================================
 
 Differences from pytorchvideo that leave the state dict and the logits unchanged (for relevance propagation, see
-``docs/method.md``, "Deep Taylor beyond chains"): every ReLU / Swish is its own module used at one place, Swish is
-``nn.SiLU``; residual sums are :class:`~motion_relevance.models.layers.Add` modules called as
+``docs/method.md``, "Deep Taylor and LRP through modern video networks"): every ReLU / Swish is its own module used at
+one place, Swish is ``nn.SiLU``; residual sums are :class:`~motion_relevance.models.layers.Add` modules called as
 ``self.add(branch, shortcut)`` (``branch2`` first, shortcut second); squeeze-excitation averages with an
 ``nn.AdaptiveAvgPool3d`` module and multiplies through a :class:`~motion_relevance.models.layers.GateMul` module
-``self.gate(x, se_gate)``; the head averages globally before ``proj`` (pytorchvideo projects every position and
-then averages: the same numbers); no softmax (pytorchvideo's hub head has no activation either).
-"""
+``self.gate(x, se_gate)``; the head averages globally before ``proj`` (pytorchvideo projects every position and then
+averages: the same numbers); no softmax (pytorchvideo's hub head has no activation either). """
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from motion_relevance.keys import tensor_digest
 from motion_relevance.metrics import keys
 from motion_relevance.metrics.faithfulness import (
     REFERENCES,
@@ -104,6 +105,12 @@ class _Budget:
         return k
 
 
+def clip_seeds(clips: Tensor, base: int) -> list[int]:
+    """One seed per clip of ``clips`` ``(B, C, T, H, W)``: ``base`` plus the first 6 bytes of the clip's content
+    digest, so equal clips get equal random orders in every batch and process."""
+    return [base + int(tensor_digest(clip)[:12], 16) for clip in clips]
+
+
 class FaithfulnessStage:
     """Deletion/insertion curves, random floor, matched-budget drops and motion reliance of explained clips.
 
@@ -115,8 +122,9 @@ class FaithfulnessStage:
         num_clips: clips per epoch and process that are tested (the first ones explained).
         batch_size: perturbed inputs per forward pass.
         blur_sigma: the ``blur`` reference's Gaussian std in pixels.
-        seed: base seed of the random orders; clip ``i`` of the epoch uses ``seed + i`` (the same order whatever
-            the batch or process the clip lands in).
+        seed: base seed of the random orders; a clip's order is seeded with ``seed`` plus a number taken from the
+            digest of its pixels (:func:`clip_seeds`), so it is the same whatever the batch, epoch or process the
+            clip lands in.
         random_floor, matched_budget, reliance: switch the parts on or off.
     """
 
@@ -190,12 +198,11 @@ class FaithfulnessStage:
                selective: Mapping[str, Tensor], input_builder: InputBuilder | None = None) -> None:
         """Test the first clips of a batch: ``clips`` ``(B, C, T, H, W)`` at the full frame rate, the relevance of
         each method and its selective maps on them (names of :mod:`.keys`)."""
-        first = self._budget.seen
         k = self._budget.take(clips.shape[0])
         if k == 0:
             return
         x, target = clips[:k].detach(), targets[:k]
-        seeds = [self.seed + first + i for i in range(k)]
+        seeds = clip_seeds(x, self.seed)
         common = {"batch_size": self.batch_size, "input_builder": input_builder}
         for ref in self.references:
             args = {**common, "steps": self.steps, "reference": ref, "blur_sigma": self.blur_sigma}
