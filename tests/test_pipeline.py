@@ -291,3 +291,18 @@ def test_random_floor_seed_follows_the_clip_not_its_position() -> None:
     assert clip_seeds(clips.flip(0), 5) == seeds[::-1]
     assert clip_seeds(clips[1:2], 5) == seeds[1:2]
     assert len(set(seeds)) == 3 and clip_seeds(clips, 6) == [s + 1 for s in seeds]
+
+
+def test_a_map_only_on_another_pathway_is_refused_naming_the_layer() -> None:
+    """Grad-CAM of a slow-pathway layer maps to the slow input; the metrics measure the full-rate one, where it
+    would be all zero: refused with the layer and the fix named, not measured as zeros."""
+    from motion_relevance.pipeline.core import _check_reference_relevance
+
+    class _Cam:
+        layer = "blocks.4.multipathway_blocks.0"
+
+    slow, fast = torch.ones(1, 1, 2, 4, 4), torch.zeros(1, 1, 8, 4, 4)
+    with pytest.raises(ValueError, match=r"'gradcam' \(layer 'blocks.4.multipathway_blocks.0'\).*'fast'"):
+        _check_reference_relevance("gradcam", _Cam(), (slow, fast), 1, ("slow", "fast"))
+    _check_reference_relevance("gradcam", _Cam(), (slow, fast + 1), 1, ("slow", "fast"))  # on the fast input: fine
+    _check_reference_relevance("gradcam", _Cam(), (slow * 0, fast), 1, ("slow", "fast"))  # nothing anywhere: fine

@@ -40,6 +40,19 @@ TARGETS = ("predicted", "label")
 MODES = ("positive", "nonzero")
 
 
+def _check_reference_relevance(name: str, explainer: Any, relevance: Sequence[Tensor], ref: int,
+                               pathways: Sequence[str]) -> None:
+    """Refuse a map that lies on another pathway only: the metrics measure the full-rate input ``ref``, where it is
+    all zero (e.g. Grad-CAM of a slow-pathway layer), so every number would be silently undefined or zero."""
+    if relevance[ref].any() or not any(r.any() for i, r in enumerate(relevance) if i != ref):
+        return
+    label = pathways[ref] if ref < len(pathways) else f"input {ref}"
+    layer = getattr(getattr(explainer, "explainer", explainer), "layer", None)
+    raise ValueError(f"explainer {name!r}{f' (layer {layer!r})' if layer else ''} puts all its relevance on another "
+                     f"input than the {label!r} one the metrics measure; explain a layer of the {label!r} pathway or "
+                     "a fused one (SlowFast: explainers.<name>.layer=blocks.4.multipathway_blocks.1)")
+
+
 def reference_input(clips: Tensor | Sequence[Tensor]) -> int:
     """Index of the model input that is at the clip's full frame rate (the one flow and masks describe): the only
     input of a one-input model, the input with the most frames (the last of equals) of a multi-pathway model."""
@@ -285,6 +298,8 @@ class ExplanationPipeline:
         for name, explainer in self.explainers.items():
             out = explainer(net, clips, targets, model_digest=self._digest)
             rel = out.relevance
+            if not isinstance(rel, Tensor):
+                _check_reference_relevance(name, explainer, rel, ref, self.pathways)
             relevance[name] = rel if isinstance(rel, Tensor) else rel[ref]
             self.metrics.update_overhead(name, out.timings)
             if not isinstance(rel, Tensor) and len(self.pathways) == len(rel) > 1:
