@@ -24,32 +24,8 @@ from motion_relevance.explain import (
 )
 from motion_relevance.explain import explainers as explainers_module
 from motion_relevance.models import C3D
-
-LOW, HIGH = -1.0, 1.0
-
-
-def tiny_net(bias: bool = False, seed: int = 0, pool: type[nn.Module] = nn.MaxPool3d) -> nn.Sequential:
-    """conv-relu-pool-conv-relu-pool-flatten-fc-relu-dropout-fc on (B, 3, 4, 8, 8) clips, 5 classes."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv3d(3, 4, 3, padding=1, bias=bias),
-            relu1=nn.ReLU(),
-            pool1=pool(kernel_size=(1, 2, 2)),
-            conv2=nn.Conv3d(4, 6, 3, padding=1, bias=bias),
-            relu2=nn.ReLU(),
-            pool2=pool(kernel_size=2),
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(6 * 2 * 2 * 2, 10, bias=bias),
-            relu3=nn.ReLU(),
-            drop=nn.Dropout(0.5),
-            fc2=nn.Linear(10, 5, bias=bias),
-        )
-    )
-    for m in net.modules():
-        if isinstance(m, (nn.Conv3d, nn.Linear)):
-            nn.init.normal_(m.weight, std=0.5)
-    return net.double()
+from tests.tiny_models import HIGH, LOW
+from tests.tiny_models import tiny_chain as tiny_net
 
 
 def clips_for(batch: int = 2, seed: int = 1) -> torch.Tensor:

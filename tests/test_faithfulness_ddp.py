@@ -3,14 +3,9 @@ of 33 clips report what one process reports on all 33. Loopback only."""
 
 from __future__ import annotations
 
-import json
-import socket
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from motion_relevance.metrics.faithfulness import (
@@ -28,6 +23,7 @@ from motion_relevance.metrics.faithfulness_metrics import (
     RandomizationCorrelation,
 )
 from motion_relevance.metrics.randomization import cascading_randomization
+from tests._ddp import close, run_ddp
 
 N_CLIPS, WORLD, STEPS = 33, 2, 4
 
@@ -104,32 +100,8 @@ def run_metrics(metrics: dict, d: dict, idx: torch.Tensor, batch: int = 5) -> di
     return {name: {k: _plain(v) for k, v in m.compute().items()} for name, m in metrics.items()}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        d = per_clip_values()
-        half = torch.arange(N_CLIPS).tensor_split(WORLD)[rank]  # 17 and 16 clips: disjoint, nothing padded
-        distributed = run_metrics(make_metrics(), d, half)
-        single = run_metrics(make_metrics(sync_on_compute=False), d, torch.arange(N_CLIPS))
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"ddp": distributed, "single": single}))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _close(a: float, b: float) -> bool:
-    return (a != a and b != b) or abs(a - b) <= 1e-9 * max(1.0, abs(b))
-
-
 def test_ddp_two_processes_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results = run_ddp(tmp_path, WORLD, N_CLIPS, (per_clip_values, make_metrics, run_metrics))
     single = results[0]["single"]
     assert single["deletion"]["auc_n"] == N_CLIPS
     assert single["freeze"]["selective_n"] == N_CLIPS - 5  # clips 0, 7, 14, 21, 28 keep nothing
@@ -143,4 +115,4 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
             for key, want in stats.items():
                 got = res["ddp"][name][key]
                 pairs = zip(got, want) if isinstance(want, list) else [(got, want)]
-                assert all(_close(a, b) for a, b in pairs), (name, key, got, want)
+                assert all(close(a, b) for a, b in pairs), (name, key, got, want)

@@ -3,13 +3,7 @@ process reports on all 33 (docs/method.md, "Metrics"). Loopback only."""
 
 from __future__ import annotations
 
-import json
-import socket
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from motion_relevance.metrics import (
     Agreement,
@@ -19,6 +13,7 @@ from motion_relevance.metrics import (
     Selectivity,
     SpatialBias,
 )
+from tests._ddp import close, run_ddp
 
 N_CLIPS, WORLD = 33, 2
 
@@ -64,32 +59,8 @@ def run_metrics(metrics: dict, d: dict, idx: torch.Tensor, batch: int = 5) -> di
     return {name: {k: v.item() for k, v in m.compute().items()} for name, m in metrics.items()}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        d = make_clips()
-        half = torch.arange(N_CLIPS).tensor_split(WORLD)[rank]  # 17 and 16 clips: disjoint, nothing padded
-        distributed = run_metrics(make_metrics(), d, half)
-        single = run_metrics(make_metrics(sync_on_compute=False), d, torch.arange(N_CLIPS))
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"ddp": distributed, "single": single}))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _close(a: float, b: float) -> bool:
-    return (a != a and b != b) or abs(a - b) <= 1e-9 * max(1.0, abs(b))
-
-
 def test_ddp_two_processes_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results = run_ddp(tmp_path, WORLD, N_CLIPS, (make_clips, make_metrics, run_metrics))
     single = results[0]["single"]
     assert single["precision"]["precision_n"] + single["precision"]["precision_n_undefined"] == N_CLIPS
     assert single["precision"]["precision_n_undefined"] == 5  # clips 0, 7, 14, 21, 28
@@ -99,4 +70,4 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         for name, stats in single.items():
             for key, want in stats.items():
                 got = res["ddp"][name][key]
-                assert _close(got, want), (name, key, got, want)
+                assert close(got, want), (name, key, got, want)
