@@ -640,3 +640,22 @@ def test_file_source_without_decord_falls_back_to_opencv(monkeypatch: pytest.Mon
     without = [f for f, _ in open_source(str(path), resize="native", crop_size=None).frames()]
     assert len(without) == len(with_decord) and without[0].shape == with_decord[0].shape
     assert np.abs(without[0].astype(int) - with_decord[0].astype(int)).mean() < 2.0
+
+
+def test_live_explainer_feeds_a_two_pathway_model_its_pathways(tmp_path: Path, ckpt: Path) -> None:
+    """SlowFast gets net.pack_inputs(window) and the window shows the full-rate (fast) pathway's relevance,
+    the same map as explaining the packed clip directly."""
+    from motion_relevance.explain import GuidedBackprop
+    from motion_relevance.live.model import LiveExplainer, build_transform, live_preprocessing
+    from motion_relevance.models import SlowFast
+    from motion_relevance.models.checkpoint import load_classifier
+
+    pre = live_preprocessing(load_classifier(ckpt), window=16)
+    torch.manual_seed(0)
+    net = SlowFast(num_classes=8, width=0.25, clip_len=16, crop_size=56, head_pool="adaptive", dropout=0.0).eval()
+    model = LiveExplainer(net, build_transform(pre), GuidedBackprop(), sigma=1.0)
+    frames = np.random.default_rng(0).integers(0, 255, (16, 60, 80, 3), dtype=np.uint8)
+    out = model(frames)
+    clip = build_transform(pre).normalize(out.inputs).unsqueeze(0)
+    slow, fast = GuidedBackprop()(net, net.pack_inputs(clip), torch.tensor([out.class_index]))
+    assert out.relevance.shape == (3, 16, 56, 56) and torch.allclose(out.relevance, fast[0])

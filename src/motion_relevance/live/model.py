@@ -21,6 +21,7 @@ from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.explain.cache import CachedExplainer
 from motion_relevance.explain.selective import selective_relevance
 from motion_relevance.models.checkpoint import LoadedClassifier
+from motion_relevance.pipeline.core import reference_input
 
 __all__ = ["REQUIRED_PREPROCESSING", "Explained", "LiveExplainer", "build_transform", "live_preprocessing",
            "model_clip_len", "selective_share"]
@@ -94,7 +95,8 @@ class LiveExplainer:
     """Predict + explain + selective relevance for one window.
 
     Args:
-        net: the classifier ``(B, 3, T, H, W) -> (B, K)`` logits, in eval mode.
+        net: the classifier ``(B, 3, T, H, W) -> (B, K)`` logits, in eval mode; a multi-pathway net (SlowFast) gets
+            ``net.pack_inputs(clip)`` and the window shows its full-rate pathway's relevance.
         transform: the checkpoint's :class:`ClipTransform` (centre crop + normalisation).
         explainer: ``explainer(model, clips, target) -> (B, C, T, H, W)``, called through a
             :class:`CachedExplainer` (pass one to give it a cache).
@@ -123,11 +125,14 @@ class LiveExplainer:
     def __call__(self, frames: np.ndarray) -> Explained:
         cropped = self.inputs(frames)
         clip = self.transform.normalize(cropped).unsqueeze(0).to(self.device)  # (1, 3, T, h, w)
+        pack = getattr(self.net, "pack_inputs", None)  # multi-pathway models (SlowFast) build their inputs
+        inputs = pack(clip) if callable(pack) else clip
         with torch.no_grad():
-            probs = torch.softmax(self.net(clip).float(), dim=1)[0]
+            probs = torch.softmax(self.net(inputs).float(), dim=1)[0]
         cls = int(probs.argmax()) if self.target is None else int(self.target)
-        relevance = self.explainer(self.net, clip, torch.tensor([cls])).relevance
-        assert isinstance(relevance, Tensor)  # one input clip -> one relevance tensor (1, C, T, h, w)
+        relevance = self.explainer(self.net, inputs, torch.tensor([cls])).relevance
+        if not isinstance(relevance, Tensor):  # one relevance per pathway: show the full-rate one's
+            relevance = relevance[reference_input(inputs)]
         sel = selective_relevance(relevance, self.sigma, padding=self.padding)
         share = selective_share(relevance, sel)
         if self.device.type == "cuda":
