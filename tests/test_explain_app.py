@@ -116,3 +116,21 @@ def test_callbacks_run_during_training(train_cfg) -> None:
         assert f"{stage}/precision/dtd" in metrics, stage
         assert f"{stage}/selectivity_area/gradcam" in metrics, stage
         assert float(metrics[f"{stage}/explained_clips"]) == 2, stage
+
+
+def test_pathways_come_from_a_multi_pathway_checkpoint_unless_set() -> None:
+    """mr-explain on a SlowFast checkpoint needs no data.pathways override; a value that is set is kept (and then
+    checked against the checkpoint like every preprocessing field)."""
+    from omegaconf import OmegaConf
+
+    from motion_relevance.explain_app import adopt_pathways
+
+    cfg = OmegaConf.create({"data": {"pathways": None}})
+    adopt_pathways(cfg, {"pathways": {"alpha": 4}})
+    assert OmegaConf.to_container(cfg.data.pathways) == {"alpha": 4}
+    cfg = OmegaConf.create({"data": {"pathways": {"alpha": 2}}})
+    adopt_pathways(cfg, {"pathways": {"alpha": 4}})
+    assert cfg.data.pathways.alpha == 2
+    cfg = OmegaConf.create({"data": {"pathways": None}})
+    adopt_pathways(cfg, {"mean": [0.5]})
+    assert cfg.data.pathways is None

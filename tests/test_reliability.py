@@ -32,7 +32,7 @@ from motion_relevance.data import MotionShapesConfig, generate_motion_shapes, lo
 from motion_relevance.data.splits import LIST_DIR, VIDEO_DIR
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
 from motion_relevance.explain_app import explain
-from motion_relevance.keys import cache_key, tensor_digest
+from motion_relevance.keys import cache_key, state_digest, tensor_digest
 from motion_relevance.metrics.flow import FlowEstimator
 from motion_relevance.models.checkpoint import load_classifier, read_checkpoint
 from motion_relevance.report import main as report_main
@@ -108,6 +108,19 @@ def test_resuming_from_an_unsafe_checkpoint_is_refused_before_training(train_cfg
 def _key_parts() -> dict:
     return {"model": "m", "explainer": {"class": "DeepTaylor", "pooling": "winner"}, "dtype": "float32",
             "inputs": [tensor_digest(torch.zeros(3, 4, 5, 5))], "target": 1, "preprocessing": {"stride": 1}}
+
+
+def test_weights_digest_covers_batchnorm_counters_and_scalars() -> None:
+    """Every state tensor is digested, 0-dim ones too (BatchNorm's int64 ``num_batches_tracked``), so a model with
+    BatchNorm can be cached and a changed counter or running statistic changes the key."""
+    net = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
+    before = state_digest(net)
+    assert tensor_digest(torch.tensor(3)) != tensor_digest(torch.tensor(4))
+    assert tensor_digest(torch.tensor(3)) != tensor_digest(torch.tensor([3]))  # the shape is part of the digest
+    net[1].num_batches_tracked += 1
+    changed = state_digest(net)
+    net[1].running_mean += 1
+    assert len({before, changed, state_digest(net)}) == 3
 
 
 @pytest.mark.parametrize("part, other", [

@@ -154,6 +154,18 @@ def _test_batch_limit(cfg: DictConfig, datamodule: Any) -> dict[str, int]:
     return {"limit_test_batches": max(1, math.ceil(int(num_clips) / int(batch_size)))}
 
 
+def adopt_pathways(cfg: DictConfig, preprocessing: dict[str, Any]) -> None:
+    """A multi-pathway checkpoint's input structure (``pathways``, e.g. SlowFast's ``{alpha: 4}``) is the model's,
+    not a data choice: when ``data.pathways`` is unset it is taken from the checkpoint (logged); a value that is set
+    and differs is still refused by the preprocessing check."""
+    wanted = preprocessing.get("pathways")
+    if wanted is None or "pathways" not in cfg.data or cfg.data.pathways is not None:
+        return
+    with open_dict(cfg):
+        cfg.data.pathways = wanted
+    log.info("data.pathways=%s taken from the checkpoint (its model takes several pathways)", wanted)
+
+
 def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Explain the test clips of ``cfg.data`` with the model in ``cfg.ckpt_path``; returns (metrics, objects)."""
     default_wandb_offline()
@@ -165,6 +177,7 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     loaded = load_classifier(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    adopt_pathways(cfg, loaded.preprocessing)
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
     check_classes(loaded, datamodule.class_names, what=f"data ({cfg.data._target_})")
     check_preprocessing(loaded.preprocessing, datamodule.transform_config(), source=f"data ({cfg.data._target_})")

@@ -35,7 +35,7 @@ def tensor_digest(value: torch.Tensor | np.ndarray) -> str:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         dtype, shape = str(t.dtype), tuple(t.shape)
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""  # 0-dim too
     else:
         a = np.ascontiguousarray(value)
         dtype, shape, data = str(a.dtype), tuple(a.shape), a.tobytes()
