@@ -257,3 +257,18 @@ def test_integrated_gradients_runs_on_the_tiny_config_model() -> None:
 
 def test_block_names_lists_the_encoder_blocks() -> None:
     assert block_names(small()) == ["videomae.encoder.layer.0", "videomae.encoder.layer.1"]
+
+
+def test_grad_cam_on_a_transformer_block_is_token_grad_cam() -> None:
+    """explainer=gradcam / guided_gradcam work on every model: on a block of a tubelet model Grad-CAM is the token
+    Grad-CAM of that block (same map, same frame mapping) and Guided Grad-CAM multiplies it into the gradient."""
+    from motion_relevance.explain import GradCAM, GuidedBackprop, GuidedGradCAM
+
+    model, x = small(), clips()
+    layer = "videomae.encoder.layer.1"
+    cam = GradCAM(layer=layer, upsample="nearest")(model, x, target=[1, 3])
+    assert torch.equal(cam, TokenGradCAM(layer=layer)(model, x, target=[1, 3]))
+    guided = GuidedGradCAM(layer=layer, upsample="nearest")(model, x, target=[1, 3])
+    assert torch.allclose(guided, GuidedBackprop()(model, x, target=[1, 3]) * cam)
+    with pytest.raises(ValueError, match=r"3-D convolutional.*'classifier' outputs"):
+        GradCAM(layer="classifier")(model, x)

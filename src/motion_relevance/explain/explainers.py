@@ -212,9 +212,25 @@ class _LayerMap:
             raise ValueError(f"input_index must be a non-negative int or None, got {input_index!r}")
         self.layer, self.upsample, self.input_index = layer, _check_upsample(upsample), input_index
 
+    def tokens(self, model: nn.Module, structure: ModelStructure) -> Explainer | None:
+        """A :class:`~motion_relevance.explain.transformer.TokenGradCAM` of the layer when it outputs tokens
+        ``(B, N, D)`` of a model that cuts clips into tubelets (a ``token_grid`` method), else None."""
+        layer = _layer_name(model, self.layer)
+        shape = structure.output_shapes.get(layer)
+        if shape is None or len(shape) != 3 or not any(callable(getattr(m, "token_grid", None))
+                                                       for m in model.modules()):
+            return None
+        from motion_relevance.explain.transformer import TokenGradCAM  # it imports this module
+
+        return TokenGradCAM(layer=layer, upsample="nearest" if self.upsample == "area" else self.upsample)
+
     def validate(self, model: nn.Module, structure: ModelStructure, inputs: tuple[Tensor, ...], method: str) -> None:
         layer = _layer_name(model, self.layer)
         get_layer(model, layer)
+        tokens = self.tokens(model, structure)
+        if tokens is not None:
+            tokens._validate(model, structure, inputs[0])
+            return
         _check_single_use(structure, layer, method)
         if self.input_index is not None and self.input_index >= len(inputs):
             raise ValueError(f"input_index={self.input_index} but the model takes {len(inputs)} input(s)")
@@ -240,8 +256,9 @@ class GradCAM(Explainer):
 
     Args:
         layer: module path of a layer or block with a 5-D output (``"conv5b"``, ``"layer4"``, ``"blocks.4"``,
-            ``"blocks.4.multipathway_blocks.1"``); ``None`` = the model's ``explain_layer`` attribute (``"conv5b"``
-            when it has none).
+            ``"blocks.4.multipathway_blocks.1"``), or of a transformer block of a tubelet model (VideoMAE), whose
+            tokens are explained as by :class:`~motion_relevance.explain.transformer.TokenGradCAM`; ``None`` = the
+            model's ``explain_layer`` attribute (``"conv5b"`` when it has none).
         upsample: ``"trilinear"`` (default; ``align_corners=False``), ``"nearest"`` or ``"area"``: see
             :func:`to_input_frames` (frame-aligned with the layer's stride).
         input_index: for a multi-input model, the input the map is mapped back to (default: the pathway the layer
@@ -262,6 +279,9 @@ class GradCAM(Explainer):
         self._map.validate(model, structure, clips, "Grad-CAM")
 
     def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
+        tokens = self._map.tokens(model, structure)
+        if tokens is not None:
+            return tokens._explain(model, clips[0], target, structure)
         return self._map.maps(model, TargetLogit(model, target, structure.multi), clips, structure)
 
 
@@ -302,7 +322,9 @@ class GuidedGradCAM(Explainer):
 
     def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
         forward = TargetLogit(model, target, structure.multi)  # one wrapper: both passes explain the same class
-        cams = self._map.maps(model, forward, clips, structure)
+        tokens = self._map.tokens(model, structure)
+        cams = ((tokens._explain(model, clips[0], target, structure),) if tokens is not None
+                else self._map.maps(model, forward, clips, structure))
         gbp = CaptumGuidedBackprop(forward).attribute(clips if structure.multi else clips[0])
         gbp = gbp if isinstance(gbp, tuple) else (gbp,)
         return tuple(g * c for g, c in zip(gbp, cams))
