@@ -134,3 +134,18 @@ def test_pathways_come_from_a_multi_pathway_checkpoint_unless_set() -> None:
     cfg = OmegaConf.create({"data": {"pathways": None}})
     adopt_pathways(cfg, {"mean": [0.5]})
     assert cfg.data.pathways is None
+
+
+def test_markdown_and_csv_tables_keep_columns_only_some_rows_have(tmp_path) -> None:
+    """SlowFast's pathway-share columns exist on its rows only: neither the markdown nor the CSV may drop them."""
+    import csv
+
+    from motion_relevance.report import to_markdown, write_csv
+
+    rows = [{"model": "c3d", "acc": 0.5}, {"model": "slowfast", "acc": 0.75, "fast_share": 0.6}]
+    text = to_markdown(rows)
+    assert "| model | acc | fast_share |" in text and "| c3d | 0.5 | – |" in text
+    assert "| slowfast | 0.75 | 0.6 |" in text
+    write_csv(rows, tmp_path / "t.csv")
+    with open(tmp_path / "t.csv", newline="") as handle:
+        assert [r["fast_share"] for r in csv.DictReader(handle)] == ["", "0.6"]

@@ -87,7 +87,9 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> 
     """A GitHub markdown table; ``x`` with an ``x_std`` column is shown as ``mean ± std``."""
     if not rows:
         return f"### {title}\n\n(no data)\n" if title else "(no data)\n"
-    columns = [c for c in rows[0] if not c.endswith("_std")]
+    columns: list[str] = []  # every row's columns, in order of first appearance (rows may differ)
+    for row in rows:
+        columns += [c for c in row if c not in columns and not c.endswith("_std")]
     lines = [f"### {title}", ""] if title else []
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
