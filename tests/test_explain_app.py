@@ -149,3 +149,18 @@ def test_markdown_and_csv_tables_keep_columns_only_some_rows_have(tmp_path) -> N
     write_csv(rows, tmp_path / "t.csv")
     with open(tmp_path / "t.csv", newline="") as handle:
         assert [r["fast_share"] for r in csv.DictReader(handle)] == ["", "0.6"]
+
+
+def test_explainer_names_reserved_in_metric_keys_are_refused() -> None:
+    """``random`` (the faithfulness floor), ``model`` (motion reliance) and ``selective`` (the selective step's
+    overhead) name values of no explainer in metric keys: an explainer of that name would mix its numbers with
+    theirs, so it is refused before work; a plain name passes."""
+    from omegaconf import OmegaConf
+
+    from motion_relevance.utils.validation import check_explainers
+
+    for name in ("random", "model", "selective", "dtd_selective", "a~b"):
+        cfg = OmegaConf.create({"explainers": {name: {"_target_": "motion_relevance.explain.GuidedBackprop"}}})
+        with pytest.raises(ValueError, match=rf"explainers.{name}: the name is reserved"):
+            check_explainers(cfg)
+    check_explainers(OmegaConf.create({"explainers": {"gbp2": {"_target_": "motion_relevance.explain.GradCAM"}}}))

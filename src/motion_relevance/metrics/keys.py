@@ -62,9 +62,15 @@ def split_selective(method: str) -> tuple[str, float | None] | None:
     return match["base"], None if match["sigma"] is None else float(match["sigma"])
 
 
+#: Method names of values that belong to no explainer: the selective step's overhead, the faithfulness tests'
+#: random-order floor and the model's motion reliance.
+NOT_EXPLAINERS = ("selective", "random", "model")
+
+
 def is_baseline(method: str) -> bool:
-    """True for an explainer's own name (not a selective map, a pair, a per-sigma name or the selective step)."""
-    return not (SELECTIVE in method or "~" in method or _AT_SIGMA_RE.match(method) or method == "selective")
+    """True for an explainer's own name (not a selective map, a pair, a per-sigma name, the selective step, the
+    random-order floor or the model-level values)."""
+    return not (SELECTIVE in method or "~" in method or _AT_SIGMA_RE.match(method) or method in NOT_EXPLAINERS)
 
 
 def metric_key(stage: str, metric: str, method: str, stat: str = "mean") -> str:

@@ -10,6 +10,8 @@ import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from motion_relevance.metrics.keys import NOT_EXPLAINERS
+
 
 def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
     """Create ``path`` if needed and check we can write there; the error names ``what`` (a config key) and the path."""
@@ -92,6 +94,10 @@ def check_explainers(cfg: DictConfig) -> None:
     if not isinstance(explainers, DictConfig) or not explainers:
         raise ValueError(f"explainers={_show(explainers)}: expected a mapping name -> explainer config")
     for name, node in explainers.items():
+        if name in NOT_EXPLAINERS or "~" in name or "@" in name or "_selective" in name:
+            raise ValueError(f"explainers.{name}: the name is reserved in metric keys (reserved: "
+                             f"{', '.join(NOT_EXPLAINERS)}, and names with '~', '@' or '_selective'); rename it, "
+                             f"e.g. explainers.my_{name.replace('~', '_').replace('@', '_')}")
         target = _target_class(node, f"explainers.{name}", "explainer")
         if not callable(target):
             raise ValueError(f"explainers.{name}._target_={node._target_!r} is not callable")
