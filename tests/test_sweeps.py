@@ -260,7 +260,8 @@ def test_ddp_two_cpu_processes_equal_one_process(tmp_path: Path, data_root: Path
         cfg = compose_config("explain", ["logger=csv", "cache=none", *_common(data_root, checkpoint, tmp_path),
                                          "num_clips=null", *overrides], tmp_path / "_".join(overrides or ("one",)))
         metrics, _ = explain(cfg)
-        return {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
+        return {k: float(v) if isinstance(v, (int, float, torch.Tensor)) else v  # stage lists stay as they are
+                for k, v in metrics.items() if k.startswith("test/")}
 
     single = run()
     ddp = run("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
@@ -270,7 +271,18 @@ def test_ddp_two_cpu_processes_equal_one_process(tmp_path: Path, data_root: Path
     assert len(compared) > 50
     for key in compared:
         a, b = single[key], ddp[key]
-        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-6, abs=1e-9), key
+        if isinstance(a, dict):  # mean faithfulness curves: to float32 rounding of a probability (below)
+            assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a), key
+            continue
+        if not isinstance(a, float):
+            assert a == b, key
+            continue
+        # the faithfulness values are differences of float32 probabilities from forward passes of other batch
+        # compositions (2 clips per process vs 4): equal to float32 rounding of a probability, not relatively;
+        # Spearman correlations rank explanations of such passes, where near-ties may swap
+        perturbed = any(p in key for p in ("drop", "auc", "reliance"))
+        tolerance = {"rel": 1e-6, "abs": 1e-5 if "randomization" in key else 1e-6 if perturbed else 1e-9}
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, **tolerance), key
 
     # training runs on the same strategy too
     cfg = compose_config("train", [f"paths.data_dir={data_root}", f"paths.cache_dir={data_root}/cache", "logger=csv",
