@@ -87,9 +87,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> 
     """A GitHub markdown table; ``x`` with an ``x_std`` column is shown as ``mean ± std``."""
     if not rows:
         return f"### {title}\n\n(no data)\n" if title else "(no data)\n"
-    columns: list[str] = []  # every row's columns, in order of first appearance (rows may differ)
-    for row in rows:
-        columns += [c for c in row if c not in columns and not c.endswith("_std")]
+    columns = [c for c in _columns(rows) if not c.endswith("_std")]
     lines = [f"### {title}", ""] if title else []
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
@@ -105,10 +103,13 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every row's columns, in order of first appearance (rows may have different columns)."""
+    return list(dict.fromkeys(c for row in rows for c in row))
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
+    columns = _columns(rows)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -395,16 +395,37 @@ class ZBox(Rule):
         return (c.mul_(x - hi).add_(cp.mul_(hi - lo)),)  # x c - l c+ - h c- with c- = c - c+
 
 
-class Epsilon(Rule):
-    """LRP-epsilon on a layer affine in its input: ``R_i = x_i sum_j J_ji R_j / (y_j + eps)``, ``y`` the output
-    with its bias (which absorbs a share of the relevance), ``J`` the layer's matrix."""
+class _WithEpsilon(Rule):
+    """A rule with a stabiliser ``epsilon``; its name is :attr:`label` with the value filled in."""
+
+    label = "epsilon ({:g})"
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return f"epsilon ({self.epsilon:g})"
+        return self.label.format(self.epsilon)
+
+
+class _TwoInputs(_WithEpsilon):
+    """A rule of ``y = f(a, b)`` (a sum, a product) that keeps both inputs and the output for its backward pass."""
+
+    what = "sum"
+
+    def forward(self, module, forward, args):  # type: ignore[no-untyped-def]
+        a, b = _two(args, self.what)
+        self.check_factors(a, b)
+        out = forward(a, b)
+        return out, (a, b, out)
+
+    def check_factors(self, a: Tensor, b: Tensor) -> None:
+        """Raise where the rule does not apply to these factors (nothing to check by default)."""
+
+
+class Epsilon(_WithEpsilon):
+    """LRP-epsilon on a layer affine in its input: ``R_i = x_i sum_j J_ji R_j / (y_j + eps)``, ``y`` the output
+    with its bias (which absorbs a share of the relevance), ``J`` the layer's matrix."""
 
     def forward(self, module, forward, args):  # type: ignore[no-untyped-def]
         x = _single(args, self.name)
@@ -423,12 +444,10 @@ class Proportional(Epsilon):
     """Average pooling (also adaptive / global, and a mean over tokens): each input gets its share of the window's
     sum, ``R_i = x_i / sum_window x * R_j`` (LRP-0 on the mean, stabiliser 1e-9)."""
 
+    label = "proportional"
+
     def __init__(self, epsilon: float = 1e-9) -> None:
         super().__init__(epsilon)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return "proportional"
 
 
 # ---------------------------------------------------------------------------------------------- pooling
@@ -559,20 +578,8 @@ class PositiveSplit(Rule):
         return sum_to(ap / den * relevance, a.shape), sum_to(bp / den * relevance, b.shape)
 
 
-class EpsilonAdd(Rule):
+class EpsilonAdd(_TwoInputs):
     """Sum ``y = a + b`` by epsilon-LRP (AttnLRP's rule): ``R_a = a / (y + eps) R``, ``R_b = b / (y + eps) R``."""
-
-    def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = float(epsilon)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"epsilon ({self.epsilon:g})"
-
-    def forward(self, module, forward, args):  # type: ignore[no-untyped-def]
-        a, b = _two(args, "sum")
-        out = forward(a, b)
-        return out, (a, b, out)
 
     def backward(self, module, saved, relevance):  # type: ignore[no-untyped-def]
         a, b, out = saved
@@ -583,24 +590,17 @@ class EpsilonAdd(Rule):
 # -------------------------------------------------------------------------------------------- attention
 
 
-class Uniform(Rule):
+class Uniform(_TwoInputs):
     """Product of two input-dependent tensors ``y = a @ b`` (attention's ``Q K^T``, ``A V``): epsilon-LRP of the
     bilinear map, half of it to each factor: ``R_a = a * ((R / (2y + eps)) @ b^T)``,
     ``R_b = b * (a^T @ (R / (2y + eps)))`` (AttnLRP's uniform rule, as in LXT)."""
 
-    def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = float(epsilon)
+    label = "uniform (half to each factor, epsilon {:g})"
+    what = "matmul"
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"uniform (half to each factor, epsilon {self.epsilon:g})"
-
-    def forward(self, module, forward, args):  # type: ignore[no-untyped-def]
-        a, b = _two(args, "matmul")
+    def check_factors(self, a: Tensor, b: Tensor) -> None:
         if a.dim() < 2 or b.dim() < 2:
             raise TypeError("the uniform rule needs matrix products (both factors at least 2-D)")
-        out = forward(a, b)
-        return out, (a, b, out)
 
     def backward(self, module, saved, relevance):  # type: ignore[no-untyped-def]
         a, b, out = saved
@@ -629,18 +629,13 @@ class SoftmaxRule(Rule):
         return (x * (relevance - s * relevance.sum(module.dim, keepdim=True)),)
 
 
-class LayerNormRule(Rule):
+class LayerNormRule(_WithEpsilon):
     """LayerNorm with its normaliser held constant: ``y = g (x - mean) / std + beta`` with ``std`` a constant is
     affine in ``x`` and takes epsilon-LRP (``beta`` absorbs its share): ``R_x = x * J^T (R / (y + eps))``. This equals
     AttnLRP's identity rule through ``1 / std`` and through ``g``, with epsilon rules on the centring and on
     ``+ beta`` (LXT's ``layer_norm``)."""
 
-    def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = float(epsilon)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"normaliser held constant, epsilon ({self.epsilon:g})"
+    label = "normaliser held constant, epsilon ({:g})"
 
     def forward(self, module, forward, args):  # type: ignore[no-untyped-def]
         x = _single(args, "LayerNorm")
