@@ -30,6 +30,7 @@ With several sigmas per run the per-sigma names of :mod:`.keys` apply (``dtd_sel
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from motion_relevance.explain.selective import selective_relevance
 from motion_relevance.keys import tensor_digest
 from motion_relevance.metrics import keys
 from motion_relevance.metrics.faithfulness import (
@@ -323,9 +325,9 @@ class RandomizationStage:
             self._build(net, clips, input_builder)
         assert self.collection is not None
         for name, explainer in self.explainers.items():
-            result = cascading_randomization(net, clips[:k].detach(), explainer, targets[:k], sigma=self.sigma,
-                                             padding=self.padding, layers=self.layers, seed=self.seed,
-                                             input_builder=input_builder)
+            select = functools.partial(selective_relevance, sigma=self.sigma, padding=self.padding)
+            result = cascading_randomization(net, clips[:k].detach(), explainer, targets[:k], selective=select,
+                                             layers=self.layers, seed=self.seed, input_builder=input_builder)
             self.collection[name].update(result)
 
     def results(self, stage: str) -> dict[str, float]:
