@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from motion_relevance.checks import check_clips, check_int, resolve_targets
 from motion_relevance.metrics.faithfulness.references import reference_compact
 
-__all__ = ["DEFAULT_BATCH_SIZE", "InputBuilder", "check_call", "check_steps", "curves", "drops"]
+__all__ = ["DEFAULT_BATCH_SIZE", "InputBuilder", "batch_bytes", "check_call", "check_steps", "curves", "drops"]
 
 DEFAULT_BATCH_SIZE = 16
 InputBuilder = Callable[[Tensor], Any]
@@ -212,3 +212,28 @@ def drops(
 
         perturbed = scorer.perturbed(clip_of, fill).view(b, q)
     return s_clean[:, None] - perturbed
+
+
+def batch_bytes(clip_shape: tuple[int, ...], itemsize: int, clips: int, steps: int, batch_size: int,
+                blur: bool = False) -> dict[str, int]:
+    """Bytes of the tensors :func:`curves` and :func:`drops` hold for ``clips`` clips of ``clip_shape``
+    ``(C, T, H, W)`` (elements of ``itemsize`` bytes), by the setting that scales them:
+
+    * ``"batch_size"``: the perturbed-input buffer (``rows x C*T*H*W``) and the two 0/1 masks (``rows x T*H*W``),
+      ``rows = min(batch_size, clips * max(steps, 3))``;
+    * ``"steps"``: the per-item index and score vectors (``clips * steps`` items: clip and voxel-count indices,
+      gathered target, score: 28 bytes each);
+    * ``"clips"``: the references (a full blurred copy of the clips and its two separable passes for ``blur``, the
+      temporal mean for the others) and the clean scores.
+
+    The model's own activations for a forward pass of ``rows`` inputs are not counted (they depend on the model).
+    """
+    c, t, h, w = (int(v) for v in clip_shape)
+    voxels = t * h * w
+    rows = min(batch_size, clips * max(steps, 3))
+    ref = 3 * clips * c * voxels if blur else clips * c * h * w
+    return {
+        "batch_size": rows * (c * voxels + 2 * voxels) * itemsize,
+        "steps": clips * steps * 28,
+        "clips": ref * itemsize + clips * 8,
+    }
