@@ -3,11 +3,13 @@ of 33 clips report what one process reports on all 33. Loopback only."""
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from motion_relevance.explain.selective import selective_relevance
 from motion_relevance.metrics.faithfulness import (
     deletion_curve,
     matched_budget_drops,
@@ -58,7 +60,7 @@ def per_clip_values() -> dict[str, torch.Tensor]:
     model = _model()
     seeds = torch.arange(N_CLIPS) + 100  # per-clip seeds: the floor does not depend on the split
     drops = matched_budget_drops(model, clips, rel, sel, seed=seeds)
-    rand = cascading_randomization(model, clips, _gradient, sigma=1.0)
+    rand = cascading_randomization(model, clips, _gradient, selective=functools.partial(selective_relevance, sigma=1.0))
     return {
         "deletion": deletion_curve(model, clips, rel, steps=STEPS),
         "insertion": deletion_curve(model, clips, rel, steps=STEPS, insertion=True, reference="blur"),

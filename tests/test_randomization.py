@@ -3,6 +3,7 @@ caller's model left as it was (docs/method.md, "Faithfulness and sanity checks")
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import OrderedDict
@@ -13,6 +14,7 @@ import scipy.stats
 import torch
 from torch import nn
 
+from motion_relevance.explain.selective import selective_relevance
 from motion_relevance.metrics.faithfulness_metrics import RandomizationCorrelation
 from motion_relevance.metrics.randomization import (
     RandomizationResult,
@@ -20,6 +22,8 @@ from motion_relevance.metrics.randomization import (
     randomization_stages,
     spearman,
 )
+
+SELECT = functools.partial(selective_relevance, sigma=1.0)  # the selective step is passed in
 
 
 def tiny_model(batchnorm: bool = False) -> nn.Sequential:
@@ -109,7 +113,7 @@ def test_stages_follow_the_forward_pass_from_output_to_input():
 
 
 def test_model_independent_explainer_keeps_correlation_one():
-    result = cascading_randomization(tiny_model(), clips(), the_input, sigma=1.0)
+    result = cascading_randomization(tiny_model(), clips(), the_input, selective=SELECT)
     assert result.stages == ["original", "fc2", "fc1", "conv2", "conv1"]
     assert result.baseline.shape == result.selective.shape == (5, 3)
     torch.testing.assert_close(result.baseline, torch.ones(5, 3, dtype=torch.float64))
@@ -118,7 +122,7 @@ def test_model_independent_explainer_keeps_correlation_one():
 
 def test_gradient_explainer_decorrelates_and_stage_zero_is_one():
     model, x = tiny_model(), clips()
-    result = cascading_randomization(model, x, gradient, sigma=1.0)
+    result = cascading_randomization(model, x, gradient, selective=SELECT)
     torch.testing.assert_close(result.baseline[0], torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(result.selective[0], torch.ones(3, dtype=torch.float64))
     means = result.mean()
@@ -126,9 +130,9 @@ def test_gradient_explainer_decorrelates_and_stage_zero_is_one():
     assert means["baseline_mean"][-1] < means["baseline_mean"][0]
     with torch.no_grad():
         torch.testing.assert_close(result.target, model(x).argmax(1))  # the original model's predictions
-    again = cascading_randomization(model, x, gradient, sigma=1.0)
+    again = cascading_randomization(model, x, gradient, selective=SELECT)
     torch.testing.assert_close(again.baseline, result.baseline)  # fixed seed: reproducible
-    other = cascading_randomization(model, x, gradient, sigma=1.0, seed=5)
+    other = cascading_randomization(model, x, gradient, selective=SELECT, seed=5)
     assert not torch.allclose(other.baseline[1:], result.baseline[1:])
 
 
@@ -140,7 +144,7 @@ def test_callers_model_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [m.training for m in model.modules()]
     rng = torch.random.get_rng_state()
-    cascading_randomization(model, clips(), gradient, target=[0, 1, 2], sigma=1.0)
+    cascading_randomization(model, clips(), gradient, target=[0, 1, 2], selective=SELECT)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert [m.training for m in model.modules()] == flags
@@ -158,7 +162,7 @@ def test_each_stage_resets_one_more_layer_under_its_seed():
         targets.append(t.clone())
         return gradient(m, c, t)
 
-    result = cascading_randomization(model, x, recording, target=2, seed=10, sigma=1.0)
+    result = cascading_randomization(model, x, recording, target=2, seed=10, selective=SELECT)
     assert result.reset == [[], ["fc2"], ["fc1"], ["conv2"], ["conv1", "bn1"]]
     original = model.state_dict()
     # seen[0]: the original explanation; seen[1]: stage "original" (unchanged); seen[2 + j]: after j + 1 resets
@@ -182,7 +186,7 @@ def test_each_stage_resets_one_more_layer_under_its_seed():
 
 def test_top_k_layers_and_progress_bar():
     result = cascading_randomization(
-        tiny_model(), clips(), gradient, layers=2, include_original=False, progress=True, sigma=1.0
+        tiny_model(), clips(), gradient, layers=2, include_original=False, progress=True, selective=SELECT
     )
     assert result.stages == ["fc2", "fc1"] and result.baseline.shape == (2, 3)
 
@@ -194,7 +198,7 @@ def test_with_a_project_explainer_on_the_small_c3d():
     torch.manual_seed(0)
     model = C3D(num_classes=4, width=0.125, crop_size=32)
     x = torch.randn(2, 3, 16, 32, 32)
-    result = cascading_randomization(model, x, GuidedBackprop(), layers=2)
+    result = cascading_randomization(model, x, GuidedBackprop(), layers=2, selective=SELECT)
     assert result.stages == ["original", "fc8", "fc7"]
     torch.testing.assert_close(result.baseline[0], torch.ones(2, dtype=torch.float64))
     assert model.training
@@ -204,12 +208,11 @@ def test_with_a_project_explainer_on_the_small_c3d():
     ("kwargs", "match"),
     [
         ({"explainer": 3}, "explainer must be a callable"),
-        ({"sigma": -1.0}, "sigma must be a non-negative number"),
-        ({"padding": "reflect"}, "padding must be 'replicate' or 'zeros'"),
+        ({"selective": 4.0}, "selective must be a callable"),
         ({"layers": 0}, "layers must be"),
         ({"seed": 1.5}, "seed must be an integer"),
-        ({"target": 1.5}, "target must be"),
-        ({"target": 5}, r"target must be class indices in \[0, 4\]"),
+        ({"target": 1.5}, "target must hold 3 integer class indices"),
+        ({"target": 5}, r"target: class indices must lie in \[0, 5\)"),
     ],
 )
 def test_bad_input(kwargs, match):
@@ -219,7 +222,7 @@ def test_bad_input(kwargs, match):
         calls.append(1)
         return c
 
-    args = {"explainer": explainer, **kwargs}
+    args = {"explainer": explainer, "selective": SELECT, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         cascading_randomization(tiny_model(), clips(), **args)
     assert not calls

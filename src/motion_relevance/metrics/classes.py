@@ -1,11 +1,11 @@
 """torchmetrics ``Metric`` classes for the explanation metrics (docs/method.md, "Metrics"): mean and std over
 clips, exact under DDP.
 
-Every class keeps four sum-type states (``dist_reduce_fx="sum"``), each a vector with one entry per
-reported quantity: ``total`` and ``total_sq`` (float64), ``n`` (clips used) and ``n_undefined`` (clips whose
-value is undefined, e.g. an all-zero explanation for precision — counted, never averaged). Summing these across
-processes gives exactly the one-process numbers, so N processes on disjoint clips report what one process on all
-clips reports.
+Every class derives from :class:`~motion_relevance.metrics.stats.MeanStdMetric` (one base, one formula): four
+sum-type states (``dist_reduce_fx="sum"``), each a vector with one entry per reported quantity: ``total`` and
+``total_sq`` (float64), ``n`` (clips used) and ``n_undefined`` (clips whose value is undefined, e.g. an all-zero
+explanation for precision — counted, never averaged). Summing these across processes gives exactly the one-process
+numbers, so N processes on disjoint clips report what one process on all clips reports.
 
 ``compute()`` returns a flat dict, for each quantity ``q`` of the class::
 
@@ -24,66 +24,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from motion_relevance.metrics import functional
-
-
-def _mean_std_compute(total: Tensor, total_sq: Tensor, n: Tensor, n_undefined: Tensor) -> dict[str, Tensor]:
-    """Mean and sample std (ddof=1) from sum-type states; NaN where not enough clips."""
-    nf = n.double()
-    mean = total / nf if n > 0 else torch.tensor(float("nan"), dtype=torch.float64, device=total.device)
-    if n > 1:
-        var = ((total_sq - total * mean) / (nf - 1)).clamp_min(0)
-        std = var.sqrt()
-    else:
-        std = torch.tensor(float("nan"), dtype=torch.float64, device=total.device)
-    return {"mean": mean, "std": std, "n": n.clone(), "n_undefined": n_undefined.clone()}
-
-
-class _MeanStdMetric(Metric):
-    """Base: per-clip values of named quantities → mean, std, n, n_undefined (see module docstring)."""
-
-    full_state_update: ClassVar[bool] = False
-    is_differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool | None] = None
-    quantities: ClassVar[tuple[str, ...]] = ()
-
-    total: Tensor
-    total_sq: Tensor
-    n: Tensor
-    n_undefined: Tensor
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        k = len(self.quantities)
-        self.add_state("total", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("n_undefined", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
-        #: with ``keep_last`` set, quantity -> the per-clip values of the last update (NaN where undefined)
-        self.keep_last = False
-        self.last_values: dict[str, Tensor] = {}
-
-    def _accumulate(self, q: str, values: Tensor, defined: Tensor) -> None:
-        """Add the defined entries of per-clip ``values`` (B,) to quantity ``q``; count the others."""
-        i = self.quantities.index(q)
-        device = self.total.device
-        defined = defined.bool().to(device) & torch.isfinite(values.to(device))
-        if self.keep_last:
-            self.last_values[q] = torch.where(defined, values.to(device, torch.float64), torch.nan).cpu()
-        v = values.to(device, torch.float64)[defined]
-        self.total[i] += v.sum()
-        self.total_sq[i] += (v * v).sum()
-        self.n[i] += defined.sum()
-        self.n_undefined[i] += (~defined).sum()
-
-    def compute(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        for i, q in enumerate(self.quantities):
-            stats = _mean_std_compute(self.total[i], self.total_sq[i], self.n[i], self.n_undefined[i])
-            out.update({f"{q}_{k}": v for k, v in stats.items()})
-        return out
+from motion_relevance.metrics.stats import MeanStdMetric
 
 
 def _check_mode(mode: str) -> str:
@@ -92,7 +35,7 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-class MotionPrecision(_MeanStdMetric):
+class MotionPrecision(MeanStdMetric):
     """Motion-selection precision ``|P(R) ∧ moves| / |P(R)|`` over frames with flow (docs/method.md, "Metrics";
     Table 1).
 
@@ -112,7 +55,7 @@ class MotionPrecision(_MeanStdMetric):
         self._accumulate("precision", *functional.motion_precision(relevance, moves, valid_frames, self.mode))
 
 
-class Selectivity(_MeanStdMetric):
+class Selectivity(MeanStdMetric):
     """Area ratio ``|P(R_sel)|/|P(R)|`` and mass ratio ``Σ R_sel⁺ / Σ R⁺`` (docs/method.md, "Metrics"; Table 3).
 
     ``update(relevance (B,C,T,H,W), selective (B,C,T,H,W))``. Quantities ``area`` and ``mass``.
@@ -130,7 +73,7 @@ class Selectivity(_MeanStdMetric):
         self._accumulate("mass", mass, defined)
 
 
-class Agreement(_MeanStdMetric):
+class Agreement(MeanStdMetric):
     """IoU of ``P(A)`` and ``P(B)`` of two explanations of the same clips (docs/method.md, "Metrics"; Table 2).
 
     Quantity ``iou``.
@@ -146,7 +89,7 @@ class Agreement(_MeanStdMetric):
         self._accumulate("iou", *functional.agreement(a, b, self.mode))
 
 
-class GroundTruthMetrics(_MeanStdMetric):
+class GroundTruthMetrics(MeanStdMetric):
     """Precision, recall, motion share and F1 of an explanation vs the true motion mask (docs/method.md,
     "Metrics"; synthetic data).
 
@@ -169,7 +112,7 @@ class GroundTruthMetrics(_MeanStdMetric):
         self._accumulate("f1", *functional.f1(relevance, mask, self.mode))
 
 
-class SpatialBias(_MeanStdMetric):
+class SpatialBias(MeanStdMetric):
     """Spatial bias ``1 - Σ R_sel⁺ / Σ R⁺`` of a model under a method (docs/method.md, "Metrics"). Quantity ``bias``.
 
     ``update(relevance (B,C,T,H,W), selective (B,C,T,H,W))``.
@@ -181,7 +124,7 @@ class SpatialBias(_MeanStdMetric):
         self._accumulate("bias", *functional.spatial_bias(relevance, selective))
 
 
-class PathwayShare(_MeanStdMetric):
+class PathwayShare(MeanStdMetric):
     """Share of a clip's positive relevance that one input pathway carries: ``Σ R⁺(pathway) / Σ R⁺(all)``.
 
     ``update(pathway (B, C, T, H, W), total (B,))`` with ``total`` the positive relevance of every pathway of the
@@ -197,7 +140,7 @@ class PathwayShare(_MeanStdMetric):
         self._accumulate("share", torch.where(defined, mass / total.clamp_min(1e-300), torch.nan), defined)
 
 
-class Overhead(_MeanStdMetric):
+class Overhead(MeanStdMetric):
     """Wall time per clip in ms (docs/method.md, "Metrics"; Table 4), fed with measured times
     (see :class:`OverheadTimer`).
 

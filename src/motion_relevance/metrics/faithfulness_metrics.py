@@ -1,8 +1,9 @@
 """torchmetrics classes for faithfulness and the randomisation sanity check: mean and std over clips, exact under DDP.
 
 Feed them the per-clip values of :mod:`motion_relevance.metrics.faithfulness` and
-:mod:`motion_relevance.metrics.randomization` (the functions need the model; the classes only reduce). Every state
-is a sum (``dist_reduce_fx="sum"``): per quantity the sum and the sum of squares of the defined per-clip values
+:mod:`motion_relevance.metrics.randomization` (the functions need the model; the classes only reduce). They derive
+from :class:`~motion_relevance.metrics.stats.MeanStdMetric` (the base and formula of every mean/std metric): every
+state is a sum (``dist_reduce_fx="sum"``): per quantity the sum and the sum of squares of the defined per-clip values
 (float64), the count of defined clips and the count of undefined ones (non-finite values, or clips a class defines
 as undefined), held as one tensor with a quantity axis. Summing them across processes gives exactly the one-process
 numbers, so N processes on disjoint clips report what one process on all clips reports.
@@ -23,10 +24,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from motion_relevance.checks import check_int
 from motion_relevance.metrics.faithfulness import curve_auc
 from motion_relevance.metrics.randomization import RandomizationResult
+from motion_relevance.metrics.stats import MeanStdMetric, mean_std
 
 __all__ = [
     "DeletionAUC",
@@ -38,68 +40,13 @@ __all__ = [
 ]
 
 
-def _mean_std(total: Tensor, total_sq: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
-    """Elementwise mean and sample std (ddof=1) from sums; NaN where there are too few clips."""
-    nf = n.double()
-    nan = torch.full_like(total, float("nan"))
-    mean = torch.where(n > 0, total / nf.clamp_min(1), nan)
-    var = ((total_sq - total * torch.where(n > 0, mean, torch.zeros_like(mean))) / (nf - 1).clamp_min(1)).clamp_min(0)
-    std = torch.where(n > 1, var.sqrt(), nan)
-    return mean, std
-
-
-class _QuantityStats(Metric):
-    """Sum-type statistics of the named ``quantities`` (axis 0 of every state), each of trailing shape ``width``."""
-
-    full_state_update: ClassVar[bool] = False
-    is_differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool | None] = None
-    quantities: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, width: tuple[int, ...] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        shape = (len(self.quantities), *width)
-        self.add_state("total", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("undefined", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
-        #: with ``keep_last`` set, quantity -> per-clip values of the last update (NaN where undefined; scalars)
-        self.keep_last = False
-        self.last_values: dict[str, Tensor] = {}
-
-    def _accumulate(self, index: int, values: Tensor, defined: Tensor | None = None) -> None:
-        """Add per-clip ``values`` ``(B, *width)`` of quantity ``index``; non-finite or not ``defined`` are counted."""
-        v = values.detach().to(self.total.device, torch.float64)
-        ok = torch.isfinite(v)
-        if defined is not None:
-            ok &= defined.to(self.total.device).bool().view(-1, *([1] * (v.dim() - 1)))
-        if self.keep_last and v.dim() == 1:
-            self.last_values[self.quantities[index]] = torch.where(ok, v, torch.nan).cpu()
-        v = torch.where(ok, v, torch.zeros_like(v))
-        self.total[index] += v.sum(0)
-        self.total_sq[index] += (v * v).sum(0)
-        self.count[index] += ok.sum(0)
-        self.undefined[index] += (~ok).sum(0)
-
-    def _stats(self) -> dict[str, Tensor]:
-        mean, std = _mean_std(self.total, self.total_sq, self.count)
-        out: dict[str, Tensor] = {}
-        for i, q in enumerate(self.quantities):
-            out[f"{q}_mean"], out[f"{q}_std"] = mean[i], std[i]
-            out[f"{q}_n"], out[f"{q}_n_undefined"] = self.count[i].clone(), self.undefined[i].clone()
-        return out
-
-    def compute(self) -> dict[str, Tensor]:
-        return self._stats()
-
-
 def _per_clip(name: str, x: Any) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor of per-clip values (B,), got {getattr(x, 'shape', x)}")
     return x
 
 
-class FaithfulnessCurves(_QuantityStats):
+class FaithfulnessCurves(MeanStdMetric):
     """Deletion or insertion curves ``(B, steps + 1)`` of :func:`~motion_relevance.metrics.faithfulness.deletion_curve`
     (or the random floor, :func:`~motion_relevance.metrics.faithfulness.random_curve`): the AUC over clips and the
     mean curve per step, for plotting.
@@ -112,14 +59,10 @@ class FaithfulnessCurves(_QuantityStats):
     quantities: ClassVar[tuple[str, ...]] = ("auc",)
 
     def __init__(self, steps: int = 10, **kwargs: Any) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        steps = check_int("steps", steps, 1)
         super().__init__(**kwargs)
         self.steps = steps
-        self.add_state("curve_total", torch.zeros(steps + 1, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("curve_total_sq", torch.zeros(steps + 1, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("curve_count", torch.zeros(steps + 1, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("curve_undefined", torch.zeros(steps + 1, dtype=torch.long), dist_reduce_fx="sum")
+        self._add_moments("curve_", (steps + 1,))
 
     def update(self, curve: Tensor) -> None:
         if not isinstance(curve, Tensor) or curve.dim() != 2 or curve.shape[1] != self.steps + 1:
@@ -128,22 +71,13 @@ class FaithfulnessCurves(_QuantityStats):
             )
         c = curve.detach().to(self.total.device, torch.float64)
         self._accumulate(0, curve_auc(c))
-        ok = torch.isfinite(c)
-        c = torch.where(ok, c, torch.zeros_like(c))
-        self.curve_total += c.sum(0)
-        self.curve_total_sq += (c * c).sum(0)
-        self.curve_count += ok.sum(0)
-        self.curve_undefined += (~ok).sum(0)
+        self._accumulate(0, c, prefix="curve_")
 
     def compute(self) -> dict[str, Tensor]:
         out = self._stats()
-        mean, std = _mean_std(self.curve_total, self.curve_total_sq, self.curve_count)
-        out.update(
-            curve_mean=mean,
-            curve_std=std,
-            curve_n=self.curve_count.clone(),
-            curve_n_undefined=self.curve_undefined.clone(),
-        )
+        mean, std = mean_std(self.curve_total, self.curve_total_sq, self.curve_n)
+        out.update(curve_mean=mean, curve_std=std, curve_n=self.curve_n.clone(),
+                   curve_n_undefined=self.curve_n_undefined.clone())
         return out
 
 
@@ -159,7 +93,7 @@ class InsertionAUC(FaithfulnessCurves):
     higher_is_better: ClassVar[bool | None] = True
 
 
-class FreezeDrop(_QuantityStats):
+class FreezeDrop(MeanStdMetric):
     """Matched-budget freeze drops (:func:`~motion_relevance.metrics.faithfulness.matched_budget_drops`).
 
     ``update(selective, baseline, random, budget=None)`` with per-clip drops ``(B,)`` and the budget ``m`` ``(B,)``
@@ -197,7 +131,7 @@ class FreezeDrop(_QuantityStats):
             self._accumulate(i, v, defined)
 
 
-class MotionReliance(_QuantityStats):
+class MotionReliance(MeanStdMetric):
     """Motion reliance of a model (:func:`~motion_relevance.metrics.faithfulness.motion_reliance`).
 
     ``update(drops)`` with ``drops`` ``(B, 2)``: ``[s(x) - s(freeze(x)), s(x) - s(mean(x))]`` per clip. Quantities
@@ -257,7 +191,7 @@ class MotionReliance(_QuantityStats):
         return out
 
 
-class RandomizationCorrelation(_QuantityStats):
+class RandomizationCorrelation(MeanStdMetric):
     """Spearman correlations of a cascading randomisation per stage (:class:`RandomizationResult`).
 
     Built with the stage names (or their number); ``update(result)`` with a

@@ -31,12 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from motion_relevance.explain.selective import selective_relevance
-from motion_relevance.explain.validation import check_clips, normalise_target
+from motion_relevance.checks import check_clips, resolve_targets
 
 __all__ = ["RandomizationResult", "cascading_randomization", "randomization_stages", "spearman"]
 
 Explainer = Callable[[nn.Module, Tensor, Tensor], Tensor]
+#: ``relevance (B, C, T, H, W) -> selective map`` of the same shape (the caller binds sigma and padding).
+Selector = Callable[[Tensor], Tensor]
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -103,7 +104,6 @@ class RandomizationResult:
     baseline: Tensor
     selective: Tensor
     target: Tensor
-    sigma: float = 4.0
 
     def mean(self) -> dict[str, Tensor]:
         """Mean over clips per stage (NaN clips left out) and the count of undefined clips: ``(S,)`` tensors."""
@@ -182,7 +182,7 @@ def randomization_stages(
     """The modules each stage resets, output first: ``[[layer, *batchnorms_after_it], ...]`` (one traced forward)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_clips(clips)
+    check_clips("clips", clips, finite=True)
     was = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
@@ -224,8 +224,7 @@ def cascading_randomization(
     explainer: Explainer,
     target: Any = None,
     *,
-    sigma: float = 4.0,
-    padding: str = "replicate",
+    selective: Selector,
     layers: Any = "all",
     seed: int = 0,
     include_original: bool = True,
@@ -240,8 +239,9 @@ def cascading_randomization(
         explainer: ``explainer(model, clips, target) -> relevance (B, C', T, H, W)`` (any explainer of
             :mod:`motion_relevance.explain`, or any callable with that signature).
         target: classes to explain (int, ``B`` ints); None = the original model's predictions, kept for every stage.
-        sigma: threshold of the selective maps (``selective_relevance(R, sigma, padding=padding)``).
-        padding: padding of the selective step (``"replicate"`` or ``"zeros"``).
+        selective: ``relevance -> selective map`` (same shape), e.g.
+            ``functools.partial(selective_relevance, sigma=4.0, padding="replicate")`` from
+            :mod:`motion_relevance.explain.selective` (passed in: metrics do not import the explainers).
         layers: ``"all"`` (every weighted layer, output to input), an int ``k`` or ``"top-k"`` (the ``k`` layers
             nearest the output), or a list of layer names (randomised in the order given, cumulatively).
         seed: the ``j``-th randomised layer (``j = 1, 2, ...``) is re-initialised under ``torch.manual_seed(seed + j)``.
@@ -255,28 +255,23 @@ def cascading_randomization(
     """
     if not callable(explainer):
         raise TypeError(f"explainer must be a callable (model, clips, target) -> relevance, got {explainer!r}")
+    if not callable(selective):
+        raise TypeError(f"selective must be a callable relevance -> selective map, got {selective!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {seed!r}")
-    check_clips(clips)
-    ok_sigma = isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma >= 0
-    if not ok_sigma:
-        raise ValueError(f"sigma must be a non-negative number (threshold in stds of G), got {sigma!r}")
-    if padding not in ("replicate", "zeros"):
-        raise ValueError(f"padding must be 'replicate' or 'zeros', got {padding!r}")
+    check_clips("clips", clips, finite=True)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    target_t = normalise_target(target, clips.shape[0])
+    target_t = resolve_targets("target", target, clips.shape[0])
     work = _deep_copy(model).eval()
     stages = _stages(work, clips, layers, input_builder)
     with torch.no_grad():
         logits = work(input_builder(clips) if input_builder is not None else clips)
     if target_t is None:
         target_t = logits.argmax(1).cpu()
-    elif int(target_t.min()) < 0 or int(target_t.max()) >= logits.shape[1]:
-        raise ValueError(
-            f"target must be class indices in [0, {logits.shape[1] - 1}] (the model has {logits.shape[1]} outputs), "
-            f"got {int(target_t.min())}..{int(target_t.max())}"
-        )
+    else:
+        resolve_targets("target", target_t, clips.shape[0], logits.shape[1])
+        target_t = target_t.cpu()
     target_dev = target_t.to(clips.device)
 
     inputs = input_builder(clips) if input_builder is not None else clips
@@ -286,7 +281,7 @@ def cascading_randomization(
         if not isinstance(rel, Tensor):  # multi-pathway models: compare the full-rate pathway's maps
             rel = rel[max(range(len(rel)), key=lambda i: (rel[i].shape[2], i))]
         rel = rel.detach()
-        return rel.sum(1), selective_relevance(rel, sigma, padding=padding).sum(1)
+        return rel.sum(1), selective(rel).sum(1)
 
     a0, s0 = explain()
     plan: list[tuple[str, list[str]]] = [("original", [])] if include_original else []
@@ -311,5 +306,4 @@ def cascading_randomization(
         baseline=torch.stack(base_rows),
         selective=torch.stack(sel_rows),
         target=target_t,
-        sigma=float(sigma),
     )

@@ -30,7 +30,10 @@ With several sigmas per run the per-sigma names of :mod:`.keys` apply (``dtd_sel
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,15 +42,19 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from motion_relevance.checks import check_int, check_positive, check_unique
+from motion_relevance.explain.selective import selective_relevance
 from motion_relevance.keys import tensor_digest
 from motion_relevance.metrics import keys
 from motion_relevance.metrics.faithfulness import (
+    DEFAULT_BATCH_SIZE,
     REFERENCES,
     deletion_curve,
     matched_budget_drops,
     motion_reliance,
     random_curve,
 )
+from motion_relevance.metrics.faithfulness.scoring import batch_bytes
 from motion_relevance.metrics.faithfulness_metrics import (
     DeletionAUC,
     FreezeDrop,
@@ -58,7 +65,7 @@ from motion_relevance.metrics.faithfulness_metrics import (
 from motion_relevance.metrics.randomization import cascading_randomization, randomization_stages
 from motion_relevance.metrics.suite import ClipRecords
 
-__all__ = ["FaithfulnessStage", "RandomizationStage", "build_stage"]
+__all__ = ["FaithfulnessStage", "RandomizationStage", "available_memory", "build_stage"]
 
 _STATS = keys.STATS
 InputBuilder = Callable[[Tensor], Any]
@@ -78,10 +85,50 @@ def build_stage(cls: Any, settings: Mapping[str, Any] | None, key: str, **fixed:
     return cls(**fixed, **settings)
 
 
-def _positive_int(key: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key}={value!r}: expected an integer >= {low}")
-    return int(value)
+def available_memory(device: torch.device | str | None) -> int | None:
+    """Bytes available for new tensors on ``device``: the free memory of a CUDA device, else the host's
+    ``MemAvailable`` (``/proc/meminfo``; the physical pages free where that file is missing); None when unknown."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def _check_clip_count(key: str, value: int, available_clips: int | None) -> None:
+    if available_clips is not None and value > available_clips:
+        raise ValueError(f"{key}={value} exceeds the {available_clips} clips the data holds (per process); "
+                         f"set {key} <= {available_clips}")
+
+
+def _check_memory(stage: str, need: Mapping[str, int], keys_by_term: Mapping[str, str], values: Mapping[str, Any],
+                  device: torch.device | str | None, available: int | None, what: str) -> None:
+    """Refuse before any work when the estimate ``need`` (bytes by term) exceeds the available memory, naming the
+    key of the largest term to lower."""
+    free = available_memory(device) if available is None else available
+    total = sum(need.values())
+    if free is None or total <= free:
+        return
+    term = max(need, key=lambda k: need[k])
+    key = keys_by_term[term]
+    parts = ", ".join(f"{k}: {_gib(v)}" for k, v in need.items())
+    raise ValueError(f"{stage} needs about {_gib(total)} for {what} ({parts}) but {device or 'cpu'} has "
+                     f"{_gib(free)} available; lower {key} (now {values[term]})")
 
 
 def _log_stats(values: dict[str, float], prefix: str, name: str, method: str, result: Mapping[str, Tensor],
@@ -143,22 +190,31 @@ class FaithfulnessStage:
         matched_budget: bool = True,
         reliance: bool = True,
     ) -> None:
-        self.references = list(references)
+        self.references = check_unique("faithfulness.references", references)
         bad = [r for r in self.references if r not in REFERENCES]
         if bad or not self.references:
             raise ValueError(f"faithfulness.references={list(references)}: allowed values are {list(REFERENCES)}")
-        self.steps = _positive_int("faithfulness.steps", steps)
-        self.num_clips = _positive_int("faithfulness.num_clips", num_clips)
-        self.batch_size = _positive_int("faithfulness.batch_size", batch_size)
-        if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not blur_sigma > 0:
-            raise ValueError(f"faithfulness.blur_sigma={blur_sigma!r}: expected a number of pixels > 0")
-        self.blur_sigma = float(blur_sigma)
-        self.seed = _positive_int("faithfulness.seed", seed, 0)
+        self.steps = check_int("faithfulness.steps", steps, 1)
+        self.num_clips = check_int("faithfulness.num_clips", num_clips, 1)
+        self.batch_size = check_int("faithfulness.batch_size", batch_size, 1)
+        self.blur_sigma = float(check_positive("faithfulness.blur_sigma", blur_sigma))
+        if not math.isfinite(self.blur_sigma):
+            raise ValueError(f"faithfulness.blur_sigma={blur_sigma!r}: expected a finite number of pixels > 0")
+        self.seed = check_int("faithfulness.seed", seed, 0)
         self.random_floor, self.matched_budget, self.reliance = bool(random_floor), bool(matched_budget), \
             bool(reliance)
         self.methods = list(methods)
         self.sigmas = list(sigmas)
         self.multi = len(self.sigmas) > 1
+        #: built at the first data batch (:meth:`check_data`): the per-step curve states scale with ``steps``,
+        #: which is bounded by the data's clip shape
+        self.collection: MetricCollection | None = None
+        self._device: torch.device | str | None = None
+        self._budget = _Budget(self.num_clips)
+        self.records: ClipRecords | None = None
+        self._checked: tuple[Any, ...] | None = None
+
+    def _build(self) -> MetricCollection:
         metrics: dict[str, Metric] = {}
         for ref in self.references:
             for method in [*self.methods, *(["random"] if self.random_floor else [])]:
@@ -170,15 +226,45 @@ class FaithfulnessStage:
                         metrics[f"drop|{ref}|{method}|{sigma:g}"] = FreezeDrop()
         if self.reliance:
             metrics["reliance"] = MotionReliance()
-        self.collection = MetricCollection({k.replace(".", "_"): v for k, v in metrics.items()},
-                                           compute_groups=False)
-        self._budget = _Budget(self.num_clips)
-        self.records: ClipRecords | None = None
+        collection = MetricCollection({k.replace(".", "_"): v for k, v in metrics.items()}, compute_groups=False)
+        if self._device is not None:
+            collection.to(self._device)
+        for metric in collection.values(copy_state=False):
+            metric.keep_last = self.records is not None
+        return collection
+
+    def check_data(self, clip_shape: Sequence[int], *, batch: int | None = None, itemsize: int = 4,
+                   device: torch.device | str | None = None, available_clips: int | None = None,
+                   available: int | None = None) -> None:
+        """Refuse settings the data cannot carry, before any forward pass: ``steps`` above the voxels ``T*H*W`` of a
+        clip ``clip_shape`` ``(C, T, H, W)``; ``batch_size`` above the perturbed inputs one update builds;
+        ``num_clips`` above ``available_clips`` (when known); and an estimate of the batched deletion/insertion
+        tensors (:func:`~motion_relevance.metrics.faithfulness.scoring.batch_bytes`) above the memory available on
+        ``device`` (``available`` bytes, default: measured). ``batch``: clips of the data batch at hand."""
+        c, t, h, w = (int(v) for v in clip_shape)
+        voxels = t * h * w
+        if self.steps > voxels:
+            raise ValueError(f"faithfulness.steps={self.steps} exceeds the {voxels} voxels (T*H*W = {t}x{h}x{w}) "
+                             f"of the data's clips: each step removes at least one voxel; set faithfulness.steps <= "
+                             f"{voxels}")
+        clips = self.num_clips if batch is None else min(self.num_clips, int(batch))
+        _check_clip_count("faithfulness.num_clips", self.num_clips, available_clips)
+        inputs = self.num_clips * max(self.steps, 3)
+        if self.batch_size > max(DEFAULT_BATCH_SIZE, inputs):
+            raise ValueError(f"faithfulness.batch_size={self.batch_size} exceeds the {inputs} perturbed inputs one "
+                             f"update builds (num_clips x max(steps, 3)); set faithfulness.batch_size <= {inputs}")
+        need = batch_bytes((c, t, h, w), itemsize, clips, self.steps, self.batch_size, "blur" in self.references)
+        _check_memory("faithfulness", need, {"batch_size": "faithfulness.batch_size", "steps": "faithfulness.steps",
+                                             "clips": "faithfulness.num_clips"},
+                      {"batch_size": self.batch_size, "steps": self.steps, "clips": self.num_clips}, device,
+                      available, f"{clips} clips of shape {(c, t, h, w)}")
+        if self.collection is None:
+            self.collection = self._build()
 
     def record_into(self, records: ClipRecords) -> None:
         """Keep every per-clip value (AUCs, drops, reliance) in ``records`` too."""
         self.records = records
-        for metric in self.collection.values(copy_state=False):
+        for metric in self.collection.values(copy_state=False) if self.collection is not None else ():
             metric.keep_last = True
 
     def _record(self, metric: Metric, names: dict[str, str], method: str) -> None:
@@ -186,12 +272,16 @@ class FaithfulnessStage:
             self.records.add(metric, names, method)
 
     def _metric(self, *parts: Any) -> Metric:
+        assert self.collection is not None
         return self.collection["|".join(str(p) for p in parts).replace(".", "_")]
 
     def start(self, device: torch.device | str | None = None) -> None:
         if device is not None:
-            self.collection.to(device)
-        self.collection.reset()
+            self._device = device
+        if self.collection is not None:
+            if self._device is not None:
+                self.collection.to(self._device)
+            self.collection.reset()
         self._budget = _Budget(self.num_clips)
 
     def update(self, net: nn.Module, clips: Tensor, targets: Tensor, relevance: Mapping[str, Tensor],
@@ -202,6 +292,10 @@ class FaithfulnessStage:
         if k == 0:
             return
         x, target = clips[:k].detach(), targets[:k]
+        checked = (tuple(x.shape), x.dtype, x.device)
+        if checked != self._checked:
+            self.check_data(x.shape[1:], batch=k, itemsize=x.element_size(), device=x.device)
+            self._checked = checked
         seeds = clip_seeds(x, self.seed)
         common = {"batch_size": self.batch_size, "input_builder": input_builder}
         for ref in self.references:
@@ -235,9 +329,11 @@ class FaithfulnessStage:
             self._record(metric, {"freeze_drop": "full_freeze_drop", "mean_drop": "full_mean_drop"}, "model")
 
     def results(self, stage: str) -> dict[str, float]:
-        """The stage's numbers under their logged keys (reduced over processes)."""
+        """The stage's numbers under their logged keys (reduced over processes); none before the first batch."""
         prefix = keys.stage_prefix(stage)
         values: dict[str, float] = {}
+        if self.collection is None:
+            return values
         for ref in self.references:
             for method in [*self.methods, *(["random"] if self.random_floor else [])]:
                 for direction in ("deletion", "insertion"):
@@ -268,6 +364,8 @@ class FaithfulnessStage:
 
     def artifacts(self) -> dict[str, Any]:
         """Mean curves per step for the figures: ``{"<direction>/<ref>/<method>": [s_0, ..., s_K]}``."""
+        if self.collection is None:
+            return {}
         curves: dict[str, Any] = {}
         for ref in self.references:
             for method in [*self.methods, *(["random"] if self.random_floor else [])]:
@@ -293,12 +391,31 @@ class RandomizationStage:
                  layers: Any = "all", num_clips: int = 4, seed: int = 0) -> None:
         self.explainers = dict(explainers)
         self.sigma, self.padding, self.layers = float(sigma), padding, layers
-        self.num_clips = _positive_int("randomization.num_clips", num_clips)
-        self.seed = _positive_int("randomization.seed", seed, 0)
+        self.num_clips = check_int("randomization.num_clips", num_clips, 1)
+        self.seed = check_int("randomization.seed", seed, 0)
         self.stages: list[str] | None = None
         self.collection: MetricCollection | None = None
         self._budget = _Budget(self.num_clips)
         self._device: torch.device | str | None = None
+        self._checked: tuple[Any, ...] | None = None
+
+    def check_data(self, clip_shape: Sequence[int], model: nn.Module, *, batch: int | None = None,
+                   itemsize: int = 4, device: torch.device | str | None = None, available_clips: int | None = None,
+                   available: int | None = None) -> None:
+        """Refuse, before any work, ``num_clips`` above ``available_clips`` (when known) and a cascading
+        randomisation whose memory estimate exceeds what ``device`` has available: the deep copy of ``model``
+        (parameters and buffers) plus, per clip, the relevance and selective maps of the original and the current
+        stage (``C x T*H*W`` each) and the float64 ranks of the Spearman correlations."""
+        c, t, h, w = (int(v) for v in clip_shape)
+        voxels = t * h * w
+        _check_clip_count("randomization.num_clips", self.num_clips, available_clips)
+        clips = self.num_clips if batch is None else min(self.num_clips, int(batch))
+        copy = sum(p.numel() * p.element_size() for p in [*model.parameters(), *model.buffers()])
+        need = {"model": copy, "clips": clips * (4 * c * voxels * itemsize + 12 * voxels * 8)}
+        _check_memory("randomization", need, {"model": "randomization (enabled=false: the model copy alone)",
+                                              "clips": "randomization.num_clips"},
+                      {"model": f"{_gib(copy)} of weights", "clips": self.num_clips}, device, available,
+                      f"a copy of the model and {clips} clips of shape {(c, t, h, w)}")
 
     def start(self, device: torch.device | str | None = None) -> None:
         self._device = device
@@ -319,13 +436,17 @@ class RandomizationStage:
         k = self._budget.take(clips.shape[0])
         if k == 0:
             return
+        checked = (tuple(clips[:k].shape), clips.dtype, clips.device)
+        if checked != self._checked:
+            self.check_data(clips.shape[1:], net, batch=k, itemsize=clips.element_size(), device=clips.device)
+            self._checked = checked
         if self.collection is None:
             self._build(net, clips, input_builder)
         assert self.collection is not None
         for name, explainer in self.explainers.items():
-            result = cascading_randomization(net, clips[:k].detach(), explainer, targets[:k], sigma=self.sigma,
-                                             padding=self.padding, layers=self.layers, seed=self.seed,
-                                             input_builder=input_builder)
+            select = functools.partial(selective_relevance, sigma=self.sigma, padding=self.padding)
+            result = cascading_randomization(net, clips[:k].detach(), explainer, targets[:k], selective=select,
+                                             layers=self.layers, seed=self.seed, input_builder=input_builder)
             self.collection[name].update(result)
 
     def results(self, stage: str) -> dict[str, float]:
