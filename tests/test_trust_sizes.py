@@ -29,7 +29,8 @@ class Counting(nn.Module):
 
 
 def stage(**kw) -> FaithfulnessStage:
-    return FaithfulnessStage(["m"], [1.0], **{"references": ["freeze"], "matched_budget": False, **kw})
+    return FaithfulnessStage(["m"], [1.0], **{"references": ["freeze"], "matched_budget": False, "temporal": False,
+                                               **kw})
 
 
 # ------------------------------------------------------------------------------------------ data bounds

@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "GROUND_TRUTH",
     "STATS",
+    "TEMPORAL_METRICS",
     "MetricKey",
     "at_sigma",
     "is_baseline",
@@ -29,6 +31,17 @@ __all__ = [
 #: Statistics logged beside each mean (the mean itself has no suffix).
 STATS = ("mean", "std", "n", "n_undefined")
 SELECTIVE = "_selective"
+#: Method name of the ground-truth mask's per-frame shares in ``temporal.csv`` (synthetic data).
+GROUND_TRUTH = "ground_truth"
+#: The temporal-window test ("When" in docs/method.md), quantity -> metric name; logged under the baseline's name
+#: (``test/temporal_advantage/dtd``, ``dtd@s2`` with several sigmas): the drops from freezing ``w`` frames around
+#: the selective map's top frame, the baseline's top frame and a random frame, and the paired selective - random.
+TEMPORAL_METRICS = {
+    "selective": "temporal_drop_selective",
+    "baseline": "temporal_drop_baseline",
+    "random": "temporal_drop_random",
+    "advantage": "temporal_advantage",
+}
 _SELECTIVE_RE = re.compile(r"^(?P<base>.+?)_selective(?:_s(?P<sigma>[0-9.eE+-]+))?$")
 _AT_SIGMA_RE = re.compile(r"^(?P<base>.+)@s(?P<sigma>[0-9.eE+-]+)$")
 
@@ -63,8 +76,8 @@ def split_selective(method: str) -> tuple[str, float | None] | None:
 
 
 #: Method names of values that belong to no explainer: the selective step's overhead, the faithfulness tests'
-#: random-order floor and the model's motion reliance.
-NOT_EXPLAINERS = ("selective", "random", "model")
+#: random-order floor, the model's motion reliance and the ground-truth mask's per-frame shares (``temporal.csv``).
+NOT_EXPLAINERS = ("selective", "random", "model", GROUND_TRUTH)
 
 
 def is_baseline(method: str) -> bool:

@@ -8,14 +8,15 @@ reports the drop of the target's probability.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from motion_relevance.checks import check_clips, check_int
-from motion_relevance.metrics.faithfulness import freeze_drop
+from motion_relevance.metrics.faithfulness.scoring import check_call, drops
+from motion_relevance.metrics.stats import MeanStdMetric
 
 
 def frame_shares(relevance: Tensor) -> Tensor:
@@ -73,6 +74,53 @@ def random_centres(seeds: Sequence[int], frames: int) -> Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
+def _check_maps(clips: Tensor, maps: Mapping[str, Tensor]) -> None:
+    b, _, t, h, w = clips.shape
+    for key, value in maps.items():
+        check_clips(key, value)
+        if value.shape[0] != b or value.shape[2:] != clips.shape[2:]:
+            raise ValueError(f"{key} must cover the clips' frames and pixels {(b, t, h, w)}, got {tuple(value.shape)}")
+
+
+def temporal_window_test(
+    model: Any,
+    clips: Tensor,
+    relevance: Tensor,
+    selective: Sequence[Tensor],
+    seeds: Sequence[int],
+    target: Any = None,
+    *,
+    window: int | None = None,
+    batch_size: int = 64,
+    input_builder: Any = None,
+) -> dict[str, Tensor]:
+    """Drops from freezing a ``window`` of frames around the top frame of the baseline map, of a seeded random
+    frame and of each selective map in ``selective`` (one per sigma), with one clean forward pass shared by all.
+
+    Returns float32 ``baseline`` ``(B,)``, ``random`` ``(B,)`` and ``selective`` ``(B, len(selective))``, and the
+    int64 centres ``centre_baseline``, ``centre_random`` ``(B,)``, ``centre_selective`` ``(B, S)``. A map without
+    positive relevance has no top frame: its drop is NaN (undefined). Arguments as :func:`temporal_window_drops`.
+    """
+    check_clips("clips", clips)
+    b, _, t, h, w = clips.shape
+    _check_maps(clips, {"relevance": relevance, **{"selective" if len(selective) == 1 else f"selective[{i}]": m
+                                                   for i, m in enumerate(selective)}})
+    if len(seeds) != b:
+        raise ValueError(f"seeds: expected {b} integers (one per clip), got {len(seeds)}")
+    window = default_window(t) if window is None else check_int("temporal.window", window, 1, t)
+    shares = [frame_shares(relevance), *(frame_shares(m) for m in selective)]
+    centres = [top_frames(shares[0]), random_centres(seeds, t), *(top_frames(s) for s in shares[1:])]
+    empty = [torch.isnan(s).all(dim=1) for s in shares]
+    empty.insert(1, torch.zeros(b, dtype=torch.bool))
+    masks = [window_masks(c.to(clips.device), window, (b, t, h, w)).flatten(1) for c in centres]
+    scores = drops(model, clips, masks, target, ["freeze"] * len(masks), 1.0,
+                   check_call(model, clips, batch_size, input_builder), input_builder)
+    scores = torch.where(torch.stack(empty, 1).to(scores.device), torch.full_like(scores, float("nan")), scores)
+    return {"baseline": scores[:, 0], "random": scores[:, 1], "selective": scores[:, 2:],
+            "centre_baseline": centres[0], "centre_random": centres[1],
+            "centre_selective": torch.stack(centres[2:], 1) if selective else torch.zeros(b, 0, dtype=torch.long)}
+
+
 def temporal_window_drops(
     model: Any,
     clips: Tensor,
@@ -89,7 +137,8 @@ def temporal_window_drops(
 
     Keys: ``selective`` (the selective map's top frame), ``baseline`` (the baseline map's top frame), ``random``
     (a seeded random frame), and ``advantage`` (``selective - random``, paired per clip). A clip whose selective map
-    is empty has a NaN selective drop and advantage (undefined, counted as such by the metrics).
+    is empty has a NaN selective drop and advantage, one whose baseline map is empty a NaN baseline drop
+    (undefined, counted as such by the metrics).
 
     Args:
         clips: ``(B, C, T, H, W)``, the input of ``model``; relevance, selective: maps of the same shape at the
@@ -97,26 +146,49 @@ def temporal_window_drops(
         seeds: one integer per clip for the random centre.
         window: frames frozen (default :func:`default_window` of ``T``).
     """
-    check_clips("clips", clips)
-    b, _, t, h, w = clips.shape
-    for key, value in (("relevance", relevance), ("selective", selective)):
-        check_clips(key, value)
-        if value.shape[0] != b or value.shape[2:] != clips.shape[2:]:
-            raise ValueError(f"{key} must cover the clips' frames and pixels {(b, t, h, w)}, got {tuple(value.shape)}")
-    if len(seeds) != b:
-        raise ValueError(f"seeds: expected {b} integers (one per clip), got {len(seeds)}")
-    window = default_window(t) if window is None else check_int("temporal.window", window, 1, t)
-    sel_shares = frame_shares(selective)
-    centres = {
-        "selective": top_frames(sel_shares),
-        "baseline": top_frames(frame_shares(relevance)),
-        "random": random_centres(seeds, t),
-    }
-    masks = [window_masks(c.to(clips.device), window, (b, t, h, w)) for c in centres.values()]
-    out = {name: freeze_drop(model, clips, m, target, reference="freeze", batch_size=batch_size,
-                             input_builder=input_builder)
-           for name, m in zip(centres, masks, strict=True)}
-    empty = torch.isnan(sel_shares).all(dim=1).to(out["selective"].device)
-    out["selective"] = torch.where(empty, torch.full_like(out["selective"], float("nan")), out["selective"])
-    out["advantage"] = out["selective"] - out["random"]
-    return out
+    check_clips("selective", selective)
+    out = temporal_window_test(model, clips, relevance, [selective], seeds, target, window=window,
+                               batch_size=batch_size, input_builder=input_builder)
+    sel = out["selective"][:, 0]
+    return {"selective": sel, "baseline": out["baseline"], "random": out["random"], "advantage": sel - out["random"]}
+
+
+class TemporalWindowDrop(MeanStdMetric):
+    """Mean/std over clips of the temporal-window test (:func:`temporal_window_test`) of one map at one sigma.
+
+    ``update(selective, baseline, random)`` with per-clip drops ``(B,)``. Quantities: the three drops and
+    ``advantage`` = ``selective - random`` (paired per clip). NaN drops (a map without positive relevance) are
+    undefined: counted in ``n_undefined``, never averaged.
+    """
+
+    higher_is_better: ClassVar[bool | None] = True
+    quantities: ClassVar[tuple[str, ...]] = ("selective", "baseline", "random", "advantage")
+
+    def update(self, selective: Tensor, baseline: Tensor, random: Tensor) -> None:
+        values = [torch.as_tensor(v).detach().flatten().float() for v in (selective, baseline, random)]
+        if len({v.shape[0] for v in values}) != 1:
+            raise ValueError(f"temporal drops must have one shape (B,), got {[tuple(v.shape) for v in values]}")
+        sel, base, rnd = values
+        for i, v in enumerate((sel, base, rnd, sel - rnd)):
+            self._accumulate(i, v)
+
+
+class FrameShareCurve(MeanStdMetric):
+    """Mean/std over clips of the per-frame relevance shares (:func:`frame_shares`), one value per frame.
+
+    ``update(shares)`` with ``(B, frames)``; a NaN row (no positive relevance) is an undefined clip. States are sums
+    with a trailing frame axis (exact under DDP); ``compute()`` gives ``share_mean`` ``(frames,)``, ``share_std``,
+    ``share_n``, ``share_n_undefined``.
+    """
+
+    quantities: ClassVar[tuple[str, ...]] = ("share",)
+
+    def __init__(self, frames: int, **kwargs: Any) -> None:
+        self.frames = check_int("frames", frames, 1)
+        super().__init__(width=(self.frames,), **kwargs)
+
+    def update(self, shares: Tensor) -> None:
+        if shares.dim() != 2 or shares.shape[1] != self.frames:
+            raise ValueError(f"shares must have shape (B, {self.frames}), got {tuple(shares.shape)}")
+        defined = ~torch.isnan(shares).all(dim=1)
+        self._accumulate(0, shares, defined)

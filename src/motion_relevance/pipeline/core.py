@@ -8,7 +8,8 @@ points can call it directly. For each batch it
 2. runs every explainer through :class:`~motion_relevance.explain.cache.CachedExplainer` (cache + timing);
 3. computes the model-input frames and, with a flow estimator, which voxels move;
 4. applies selective relevance at each sigma;
-5. updates one :class:`~motion_relevance.metrics.suite.ExplanationMetrics` suite;
+5. updates one :class:`~motion_relevance.metrics.suite.ExplanationMetrics` suite and records each map's per-frame
+   relevance shares (:class:`~motion_relevance.pipeline.temporal.FrameRecorder`);
 
 and hands back an :class:`ExplainedBatch`. ``results(stage)`` gives every number under its logged key.
 """
@@ -31,6 +32,7 @@ from motion_relevance.keys import state_digest
 from motion_relevance.metrics.suite import ExplanationMetrics
 from motion_relevance.metrics.timing import OverheadTimer
 from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
+from motion_relevance.pipeline.temporal import FrameRecorder
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,8 @@ class ExplanationPipeline:
         self.record_clips = bool(record_clips)
         self.clips_info: list[dict[str, Any]] = []
         self.metrics = self._suite()
+        #: per-frame relevance shares of every explained clip (``temporal.csv``, the per-frame curves)
+        self.per_frame = FrameRecorder()
         self.faithfulness = build_stage(FaithfulnessStage, faithfulness, "faithfulness", methods=self.names,
                                    sigmas=self.sigmas)
         if self.faithfulness is not None and self.faithfulness.matched_budget and not self.sigmas:
@@ -224,6 +228,7 @@ class ExplanationPipeline:
         if device is not None:
             self.metrics.to(device)
         self.metrics.reset()
+        self.per_frame.start(device)
         for stage in (self.faithfulness, self.randomization):
             if stage is not None:
                 stage.start(device)
@@ -244,6 +249,7 @@ class ExplanationPipeline:
             for counter in ("hits", "misses", "corrupt"):
                 self.metrics.count(f"cache_{counter}", info[counter])
         values = self.metrics.compute(stage)
+        values.update(self.per_frame.results(stage))
         for extra in (self.faithfulness, self.randomization):
             if extra is not None:
                 values.update(extra.results(stage))
@@ -256,11 +262,16 @@ class ExplanationPipeline:
     def artifacts(self) -> dict[str, Any]:
         """Non-scalar results of the epoch for figures and ``metrics.json``: mean faithfulness curves per step,
         randomisation stage names."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = dict(self.per_frame.artifacts())
         for extra in (self.faithfulness, self.randomization):
             if extra is not None:
                 out.update(extra.artifacts())
         return out
+
+    def temporal_rows(self, stage: str) -> list[dict[str, Any]]:
+        """The per-frame relevance shares of the epoch's clips (rows of ``temporal.csv``: stage, clip, video,
+        method, frame, value; ``clip`` as in :meth:`clip_rows`)."""
+        return self.per_frame.rows(stage)
 
     def clip_rows(self) -> list[dict[str, Any]]:
         """Every per-clip value of the epoch (``record_clips=True``): rows ``{clip, video, label, target, metric,
@@ -315,6 +326,7 @@ class ExplanationPipeline:
                 batch.moves, batch.valid = self.flow(batch.frames)
                 self.metrics.count("flow_skipped_clips", int((~batch.valid.any(dim=1)).sum()))
         self._measure(batch)
+        self.per_frame.update(batch.relevance, batch.selective, videos=batch.videos, mask=batch.mask)
         builder = getattr(net, "pack_inputs", None) if not isinstance(clips, Tensor) else None
         if self.faithfulness is not None:
             self.faithfulness.update(net, batch.clips, targets, batch.relevance, batch.selective, builder)

@@ -23,6 +23,9 @@ key (``<stage>/<name>/<method>``)      meaning
 ``full_freeze_drop/model``             ``s(x) - s(freeze(x))``; ``full_mean_drop/model``: ``s(x) - s(mean(x))``
 ``randomization_s<k>/<m>``             Spearman correlation at randomisation stage ``k`` (``m_selective``: its
                                        selective map); the stage names are in :meth:`RandomizationStage.artifacts`
+``temporal_drop_selective/<m>``        drop from freezing ``temporal_window`` frames around the selective map's
+                                       top frame (``temporal_drop_baseline``: the baseline's, ``_random``: a
+                                       seeded random frame); ``temporal_advantage/<m>``: selective − random
 =====================================  ==========================================================================
 
 With several sigmas per run the per-sigma names of :mod:`.keys` apply (``dtd_selective_s2``, ``dtd@s2``).
@@ -64,6 +67,7 @@ from motion_relevance.metrics.faithfulness_metrics import (
 )
 from motion_relevance.metrics.randomization import cascading_randomization, randomization_stages
 from motion_relevance.metrics.suite import ClipRecords
+from motion_relevance.pipeline.temporal import TemporalWindowTest
 
 __all__ = ["FaithfulnessStage", "RandomizationStage", "available_memory", "build_stage"]
 
@@ -172,7 +176,9 @@ class FaithfulnessStage:
         seed: base seed of the random orders; a clip's order is seeded with ``seed`` plus a number taken from the
             digest of its pixels (:func:`clip_seeds`), so it is the same whatever the batch, epoch or process the
             clip lands in.
-        random_floor, matched_budget, reliance: switch the parts on or off.
+        random_floor, matched_budget, reliance, temporal: switch the parts on or off (``temporal``: the
+            temporal-window test, :class:`~motion_relevance.pipeline.temporal.TemporalWindowTest`).
+        temporal_window: frames the temporal-window test freezes; None: a quarter of the clip (``T // 4``).
     """
 
     def __init__(
@@ -189,6 +195,8 @@ class FaithfulnessStage:
         random_floor: bool = True,
         matched_budget: bool = True,
         reliance: bool = True,
+        temporal: bool = True,
+        temporal_window: int | None = None,
     ) -> None:
         self.references = check_unique("faithfulness.references", references)
         bad = [r for r in self.references if r not in REFERENCES]
@@ -206,6 +214,8 @@ class FaithfulnessStage:
         self.methods = list(methods)
         self.sigmas = list(sigmas)
         self.multi = len(self.sigmas) > 1
+        self.temporal = TemporalWindowTest(self.methods, self.sigmas, window=temporal_window,
+                                           batch_size=self.batch_size) if temporal else None
         #: built at the first data batch (:meth:`check_data`): the per-step curve states scale with ``steps``,
         #: which is bounded by the data's clip shape
         self.collection: MetricCollection | None = None
@@ -258,6 +268,8 @@ class FaithfulnessStage:
                                              "clips": "faithfulness.num_clips"},
                       {"batch_size": self.batch_size, "steps": self.steps, "clips": self.num_clips}, device,
                       available, f"{clips} clips of shape {(c, t, h, w)}")
+        if self.temporal is not None:
+            self.temporal.check_frames(t)
         if self.collection is None:
             self.collection = self._build()
 
@@ -265,6 +277,8 @@ class FaithfulnessStage:
         """Keep every per-clip value (AUCs, drops, reliance) in ``records`` too."""
         self.records = records
         for metric in self.collection.values(copy_state=False) if self.collection is not None else ():
+            metric.keep_last = True
+        for metric in self.temporal.collection.values(copy_state=False) if self.temporal is not None else ():
             metric.keep_last = True
 
     def _record(self, metric: Metric, names: dict[str, str], method: str) -> None:
@@ -282,6 +296,9 @@ class FaithfulnessStage:
             if self._device is not None:
                 self.collection.to(self._device)
             self.collection.reset()
+        if self.temporal is not None:
+            self.temporal.collection.to(self._device or "cpu")
+            self.temporal.collection.reset()
         self._budget = _Budget(self.num_clips)
 
     def update(self, net: nn.Module, clips: Tensor, targets: Tensor, relevance: Mapping[str, Tensor],
@@ -327,6 +344,8 @@ class FaithfulnessStage:
             metric = self._metric("reliance")
             metric.update(motion_reliance(net, x, target, **common))
             self._record(metric, {"freeze_drop": "full_freeze_drop", "mean_drop": "full_mean_drop"}, "model")
+        if self.temporal is not None:
+            self.temporal.update(net, x, target, relevance, selective, seeds, input_builder, self.records)
 
     def results(self, stage: str) -> dict[str, float]:
         """The stage's numbers under their logged keys (reduced over processes); none before the first batch."""
@@ -360,6 +379,8 @@ class FaithfulnessStage:
             values[keys.metric_key(prefix, "motion_reliance", "model")] = float(r["ratio"])
             values[keys.metric_key(prefix, "motion_reliance", "model", "std")] = float(r["ratio_se"])
             values[keys.metric_key(prefix, "motion_reliance", "model", "n")] = float(r["ratio_n"])
+        if self.temporal is not None:
+            values.update(self.temporal.results(stage))
         return values
 
     def artifacts(self) -> dict[str, Any]:
