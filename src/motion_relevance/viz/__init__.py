@@ -27,6 +27,7 @@ from motion_relevance.viz.plots import (
     plot_timeline,
     table_rows,
 )
+from motion_relevance.viz.temporal import curve_strip, plot_temporal_curves
 from motion_relevance.viz.video_writer import VideoWriter, VideoWriterError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "blend",
     "channel_sum",
     "colorize",
+    "curve_strip",
     "draw_text_bar",
     "explanation_grid_figure",
     "grey_frames",
@@ -43,6 +45,7 @@ __all__ = [
     "overlay_clip_frames",
     "plot_faithfulness_curves",
     "plot_randomization",
+    "plot_temporal_curves",
     "plot_metric_vs_sigma",
     "plot_timeline",
     "relevance_to_heatmap",

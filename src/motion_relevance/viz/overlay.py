@@ -26,6 +26,7 @@ from motion_relevance.viz.colormaps import (
     normalize_relevance,
     to_numpy,
 )
+from motion_relevance.viz.temporal import curve_strip
 from motion_relevance.viz.video_writer import VideoWriter
 
 __all__ = [
@@ -205,6 +206,8 @@ def iter_overlay_frames(
     min_height: int = 224,
     input_label: str = "input",
     show_frame_number: bool = True,
+    curves: Mapping[str, Sequence[Any]] | None = None,
+    motion: Sequence[bool] | None = None,
 ) -> Iterator[np.ndarray]:
     """Composite each frame of a clip: ``input | map_1 | map_2 | ...``.
 
@@ -212,8 +215,11 @@ def iter_overlay_frames(
     (channels summed); each map is normalised once over the clip and blended over the greyed frame with a
     per-pixel weight ``(|R| / vmax) ** weight_gamma`` (zero relevance shows the frame). ``captions``: one string
     for all frames, one per frame, or ``None`` (then only ``"t=<i>"`` when ``show_frame_number``). Frames below
-    ``min_height`` are upscaled (nearest neighbour, integer factor). Yields ``T`` images of one size, one at a
-    time (see :func:`overlay_clip_frames` for the list).
+    ``min_height`` are upscaled (nearest neighbour, integer factor). ``curves`` (name -> ``T`` per-frame relevance
+    shares of this clip, see :func:`motion_relevance.metrics.temporal.frame_shares`) adds a strip under each frame
+    with the curves and a cursor at the frame (:func:`~motion_relevance.viz.temporal.curve_strip`; ``motion``: bool
+    per frame, the ground-truth motion frames, shaded). Yields ``T`` images of one size, one at a time (see
+    :func:`overlay_clip_frames` for the list).
     """
     fr = to_numpy(frames)
     if fr.ndim != 4 or fr.shape[-1] != 3 or fr.dtype != np.uint8:
@@ -238,6 +244,11 @@ def iter_overlay_frames(
         heat = colorize((n + 1.0) * 0.5 if m == "signed" else n, cm)
         coloured[name] = (heat, np.abs(n) ** weight_gamma)
     labels = [input_label, *coloured.keys()]
+    for name, curve in (curves or {}).items():
+        if len(curve) != t_len:
+            raise ValueError(f"curve {name!r} has {len(curve)} frames, the clip has {t_len}")
+    if motion is not None and len(motion) != t_len:
+        raise ValueError(f"motion has {len(motion)} frames, the clip has {t_len}")
 
     def gen() -> Iterator[np.ndarray]:  # inputs are validated above, eagerly
         grey = grey_frames(fr, fade=0.15)
@@ -248,7 +259,12 @@ def iter_overlay_frames(
             cap = caps[t]
             if show_frame_number:
                 cap = f"t={t}" if cap is None else f"t={t}  {cap}"
-            yield side_by_side(panels, labels, cap)
+            image = side_by_side(panels, labels, cap)
+            if curves:
+                strip = curve_strip(curves, t, image.shape[1], max(48, round(0.35 * panels[0].shape[0])),
+                                    motion=motion)
+                image = np.concatenate([image, strip], axis=0)
+            yield image
 
     return gen()
 
@@ -265,6 +281,8 @@ def overlay_clip_frames(
     min_height: int = 224,
     input_label: str = "input",
     show_frame_number: bool = True,
+    curves: Mapping[str, Sequence[Any]] | None = None,
+    motion: Sequence[bool] | None = None,
 ) -> list[np.ndarray]:
     """The composited frames ``input | map_1 | ...`` of a clip as a list (arguments: :func:`iter_overlay_frames`).
 
@@ -273,7 +291,8 @@ def overlay_clip_frames(
     """
     return list(iter_overlay_frames(
         frames, maps, captions, mode=mode, cmap=cmap, alpha=alpha, weight_gamma=weight_gamma,
-        min_height=min_height, input_label=input_label, show_frame_number=show_frame_number,
+        min_height=min_height, input_label=input_label, show_frame_number=show_frame_number, curves=curves,
+        motion=motion,
     ))
 
 
@@ -290,11 +309,15 @@ def write_overlay_video(
     weight_gamma: float = 0.5,
     min_height: int = 224,
     codec: str | None = None,
+    curves: Mapping[str, Sequence[Any]] | None = None,
+    motion: Sequence[bool] | None = None,
 ) -> Path:
     """Write :func:`overlay_clip_frames` as a video (``.mp4``, ``.avi`` or ``.gif``, see
-    :class:`~motion_relevance.viz.video_writer.VideoWriter`), streaming frame by frame. Returns the path."""
+    :class:`~motion_relevance.viz.video_writer.VideoWriter`), streaming frame by frame; ``curves``/``motion``
+    add the per-frame relevance strip under the frames (:func:`iter_overlay_frames`). Returns the path."""
     composed = iter_overlay_frames(
-        frames, maps, captions, mode=mode, cmap=cmap, alpha=alpha, weight_gamma=weight_gamma, min_height=min_height
+        frames, maps, captions, mode=mode, cmap=cmap, alpha=alpha, weight_gamma=weight_gamma, min_height=min_height,
+        curves=curves, motion=motion,
     )
     with VideoWriter(path, fps, codec=codec) as vw:
         vw.write_all(composed)
