@@ -242,3 +242,24 @@ def test_wandb_line_plots_go_to_wandb_loggers_only_and_never_raise(caplog: pytes
     assert log_temporal_curves([_CsvLike()], curves, "test") == 0
     assert log_temporal_curves([_WandbLike(_Run(fail=True))], curves, "test") == 0
     assert "Could not log the per-frame curves" in caplog.text
+
+
+def test_sigma_sweep_objective_temporal_advantage() -> None:
+    from omegaconf import OmegaConf
+
+    from motion_relevance.explain_app import objective_values, validate_objective
+
+    obj = {"name": "temporal_advantage", "method": "dtd"}
+    metrics = {"test/temporal_advantage/dtd": 0.3}
+    assert objective_values(metrics, obj, [2.0]) == {"objective": 0.3, "objective_sigma": 2.0}
+    multi = {"test/temporal_advantage/dtd@s1": 0.1, "test/temporal_advantage/dtd@s3": float("nan")}
+    out = objective_values(multi, obj, [1.0, 3.0])
+    assert out["objective/s3"] == -1.0 and out["objective"] == 0.1 and out["objective_sigma"] == 1.0
+    with pytest.raises(KeyError, match="temporal_advantage needs faithfulness with temporal=true"):
+        objective_values({}, obj, [2.0])
+    cfg = OmegaConf.create({"objective": obj, "explainers": {"dtd": {}}, "faithfulness": {"enabled": True}})
+    validate_objective(cfg)  # temporal defaults to on
+    for off in ({"enabled": False}, {"enabled": True, "temporal": False}):
+        cfg.faithfulness = off
+        with pytest.raises(ValueError, match="objective.name=temporal_advantage needs the temporal-window test"):
+            validate_objective(cfg)

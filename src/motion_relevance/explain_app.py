@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 #: Objectives ``objective.name`` may take (see :func:`objective_values`).
-OBJECTIVES = ("auto", "gt_f1", "flow_precision", "freeze_drop")
+OBJECTIVES = ("auto", "gt_f1", "flow_precision", "freeze_drop", "temporal_advantage")
 
 
 def sigmas_of(value: Any) -> list[float]:
@@ -69,6 +69,9 @@ def validate_objective(cfg: DictConfig) -> None:
                                       and "freeze" in list(faithfulness.get("references") or [])):
         raise ValueError("objective.name=freeze_drop needs the matched-budget freeze test: faithfulness.enabled=true, "
                          "faithfulness.matched_budget=true and freeze in faithfulness.references")
+    if name == "temporal_advantage" and not (faithfulness.get("enabled", False) and faithfulness.get("temporal", True)):
+        raise ValueError("objective.name=temporal_advantage needs the temporal-window test: faithfulness.enabled=true "
+                         "and faithfulness.temporal=true")
 
 
 def objective_values(
@@ -79,6 +82,8 @@ def objective_values(
     ``gt_f1``: ``<stage>/gt_f1/<method>_selective`` (F1/Dice against the ground-truth mask, synthetic data).
     ``freeze_drop``: ``<stage>/drop_advantage_random_freeze/<method>`` (how much more freezing the voxels the
     selective map keeps lowers the score than freezing as many random voxels: the faithfulness of the map).
+    ``temporal_advantage``: ``<stage>/temporal_advantage/<method>`` (how much more freezing the frames around the
+    selective map's top frame lowers the score than freezing a random window: whether it finds *when*).
     ``flow_precision``: ``<stage>/precision/<method>_selective`` if ``<stage>/selectivity_mass/<method>`` (the share
     of positive relevance the selective map keeps) is at least ``min_mass``, else ``penalty``. ``auto`` picks
     ``gt_f1`` when ground-truth metrics exist. Undefined values (NaN, missing) become ``penalty``.
@@ -98,13 +103,16 @@ def objective_values(
     for sigma in sigmas:
         if name == "freeze_drop":
             key = keys.metric_key(stage, "drop_advantage_random_freeze", keys.at_sigma(method, sigma, multi))
+        elif name == "temporal_advantage":
+            key = keys.metric_key(stage, keys.TEMPORAL_METRICS["advantage"], keys.at_sigma(method, sigma, multi))
         else:
             key = keys.metric_key(stage, "gt_f1" if name == "gt_f1" else "precision",
                                   keys.selective(method, sigma, multi))
         if key not in metrics:
             raise KeyError(f"objective {name!r} needs the metric {key!r}, which this run did not log "
                            f"(gt_f1 needs synthetic data with masks, flow_precision needs flow != none, "
-                           f"freeze_drop needs faithfulness with the freeze reference)")
+                           f"freeze_drop needs faithfulness with the freeze reference, temporal_advantage needs "
+                           f"faithfulness with temporal=true)")
         value = _finite(metrics[key])
         if name == "flow_precision":
             mass = _finite(metrics.get(keys.metric_key(stage, "selectivity_mass", keys.at_sigma(method, sigma, multi))))
