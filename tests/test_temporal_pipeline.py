@@ -263,3 +263,13 @@ def test_sigma_sweep_objective_temporal_advantage() -> None:
         cfg.faithfulness = off
         with pytest.raises(ValueError, match="objective.name=temporal_advantage needs the temporal-window test"):
             validate_objective(cfg)
+
+
+def test_an_explainer_named_ground_truth_is_refused() -> None:
+    from omegaconf import OmegaConf
+
+    from motion_relevance.utils.validation import check_explainers
+
+    cfg = OmegaConf.create({"explainers": {keys.GROUND_TRUTH: {"_target_": "motion_relevance.explain.GradCAM"}}})
+    with pytest.raises(ValueError, match="explainers.ground_truth: the name is reserved"):
+        check_explainers(cfg)
