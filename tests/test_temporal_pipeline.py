@@ -273,3 +273,14 @@ def test_an_explainer_named_ground_truth_is_refused() -> None:
     cfg = OmegaConf.create({"explainers": {keys.GROUND_TRUTH: {"_target_": "motion_relevance.explain.GradCAM"}}})
     with pytest.raises(ValueError, match="explainers.ground_truth: the name is reserved"):
         check_explainers(cfg)
+
+
+def test_figure_from_run_metrics(tmp_path: Path) -> None:
+    from motion_relevance.pipeline.temporal import temporal_file, write_temporal_figure
+
+    metrics = {"test/temporal_curves": {"dtd": [0.5, 0.5], "dtd_selective": [0.2, 0.8]},
+               "test/temporal_curves_n": {"dtd": 2, "dtd_selective": 2}, "test/temporal_motion_frames": [0.0, 1.0]}
+    path = write_temporal_figure(metrics, tmp_path, "test")
+    assert path == tmp_path / "test_temporal.png" and path.stat().st_size > 1000
+    assert write_temporal_figure(metrics, tmp_path, "validate") is None
+    assert temporal_file() == "temporal.csv" and temporal_file(2, 1) == "temporal_rank1.csv"

@@ -35,8 +35,9 @@ from motion_relevance.metrics.temporal import FrameShareCurve, TemporalWindowDro
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CSV_COLUMNS", "PEAK", "TABLE", "TEMPORAL_FILE", "FrameRecorder", "TemporalWindowTest",
-           "log_temporal_curves", "read_temporal_csv", "temporal_rows", "write_temporal_csv"]
+__all__ = ["CSV_COLUMNS", "PEAK", "TABLE", "TEMPORAL_FILE", "FrameRecorder", "TemporalWindowTest", "curve_groups",
+           "log_temporal_curves", "read_temporal_csv", "temporal_file", "temporal_rows", "write_temporal_csv",
+           "write_temporal_figure"]
 
 #: File of the per-frame shares in the run folder, its columns (tidy long format) and Table 8's name.
 TEMPORAL_FILE = "temporal.csv"
@@ -258,6 +259,28 @@ def write_temporal_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> P
                              "value": "" if value is None or (isinstance(value, float) and math.isnan(value))
                              else value})
     return path
+
+
+def temporal_file(world_size: int = 1, rank: int = 0) -> str:
+    """Name of the per-frame shares in the run folder: ``temporal.csv``, or ``temporal_rank<r>.csv`` for each
+    process of a multi-process run (each writes its own clips)."""
+    return TEMPORAL_FILE if world_size <= 1 else f"temporal_rank{rank}.csv"
+
+
+def write_temporal_figure(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test") -> Path | None:
+    """``<out_dir>/<stage>_temporal.png`` from a run's metrics (``<stage>/temporal_curves``, ``_std``, ``_n``,
+    ``<stage>/temporal_motion_frames``); None when the stage has no curves."""
+    from motion_relevance.viz.temporal import plot_temporal_curves
+
+    prefix = keys.stage_prefix(stage)
+    curves = metrics.get(f"{prefix}/temporal_curves") or {}
+    if not curve_groups(curves):
+        return None
+    return plot_temporal_curves(curves, Path(out_dir) / f"{prefix}_temporal.png",
+                                std=metrics.get(f"{prefix}/temporal_curves_std"),
+                                motion=metrics.get(f"{prefix}/temporal_motion_frames"),
+                                counts=metrics.get(f"{prefix}/temporal_curves_n"),
+                                title=f"per-frame relevance ({prefix}): share of positive relevance in each frame")
 
 
 def read_temporal_csv(path: str | Path) -> list[dict[str, Any]]:
