@@ -131,7 +131,8 @@ def curve_strip(
     peak = max(finite) if finite else 1.0
     peak = peak if peak > 0 else 1.0
     cv2.line(strip, (xs[frame], top), (xs[frame], bottom), (255, 255, 255), 1)
-    scale = max(0.3, height / 160.0)
+    scale = max(0.35, height / 150.0)
+    line = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][1] + 4
     for i, (name, ys) in enumerate(zip(curves, values)):
         colour = _STRIP_COLOURS[i % len(_STRIP_COLOURS)]
         points = [(xs[t], round(bottom - (bottom - top) * v / peak)) for t, v in enumerate(ys) if math.isfinite(v)]
@@ -140,6 +141,6 @@ def curve_strip(
         for p in points:
             cv2.circle(strip, p, max(1, height // 40), colour, -1, cv2.LINE_AA)
         text = name.encode("ascii", "replace").decode("ascii")
-        cv2.putText(strip, text, (pad + 2, top + round((i + 1) * 14 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * scale, colour, 1, cv2.LINE_AA)
+        cv2.putText(strip, text, (pad + 2, top + (i + 1) * line), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1,
+                    cv2.LINE_AA)
     return strip
