@@ -158,7 +158,8 @@ class FrameSource:
 
 
 class FileSource(FrameSource):
-    """A video file decoded by decord, ``chunk`` frames at a time, in order.
+    """A video file decoded by decord (by OpenCV where decord refuses a file OpenCV decodes, e.g. an animated GIF),
+    ``chunk`` frames at a time, in order.
 
     Args:
         path: any container/codec FFmpeg (decord) reads: AVI (XVID, MJPG, FFV1), MP4 (H.264, MPEG-4), MKV, ….
@@ -225,6 +226,9 @@ class FileSource(FrameSource):
 
             return decord.VideoReader(str(self.path), num_threads=self.num_threads, **kw)
         except Exception as err:  # decord raises DECORDError / RuntimeError
+            fallback = _opencv_reader(self.path)  # e.g. an animated GIF: tried by decoding, never by file name
+            if fallback is not None:
+                return fallback
             if _zero_frames(self.path):
                 raise SourceError(f"source={self.name!r} has zero frames") from err
             raise SourceError(
@@ -316,6 +320,22 @@ def check_file(path: str | Path) -> Path:
     if file.stat().st_size == 0:
         raise SourceError(f"source={str(path)!r} is an empty file (0 bytes): no frames to explain")
     return file
+
+
+def _opencv_reader(path: Path) -> _OpenCVReader | None:
+    """An OpenCV reader of ``path`` when OpenCV decodes its first frame and reports frames, else ``None``.
+
+    Used where decord refuses a file OpenCV reads (animated GIFs: decord cannot measure their duration).
+    """
+    try:
+        reader = _OpenCVReader(path)
+        if len(reader) < 1:
+            return None
+        reader[0]
+        reader.seek(0)
+    except RuntimeError:
+        return None
+    return reader
 
 
 def _zero_frames(path: Path) -> bool:
