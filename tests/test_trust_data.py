@@ -95,7 +95,7 @@ def test_a_link_to_a_test_video_is_the_same_video(tmp_path: Path, kind: str) -> 
 
 
 @needs_mini
-def test_a_class_folder_linked_from_another_disk_is_read(tmp_path: Path) -> None:
+def test_a_class_folder_or_file_linked_from_another_disk_is_read(tmp_path: Path) -> None:
     root = _mini(tmp_path)
     other = tmp_path / "other_disk" / "SoccerJuggling"
     shutil.move(root / VIDEO_DIR / "SoccerJuggling", other)
@@ -103,8 +103,14 @@ def test_a_class_folder_linked_from_another_disk_is_read(tmp_path: Path) -> None
     _, items, _ = load_split(root, 1, "train", allow_missing=True)
     assert sorted(it.path for it in items) == [f"{VIDEO_DIR}/SoccerJuggling/v_SoccerJuggling_g23_c01.avi",
                                               f"{VIDEO_DIR}/SoccerJuggling/v_SoccerJuggling_g24_c01.avi"]
-    index = VideoIndex.build(root, [it.path for it in items], progress=False)
-    assert index.bad == [] and all(index[it.path].num_frames > 0 for it in items)
+    outside_clip = tmp_path / "other_disk" / "b.avi"
+    shutil.move(root / VIDEO_DIR / CLIP, outside_clip)
+    (root / VIDEO_DIR / CLIP).symlink_to(outside_clip)  # a file linked from outside the root: read, never deleted
+    _, test, _ = load_split(root, 1, "test", allow_missing=True)
+    assert [it.path for it in test] == [f"{VIDEO_DIR}/{CLIP}"]
+    index = VideoIndex.build(root, [it.path for it in items + test], progress=False)
+    assert index.bad == [] and index[test[0].path].num_frames == 141
+    assert all(index[it.path].num_frames > 0 for it in items)
 
 
 def _tree(tmp_path: Path, train: list[str], test: list[str], files: list[str]) -> Path:
@@ -271,11 +277,45 @@ def test_a_linked_data_root_is_regenerated_inside_itself(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------------ live GIF
-def test_an_animated_gif_plays_as_a_file_source(tmp_path: Path) -> None:
+class _DecordOpensButCannotDecode:
+    """decord's reader as it behaves on some GIFs: opens, reports frames, fails on ``get_batch``."""
+
+    def __init__(self, path: str, **kwargs: object) -> None:
+        from motion_relevance.live.source import _Frames
+
+        self._first = _Frames(np.zeros((24, 32, 3), np.uint8))
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> object:
+        return self._first
+
+    def get_avg_fps(self) -> float:
+        return 25.0
+
+    def seek(self, index: int) -> None:
+        pass
+
+    def get_batch(self, indices: list[int]) -> object:
+        raise RuntimeError("Check failed: from_size == to_size")
+
+
+def _refuse(path: str, **kwargs: object) -> None:
+    raise RuntimeError("Failed to measure duration/frame-count due to broken metadata.")
+
+
+@pytest.mark.parametrize("decord_does", ["its own thing", "refuse to open", "open but not decode"])
+def test_an_animated_gif_plays_as_a_file_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                decord_does: str) -> None:
+    import decord
     from PIL import Image
 
     from motion_relevance.live.source import FileSource
 
+    if decord_does != "its own thing":
+        fake = _refuse if decord_does == "refuse to open" else _DecordOpensButCannotDecode
+        monkeypatch.setattr(decord, "VideoReader", fake)
     frames = np.zeros((6, 24, 32, 3), np.uint8)
     for i in range(6):
         frames[i, 4:12, 2 + 4 * i : 10 + 4 * i] = 255  # a white square moving right on black: exact in a palette
@@ -283,6 +323,16 @@ def test_an_animated_gif_plays_as_a_file_source(tmp_path: Path) -> None:
     images = [Image.fromarray(f) for f in frames]
     images[0].save(gif, save_all=True, append_images=images[1:], duration=40, loop=0)
     source = FileSource(gif, resize=None)
-    got = [f for f, _ in source.frames()]
     assert source.num_frames == 6 and source.fps == pytest.approx(25.0) and source.native_size == (24, 32)
-    np.testing.assert_array_equal(np.stack(got), frames)
+    np.testing.assert_array_equal(np.stack([f for f, _ in source.frames()]), frames)
+    small = FileSource(gif, resize=(12, 16))
+    assert [f.shape for f, _ in small.frames()] == [(12, 16, 3)] * 6
+
+
+def test_a_file_neither_decoder_reads_is_still_not_a_video(tmp_path: Path) -> None:
+    from motion_relevance.live.source import FileSource, SourceError
+
+    fake = tmp_path / "clip.gif"
+    fake.write_bytes(b"GIF89a" + b"not really" * 40)
+    with pytest.raises(SourceError, match=r"clip.gif' (has zero frames|cannot be decoded)"):
+        FileSource(fake, resize=None)

@@ -244,12 +244,28 @@ class FileSource(FrameSource):
             try:
                 batch = self._reader.get_batch(idx).asnumpy()
             except Exception as err:
-                raise SourceError(f"source={self.name!r}: frames {idx[0]}-{idx[-1]} cannot be decoded: {err}") from err
+                batch = self._fallback_batch(idx, err)
             for frame in batch:
                 if self._resize_after:
                     frame = resize_frame(frame, self.resize_to)
                 yield frame, out_i / self.fps
                 out_i += 1
+
+    def _fallback_batch(self, idx: list[int], err: Exception) -> np.ndarray:
+        """Frames ``idx`` decoded by OpenCV when decord opened the file but cannot decode them (animated GIFs whose
+        frames are sub-rectangles); the rest of the file is read by OpenCV too. :class:`SourceError` otherwise."""
+        reader = None if isinstance(self._reader, _OpenCVReader) else _opencv_reader(self.path)
+        if reader is not None:
+            try:
+                batch = reader.get_batch(idx).asnumpy()
+            except RuntimeError:
+                pass
+            else:
+                self._reader = reader
+                self._resize_after = self.resize_to is not None  # OpenCV decodes at the native size
+                return batch
+        msg = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise SourceError(f"source={self.name!r}: frames {idx[0]}-{idx[-1]} cannot be decoded: {msg}") from err
 
     def arrived(self) -> int:  # a file has no real-time arrival; the pacer simulates it
         raise NotImplementedError("a file source is paced by a simulated clock")
