@@ -629,7 +629,7 @@ def test_overlay_sink_writes_every_frame_in_background_and_foreground(tmp_path: 
 
 
 def test_file_source_without_decord_falls_back_to_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Platforms without a decord wheel (macOS on Apple silicon) still stream files, through OpenCV."""
+    """Platforms without a decord wheel (e.g. Intel macs) still stream files, through OpenCV."""
     import motion_relevance.data.video as video
 
     path = SHARED_DATA / "ucf101_mini" / "UCF-101" / "Basketball" / "v_Basketball_g01_c01.avi"

@@ -27,7 +27,7 @@ DECODERS = ("decord", "opencv")
 
 @functools.lru_cache(maxsize=1)
 def decord_available() -> bool:
-    """Whether decord imports here (it has no wheel for some platforms, e.g. macOS on Apple silicon)."""
+    """Whether decord (the ``decord2`` package) imports here (it has no wheel for some platforms, e.g. Intel macs)."""
     try:
         import decord  # noqa: F401
     except ImportError:
@@ -46,7 +46,7 @@ def resolve_decoder(backend: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _warn_fallback() -> None:
-    log.warning("decord is not installed on this platform (no wheel, e.g. macOS on Apple silicon): decoding with "
+    log.warning("decord is not installed on this platform (no decord2 wheel, e.g. Intel macs): decoding with "
                 "OpenCV instead; set data.decoder=opencv to say so and silence this message")
 
 
