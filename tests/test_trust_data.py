@@ -336,3 +336,15 @@ def test_a_file_neither_decoder_reads_is_still_not_a_video(tmp_path: Path) -> No
     fake.write_bytes(b"GIF89a" + b"not really" * 40)
     with pytest.raises(SourceError, match=r"clip.gif' (has zero frames|cannot be decoded)"):
         FileSource(fake, resize=None)
+
+
+def test_the_datamodule_counts_entries_it_did_not_delete(tmp_path: Path) -> None:
+    from motion_relevance.datamodules import MotionShapesDataModule
+
+    keep = _outside(tmp_path)
+    root = tmp_path / "root"
+    _manifest(root, {"link/important.txt": None, "link": None})
+    (root / "link").symlink_to(keep.parent, target_is_directory=True)
+    dm = MotionShapesDataModule(root, generator=SMALL, crop_size=32, batch_size=2, num_workers=0)
+    dm.prepare_data()
+    assert dm.data_counts["not_deleted"] == 2 and keep.read_text() == "keep"
