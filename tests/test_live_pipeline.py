@@ -178,3 +178,10 @@ def test_explain_window_refuses_what_it_cannot_do(c3d: torch.nn.Module) -> None:
     labelled = ExplanationPipeline({"gbp": GuidedBackprop()}, sigma=1.0, target="label", record_clips=True)
     with pytest.raises(ValueError, match="target='label' .* pass labels"):
         labelled.explain_window(c3d, clip)
+
+
+def test_startup_check_of_a_checkpoint_without_a_crop_needs_the_source_size(c3d: torch.nn.Module) -> None:
+    live = LiveExplainer(c3d, build_transform({**PRE, "crop_size": None}), GradCAM(layer="conv5b"), sigma=1.0)
+    with pytest.raises(ValueError, match="no crop_size; pass the source's size"):
+        live.check(16)
+    live.check(16, (56, 56))

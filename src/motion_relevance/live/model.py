@@ -12,7 +12,6 @@ runs: live shows none of them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -145,7 +144,9 @@ class LiveExplainer:
         """The pipeline's checks before work (:meth:`ExplanationPipeline.check_explainers`: the layer/pathway
         check) on a blank probe window of ``window`` frames at the crop size (``size`` ``(H, W)``: the source's,
         for a checkpoint without a crop); raises before the first window."""
-        h, w = self.transform.crop_size or size or (0, 0)
+        if not (self.transform.crop_size or size):
+            raise ValueError("LiveExplainer.check: the checkpoint records no crop_size; pass the source's size (H, W)")
+        h, w = self.transform.crop_size or size
         self.pipeline.check_explainers(self.net, self._model_inputs(np.zeros((int(window), h, w, 3), np.uint8)))
 
     def results(self) -> dict[str, float]:
@@ -161,7 +162,7 @@ class LiveExplainer:
         batch, logits, values = self.pipeline.explain_window(self.net, inputs, labels, logits=logits)
         cls = int(batch.targets[0])
         confidence = float(torch.softmax(logits.float(), dim=1)[0, cls])
-        share = values[0].get(self.share_key, math.nan)
+        share = values[0][self.share_key]  # NaN where undefined (R has no positive mass)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return Explained(cls, confidence, batch.relevance[self.name][0].cpu(),
