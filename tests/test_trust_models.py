@@ -87,6 +87,13 @@ def test_a_description_that_disagrees_with_its_tensors_names_the_key(tmp_path: P
         load_classifier(path)
 
 
+def test_a_class_count_that_disagrees_with_the_class_names_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "three.ckpt", {**C3D_NET, "num_classes": 3})  # 2 class names stored
+    with pytest.raises(ValueError, match=r"^ckpt_path='.*three\.ckpt': model\.num_classes=3 but class_names lists 2 "
+                                         r"classes"):
+        load_classifier(path)
+
+
 def test_a_stored_width_that_cannot_fit_is_refused_before_allocation(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "huge.ckpt", C3D_NET, model_edit={"width": 1000})
     available = available_memory()
