@@ -270,7 +270,7 @@ def test_live_file_end_to_end_outputs(tmp_path: Path, videos: Path, ckpt: Path) 
     assert [r["status"] for r in rows] == ["explained"] * len(rows)
     assert rows[-1]["padded"] == "True" and float(rows[-1]["end_s"]) == pytest.approx(n / 25)
     for r in rows:
-        assert r["class"] in CLASSES and 0 <= float(r["confidence"]) <= 1 and 0 <= float(r["selective_share"]) <= 1
+        assert r["class"] in CLASSES and 0 <= float(r["confidence"]) <= 1 and 0 <= float(r["selectivity_mass"]) <= 1
         assert float(r["latency_ms"]) > 0 and float(r["e2e_latency_ms"]) >= float(r["latency_ms"]) * 0.99
     vr = decord.VideoReader(str(run / "overlay.mp4"))
     assert len(vr) == n == metrics["live/video_frames"]
@@ -280,6 +280,10 @@ def test_live_file_end_to_end_outputs(tmp_path: Path, videos: Path, ckpt: Path) 
     assert metrics["live/windows_dropped"] == 0 and metrics["live/policy"] == "block"
     assert metrics["live/windows_per_s"] > 0 and metrics["live/latency_ms_mean"] > 0
     assert cfg.data.mean == PRE["mean"]  # the explainer's ${data.*} came from the checkpoint
+    # the suite's mean over the windows is the mean of the per-window column (one definition, one function)
+    column = [float(r["selectivity_mass"]) for r in rows]
+    assert metrics["live/selectivity_mass/dtd"] == pytest.approx(sum(column) / len(column), rel=1e-6)
+    assert metrics["live/selectivity_mass_n/dtd"] == len(rows) and metrics["live/explained_clips"] == len(rows)
 
 
 def test_short_video_gives_one_padded_window(tmp_path: Path, videos: Path, ckpt: Path) -> None:
@@ -550,20 +554,12 @@ def test_live_package_loads_checkpoints_only_through_load_classifier() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the pieces
-def test_selective_share_is_kept_absolute_mass() -> None:
-    from motion_relevance.live.model import selective_share
-
-    r = torch.tensor([[[[[1.0, -2.0], [3.0, 0.5]]]]])
-    sel = r * torch.tensor([[[[[1.0, 0.0], [1.0, 0.0]]]]])
-    assert selective_share(r, sel) == pytest.approx(4.0 / 6.5)
-    assert math.isnan(selective_share(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 1, 2, 2)))
-
-
 def test_live_explainer_calls_the_explainer_through_cached_explainer(tmp_path: Path, ckpt: Path) -> None:
     from motion_relevance.explain import GradCAM
     from motion_relevance.explain.cache import AttributionCache, CachedExplainer
     from motion_relevance.explain.selective import selective_relevance
-    from motion_relevance.live.model import LiveExplainer, build_transform, live_preprocessing, selective_share
+    from motion_relevance.live.model import LiveExplainer, build_transform, live_preprocessing
+    from motion_relevance.metrics.functional import selectivity
     from motion_relevance.models.checkpoint import load_classifier
 
     loaded = load_classifier(ckpt)
@@ -577,7 +573,7 @@ def test_live_explainer_calls_the_explainer_through_cached_explainer(tmp_path: P
     assert torch.equal(first.relevance, second.relevance) and first.relevance.shape == (1, 16, 56, 56)
     expected = selective_relevance(first.relevance[None], 1.0)[0]
     assert torch.equal(first.selective, expected)
-    assert first.selective_share == pytest.approx(selective_share(first.relevance, expected))
+    assert first.selectivity_mass == pytest.approx(float(selectivity(first.relevance[None], expected[None])[1]))
     assert first.inputs.shape == (16, 56, 56, 3) and 0 <= first.confidence <= 1
     with pytest.raises(ValueError, match="window=8 .* 16 frames"):
         live_preprocessing(loaded, window=8)
@@ -593,13 +589,14 @@ def test_record_rows_csv_summary_and_captions(tmp_path: Path) -> None:
             WindowResult(2, 0.64, 1.0, "explained", True, "b", 0.9, 0.75, 300.0, 400.0)]
     path = write_csv(tmp_path / "w.csv", rows)
     back = read_csv(path)
-    assert tuple(back[0]) == CSV_COLUMNS and "selective_share" in CSV_COLUMNS and "motion_share" not in CSV_COLUMNS
-    assert back[1]["selective_share"] == "" and float(back[2]["selective_share"]) == 0.75
+    assert tuple(back[0]) == CSV_COLUMNS and "selectivity_mass" in CSV_COLUMNS and "motion_share" not in CSV_COLUMNS
+    assert back[1]["selectivity_mass"] == "" and float(back[2]["selectivity_mass"]) == 0.75
     m = summarise(rows, wall_s=2.0, work_s=0.4, fps=25.0, stride=8, frames=25)
     assert m["live/windows"] == 3 and m["live/windows_explained"] == 2 and m["live/windows_dropped"] == 1
     assert m["live/windows_per_s"] == pytest.approx(1.0) and m["live/capacity_windows_per_s"] == pytest.approx(5.0)
     assert m["live/real_time_factor"] == pytest.approx(5.0 / (25 / 8)) and m["live/keeps_up"]
-    assert m["live/selective_share_mean"] == pytest.approx(0.5) and m["live/latency_ms_mean"] == pytest.approx(200)
+    assert m["live/latency_ms_mean"] == pytest.approx(200)
+    assert not any("share" in k for k in m)  # the kept mass's mean is the metric suite's (LiveExplainer.results)
     assert m["live/e2e_latency_ms_max"] == 400.0 and "live/motion_share_mean" not in m
     assert caption(0.5, rows[0]) == "0.50s  a 50%  selective keeps 25%"
     assert caption(0.5, rows[1]) == "0.50s  dropped (behind real time)"
@@ -629,7 +626,7 @@ def test_overlay_sink_writes_every_frame_in_background_and_foreground(tmp_path: 
 
 
 def test_file_source_without_decord_falls_back_to_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Platforms without a decord wheel (macOS on Apple silicon) still stream files, through OpenCV."""
+    """Platforms without a decord wheel (e.g. Intel macs) still stream files, through OpenCV."""
     import motion_relevance.data.video as video
 
     path = SHARED_DATA / "ucf101_mini" / "UCF-101" / "Basketball" / "v_Basketball_g01_c01.avi"

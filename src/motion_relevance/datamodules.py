@@ -364,8 +364,11 @@ class MotionShapesDataModule(VideoDataModule):
         return self.generator.class_names
 
     def prepare_data(self) -> None:
-        """Generate the set unless the manifest in ``root`` already has this config's hash."""
-        generate_motion_shapes(self.root, self.generator)
+        """Generate the set unless the manifest in ``root`` already has this config's hash; entries of an earlier
+        tree that were kept rather than deleted (links, unstamped files) are counted as ``not_deleted``."""
+        result = generate_motion_shapes(self.root, self.generator)
+        if result.not_deleted:
+            self.counts["not_deleted"] = self.counts.get("not_deleted", 0) + result.not_deleted
 
     def setup(self, stage: str | None = None) -> None:
         manifest = read_manifest(self.root)

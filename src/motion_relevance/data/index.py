@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..checks import normalize_relpath
 from .video import VideoDecodeError, VideoDecoder
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,13 @@ class VideoIndex:
         self.num_probed = num_probed
 
     def __getitem__(self, rel_path: str) -> IndexEntry:
-        return self.entries[rel_path]
+        return self.entries[normalize_relpath(rel_path, root=self.root)]
 
     def __contains__(self, rel_path: object) -> bool:
-        return rel_path in self.entries
+        try:
+            return normalize_relpath(str(rel_path), root=self.root) in self.entries
+        except ValueError:
+            return False
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -92,13 +96,16 @@ class VideoIndex:
         progress: bool = True,
         backend: str = "decord",
     ) -> VideoIndex:
-        """Index ``rel_paths`` (relative to ``root``; they must exist), reusing and updating the cache."""
+        """Index ``rel_paths`` (relative to ``root``; they must exist), reusing and updating the cache.
+
+        Paths are normalised (``a/./b`` is ``a/b``); one that is absolute or leaves ``root`` is refused by name.
+        """
         root = Path(root)
         cache_path = cls.cache_file(root, cache_dir) if cache_dir is not None else None
         cached = _load(cache_path) if cache_path is not None else {}
         entries: dict[str, IndexEntry] = {}
         todo: list[str] = []
-        for rel in dict.fromkeys(rel_paths):
+        for rel in dict.fromkeys(normalize_relpath(r, root=root) for r in rel_paths):
             st = (root / rel).stat()
             old = cached.get(rel)
             if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
@@ -138,9 +145,17 @@ def _load(path: Path) -> dict[str, IndexEntry]:
         data = json.loads(path.read_text())
         if data.get("version") != INDEX_VERSION:
             return {}
-        return {k: IndexEntry(**v) for k, v in data["entries"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        entries = {k: IndexEntry(**v) for k, v in data["entries"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+    out = {}
+    for key, entry in entries.items():  # a key not in normal form (or outside the root) is re-probed, never used
+        try:
+            if normalize_relpath(key) == key:
+                out[key] = entry
+        except ValueError:
+            continue
+    return out
 
 
 def _save(path: Path, root: Path, entries: dict[str, IndexEntry]) -> None:

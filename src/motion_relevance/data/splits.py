@@ -3,6 +3,10 @@
 Handles the official files' quirks: CRLF line endings, 1-based labels (0-based in code), test lists without
 labels (label from the class folder) and the ``HandstandPushups`` folder holding ``v_HandStandPushups_*`` files
 (paths are resolved case-insensitively when the exact path does not exist).
+
+Listed paths are compared as the files they name: ``Basketball/./v.avi``, ``Basketball//v.avi`` and a link to the
+same file are one video for the duplicate and train/test-overlap checks. Reading through a symlink placed in the
+data root (a class folder on another disk) is allowed.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from ..checks import file_identity, normalize_relpath
 from ._checks import check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
@@ -78,12 +83,14 @@ class ListedVideo:
     line: int
 
 
-def _check_inside(rel: str, where: str) -> None:
-    """Listed paths are relative and stay inside the data root (no ``..`` component, no absolute path)."""
-    parts = PurePosixPath(rel).parts
-    if not parts or rel.startswith("/") or re.match(r"^[A-Za-z]:", rel) or ".." in parts:
-        raise ValueError(f"{where}: path {rel!r} leaves the data root; split files list paths relative to "
-                         f"{VIDEO_DIR}/ such as 'ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi'")
+def _normalized(rel: str, where: str, video_dir: Path) -> str:
+    """``rel`` in one spelling (``./``, ``//``, ``a/../a`` and backslashes folded; case kept), or ``ValueError`` naming
+    ``where`` (file:line) when it is empty, absolute or leaves ``video_dir`` as written."""
+    try:
+        return normalize_relpath(rel, root=video_dir)
+    except ValueError as err:
+        raise ValueError(f"{where}: path {err}; split files list paths relative to {VIDEO_DIR}/ such as "
+                         "'ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi'") from None
 
 
 def read_list(path: str | Path, class_names: list[str], *, labelled: bool | None = None) -> list[ListedVideo]:
@@ -93,6 +100,7 @@ def read_list(path: str | Path, class_names: list[str], *, labelled: bool | None
     the path may contain spaces. ``labelled``: whether a label is required (default: for ``trainlist*`` files).
     """
     path = Path(path)
+    video_dir = path.parent.parent / VIDEO_DIR
     if labelled is None:
         labelled = path.name.lower().startswith("train")
     lower = {c.lower(): i for i, c in enumerate(class_names)}
@@ -106,8 +114,7 @@ def read_list(path: str | Path, class_names: list[str], *, labelled: bool | None
             raise ValueError(f"{where}: expected '<path> <1-based label>', got {line!r}")
         else:
             rel, file_label = line, None
-        rel = rel.replace("\\", "/")
-        _check_inside(rel, where)
+        rel = _normalized(rel, where, video_dir)
         folder = rel.split("/")[0]
         if folder.lower() not in lower:
             raise ValueError(
@@ -124,22 +131,6 @@ def read_list(path: str | Path, class_names: list[str], *, labelled: bool | None
     if not out:
         raise ValueError(f"{path}: the list is empty; it must list at least one video")
     return out
-
-
-def _duplicates(listed: list[ListedVideo]) -> dict[str, list[int]]:
-    """Paths listed more than once (case-insensitively) -> their line numbers."""
-    lines: dict[str, list[int]] = {}
-    for item in listed:
-        lines.setdefault(item.path.lower(), []).append(item.line)
-    return {p: ls for p, ls in lines.items() if len(ls) > 1}
-
-
-def split_overlap(root: str | Path, split: int, class_names: list[str]) -> list[tuple[str, int, int]]:
-    """Videos listed in both the train and the test list of ``split``: (path, train line, test line)."""
-    lists = Path(root) / LIST_DIR
-    train = {v.path.lower(): v for v in read_list(lists / f"trainlist{split:02d}.txt", class_names, labelled=True)}
-    test = read_list(lists / f"testlist{split:02d}.txt", class_names, labelled=False)
-    return [(v.path, train[v.path.lower()].line, v.line) for v in test if v.path.lower() in train]
 
 
 class PathResolver:
@@ -168,6 +159,58 @@ class PathResolver:
         return found if (self.video_dir / found).is_file() else None
 
 
+@dataclass(frozen=True)
+class _Found:
+    """A listed video located on disk: the line, the path found (``None`` when missing) and its identity key."""
+
+    video: ListedVideo
+    found: str | None
+    key: tuple[object, ...]
+
+
+def _locate(listed: list[ListedVideo], resolver: PathResolver) -> list[_Found]:
+    """Resolve every listed video; the key is the file's ``(device, inode)`` when it exists (so two spellings or
+    links of one file compare equal), else its normalised listed path (case kept: Linux names differ by case)."""
+    out = []
+    for video in listed:
+        found = resolver.resolve(video.path)
+        ident = file_identity(resolver.video_dir / found) if found is not None else None
+        out.append(_Found(video, found, ("file", *ident) if ident is not None else ("path", video.path)))
+    return out
+
+
+def _duplicates(located: list[_Found]) -> dict[tuple[object, ...], list[_Found]]:
+    """Videos listed more than once (same normalised path or same file) -> their entries, in list order."""
+    groups: dict[tuple[object, ...], list[_Found]] = {}
+    for f in located:
+        groups.setdefault(f.key, []).append(f)
+    return {k: fs for k, fs in groups.items() if len(fs) > 1}
+
+
+def _describe(entries: list[_Found]) -> str:
+    """``'A/x.avi' on lines [1, 4]`` (other spellings of the same file named)."""
+    spellings = list(dict.fromkeys(f.video.path for f in entries))
+    also = f" (also as {', '.join(repr(s) for s in spellings[1:])})" if len(spellings) > 1 else ""
+    return f"{spellings[0]!r}{also} on lines {[f.video.line for f in entries]}"
+
+
+def split_overlap(root: str | Path, split: int, class_names: list[str]) -> list[tuple[str, int, int]]:
+    """Videos listed in both the train and the test list of ``split``: (test path, train line, test line).
+
+    Compared as the files they name: normalised paths, and ``(device, inode)`` for files that exist (a link or a
+    second spelling of a test video in the train list counts).
+    """
+    root = Path(root)
+    lists = root / LIST_DIR
+    resolver = PathResolver(root / VIDEO_DIR)
+    train = _locate(read_list(lists / f"trainlist{split:02d}.txt", class_names, labelled=True), resolver)
+    test = _locate(read_list(lists / f"testlist{split:02d}.txt", class_names, labelled=False), resolver)
+    first_train: dict[tuple[object, ...], int] = {}
+    for f in train:
+        first_train.setdefault(f.key, f.video.line)
+    return [(f.video.path, first_train[f.key], f.video.line) for f in test if f.key in first_train]
+
+
 def load_split(
     root: str | Path, split: int = 1, subset: str = "train", allow_missing: bool = False,
     allow_duplicates: bool = False,
@@ -176,7 +219,9 @@ def load_split(
 
     Raises ``FileNotFoundError`` when listed videos are missing (count and first names in the message) unless
     ``allow_missing``, which skips them with one warning; ``ValueError`` for a video listed twice (file and lines
-    named) unless ``allow_duplicates`` (then it is kept twice, as listed, and counted by the caller).
+    named) unless ``allow_duplicates`` (then it is kept twice, as listed, and counted by the caller). Two lines name one
+    video when their normalised paths are equal or they name one existing file (``(device, inode)``: another
+    spelling, a case variant the resolver maps to the same file, a link); repeats share the first one's path.
     """
     check_int("split", split, 1, 3)
     check_choice("subset", subset, SUBSETS)
@@ -185,20 +230,22 @@ def load_split(
     class_names = read_class_ind(lists / "classInd.txt")
     list_file = lists / f"{subset}list{split:02d}.txt"
     listed = read_list(list_file, class_names, labelled=subset == "train")
-    dups = _duplicates(listed)
+    resolver = PathResolver(root / VIDEO_DIR)
+    located = _locate(listed, resolver)
+    dups = _duplicates(located)
     if dups and not allow_duplicates:
-        first = ", ".join(f"{p!r} on lines {ls}" for p, ls in list(dups.items())[:3])
+        first = ", ".join(_describe(fs) for fs in list(dups.values())[:3])
         raise ValueError(f"{list_file}: {len(dups)} videos are listed more than once ({first}); each clip would "
                          "count several times in the metrics. Remove the repeats, or set data.allow_duplicates=true "
                          "to keep them (the run then reports data/duplicate_videos)")
-    resolver = PathResolver(root / VIDEO_DIR)
     items, missing = [], []
-    for video in listed:
-        found = resolver.resolve(video.path)
-        if found is None:
-            missing.append(video.path)
+    canonical: dict[tuple[object, ...], str] = {}  # one path per file: repeats of it count in count_duplicates
+    for f in located:
+        if f.found is None:
+            missing.append(f.video.path)
         else:
-            items.append(VideoItem(f"{VIDEO_DIR}/{found}", video.label, group_of(found)))
+            found = canonical.setdefault(f.key, f.found)
+            items.append(VideoItem(f"{VIDEO_DIR}/{found}", f.video.label, group_of(found)))
     if missing:
         msg = (
             f"{len(missing)} of {len(listed)} videos listed in {list_file} are missing under {root / VIDEO_DIR} "

@@ -22,16 +22,18 @@ import json
 import logging
 import math
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cv2
 import numpy as np
 
+from ..checks import normalize_relpath, resolve_inside
 from ._checks import check_choice, check_float, check_int, check_size
 from .masks import MASK_DIR, mask_path, save_mask
 from .splits import LIST_DIR, VIDEO_DIR
@@ -373,6 +375,8 @@ class GeneratedSet:
     num_videos: int
     generated: bool
     seconds: float
+    #: bookkeeping entries of an earlier tree that were not deleted (symlinks, no stamp, ...; each logged)
+    not_deleted: int = 0
 
 
 def video_name(class_name: str, video_idx: int, num_groups: int) -> str:
@@ -423,22 +427,66 @@ def planned_files(cfg: MotionShapesConfig) -> list[str]:
     return files
 
 
-def _owned_files(root: Path) -> dict[str, dict[str, int] | None]:
-    """Files this generator wrote under ``root`` (relative path -> recorded size/mtime, None if not recorded),
-    from the manifest or from the marker of an interrupted generation; empty when it wrote nothing here."""
-    owned: dict[str, dict[str, int] | None] = {}
+#: What a bookkeeping file records per generated file: ``{"size": bytes, "mtime_ns": ns}``, or ``None`` (the
+#: progress marker lists its files before writing them).
+Stamp = dict[str, int] | None
+
+
+@dataclass(frozen=True)
+class _Owned:
+    """One file the bookkeeping says the generator wrote: its stamp and the bookkeeping file that lists it.
+
+    ``written_after_ns``: for entries of the progress marker (no stamp yet), the marker's own mtime; such a file is
+    the generator's only if it was modified after the marker was written.
+    """
+
+    stamp: Stamp
+    source: Path
+    written_after_ns: int | None = None
+
+
+def _check_stamp(source: Path, rel: Any, stamp: Any) -> Stamp:
+    """A manifest entry's stamp, or ``ValueError`` naming the file and the entry."""
+    if not isinstance(rel, str):
+        raise ValueError(f"{source}: entry {rel!r} of 'files' is not a path; delete the folder or choose another")
+    if stamp is None:
+        return None
+    ok = isinstance(stamp, dict) and set(stamp) == {"size", "mtime_ns"} and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in stamp.values())
+    if not ok:
+        raise ValueError(f"{source}: entry {rel!r} has the stamp {stamp!r}, expected {{'size': int, 'mtime_ns': int}} "
+                         "or null; the file is not motion_shapes bookkeeping: move it away or choose another data.root")
+    return stamp
+
+
+def _owned_files(root: Path) -> dict[str, _Owned]:
+    """Files this generator wrote under ``root`` (normalised relative path -> stamp and source), from the manifest
+    or from the marker of an interrupted generation; empty when it wrote nothing here.
+
+    Raises ``ValueError`` naming the file for bookkeeping whose ``files`` is not a mapping of path -> stamp, or that
+    lists a path outside ``root`` (absolute or ``..``).
+    """
+    owned: dict[str, _Owned] = {}
     for name in (MANIFEST, PARTIAL):
+        source = root / name
         try:
-            data = json.loads((root / name).read_text())
+            data = json.loads(source.read_text())
+            marker_ns = source.stat().st_mtime_ns
         except (OSError, ValueError):
             continue
         if not isinstance(data, dict) or data.get("generator") != "motion_shapes":
             continue
         files = data.get("files")
-        if isinstance(files, dict):
-            owned.update({str(k): v if isinstance(v, dict) else None for k, v in files.items()})
-        elif isinstance(data.get("config"), dict):  # manifests of generator version 1 list no files
-            owned.update(dict.fromkeys(planned_files(MotionShapesConfig.from_dict(data["config"]))))
+        if files is None and isinstance(data.get("config"), dict):  # manifests of generator version 1 list no files
+            files = dict.fromkeys(planned_files(MotionShapesConfig.from_dict(data["config"])))
+        if not isinstance(files, dict):
+            raise ValueError(f"{source}: 'files' is {type(files).__name__}, expected a mapping of path -> stamp; "
+                             "move the file away or choose another data.root")
+        after = marker_ns if name == PARTIAL else None
+        for rel, stamp in files.items():
+            stamp = _check_stamp(source, rel, stamp)
+            key = normalize_relpath(rel, root=root, source=source)
+            owned[key] = _Owned(stamp, source, after)
     return owned
 
 
@@ -458,30 +506,93 @@ def _foreign_entries(root: Path, owned: dict[str, Any]) -> list[str]:
     return foreign
 
 
-def _remove_owned(root: Path, owned: dict[str, dict[str, int] | None]) -> None:
-    """Delete the generator's own files (refusing any the user changed since) and the folders left empty."""
-    changed = []
-    for rel, stamp in owned.items():
-        path = root / rel
-        if not path.is_file() or stamp is None:
+def _symlink_on_path(root: Path, rel: str) -> str | None:
+    """The first component of ``root / rel`` below ``root`` that is a symlink (relative to ``root``), or ``None``.
+
+    ``root`` itself may be a link (a data folder linked from another disk); nothing below it is followed.
+    """
+    path, parts = root, rel.split("/")
+    for i, part in enumerate(parts):
+        path = path / part
+        if path.is_symlink():
+            return "/".join(parts[: i + 1])
+        if not path.exists():
+            return None
+    return None
+
+
+def _why_not_deletable(root: Path, rel: str, entry: _Owned) -> str | None:
+    """Why ``rel`` must not be deleted (a one-line reason), ``None`` when it may be, ``""`` when it is absent."""
+    link = _symlink_on_path(root, rel)
+    if link is not None:
+        return "it is a symlink" if link == rel else f"its path goes through the symlink {link!r}"
+    path = root / rel
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return ""
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    try:
+        resolve_inside(root, rel)
+    except ValueError as err:
+        return str(err)
+    if entry.written_after_ns is not None:
+        if st.st_mtime_ns < entry.written_after_ns:
+            return "it is older than the marker of the interrupted generation that lists it"
+        return None
+    if entry.stamp is None:
+        return "the entry has no size/mtime stamp, so the generator cannot tell it wrote this file"
+    return None
+
+
+def _remove_owned(root: Path, owned: dict[str, _Owned]) -> list[str]:
+    """Delete the generator's own regular files (refusing any the user changed since) and the folders left empty.
+
+    Never deletes through a symlink, a link itself, anything outside ``root`` or an entry without a stamp: those are
+    kept and logged; returns their relative paths.
+    """
+    changed, keep, delete = [], [], []
+    for rel, entry in owned.items():
+        why = _why_not_deletable(root, rel, entry)
+        if why == "":
             continue
-        st = path.stat()
-        if st.st_size != stamp.get("size") or st.st_mtime_ns != stamp.get("mtime_ns"):
+        if why is not None:
+            keep.append(rel)
+            log.warning("%s: entry %r is not deleted: %s", entry.source, rel, why)
+            continue
+        st = (root / rel).stat()
+        if entry.stamp is not None and (st.st_size, st.st_mtime_ns) != (entry.stamp["size"], entry.stamp["mtime_ns"]):
             changed.append(rel)
+        else:
+            delete.append(rel)
     if changed:
         raise FileExistsError(
             f"{root} holds files the motion_shapes generator wrote that were changed since ({', '.join(changed[:5])}"
             f"{' ...' if len(changed) > 5 else ''}); they are not deleted. Move them away or generate into another "
             "folder (data.root / paths.data_dir)"
         )
-    for rel in owned:
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            continue  # never outside the root, whatever a manifest says
+    for rel in delete:
         (root / rel).unlink(missing_ok=True)
-    for folder in sorted({(root / rel).parent for rel in owned}, key=lambda p: len(p.parts), reverse=True):
-        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+    parents = {p.as_posix() for name in owned for p in PurePosixPath(name).parents} - {"."}
+    for sub in sorted(parents, key=lambda r: r.count("/"), reverse=True):  # deepest first
+        folder = root / sub
+        if _symlink_on_path(root, sub) is None and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-            folder = folder.parent
+    return keep
+
+
+def _check_free(root: Path, files: list[str], kept: list[str]) -> None:
+    """Refuse to write where a kept entry, a leftover or a symlink would be overwritten or written through."""
+    for rel in files:
+        link = _symlink_on_path(root, rel)
+        if link is not None or os.path.lexists(root / rel):
+            what = f"the symlink {root / link}" if link is not None else f"{root / rel}"
+            raise FileExistsError(
+                f"cannot generate motion_shapes into {root}: {what} is in the way and was not deleted "
+                f"({len(kept)} bookkeeping entries kept, see the warnings); move it away or choose another folder "
+                "(paths.data_dir=... or data.root=...)"
+            )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -514,9 +625,10 @@ def generate_motion_shapes(root: str | Path, cfg: MotionShapesConfig | None = No
             )
     _check_writable(root)
     t0 = time.perf_counter()
-    _remove_owned(root, owned)
-    (root / MANIFEST).unlink(missing_ok=True)
+    kept = _remove_owned(root, owned)
     files = planned_files(cfg)
+    _check_free(root, files, kept)
+    (root / MANIFEST).unlink(missing_ok=True)
     _write_json(root / PARTIAL, {"generator": "motion_shapes", "hash": key, "files": dict.fromkeys(files)})
 
     names = cfg.class_names
@@ -546,4 +658,4 @@ def generate_motion_shapes(root: str | Path, cfg: MotionShapesConfig | None = No
     _write_json(root / MANIFEST, data)  # written last: an interrupted run is cleaned up and regenerated next time
     (root / PARTIAL).unlink(missing_ok=True)
     log.info("generated motion_shapes (%d videos) in %s in %.1f s", num, root, seconds)
-    return GeneratedSet(root, names, num, True, seconds)
+    return GeneratedSet(root, names, num, True, seconds, len(kept))

@@ -1,20 +1,23 @@
 """Live explanations: ``python -m motion_relevance.live source=<file | camera index> ckpt_path=…`` (``mr-live``).
 
 Streams a video file (decord, decoded incrementally) or a camera (OpenCV) through a trained checkpoint, window by
-window (``window`` frames, advanced by ``stride``), preprocessed exactly like the checkpoint's training data. For
-every window: the predicted class and its confidence (softmax probability), the baseline explanation
-(``explainer=dtd|gradcam|gbp|guided_gradcam|…``) and its selective version (``selective.sigma``), the selective
-share ``Σ|R_sel| / Σ|R|`` (the fraction of the relevance mass that selective relevance keeps) and the latency.
-Writes into the run folder:
+window (``window`` frames, advanced by ``stride``), preprocessed exactly like the checkpoint's training data. Every
+window goes through the project's :class:`~motion_relevance.pipeline.ExplanationPipeline` (as a batch of
+mr-explain: same target rule, checks and metric suite): the predicted class (or ``target``) and its confidence
+(softmax probability), the baseline explanation (``explainer=dtd|gradcam|gbp|guided_gradcam|…``) and its selective
+version (``selective.sigma``), the suite's ``selectivity_mass`` ``Σ R_sel⁺ / Σ R⁺`` (the positive relevance mass
+selective relevance keeps) and the latency. The pipeline's checks that need the model (a Grad-CAM layer on another
+pathway than the full-rate one) run at start-up, before the first window. Writes into the run folder:
 
 * ``overlay.mp4``: input | baseline | selective side by side, heatmaps blended on the model's input frames, the
-  class, confidence and selective share written on every frame; one output frame per stream frame, at the
+  class, confidence and kept mass written on every frame; one output frame per stream frame, at the
   source's frame rate (frames of dropped windows carry no heatmap);
-* ``windows.csv``: one row per window (start/end time s, status, class, confidence, selective share, latency ms,
+* ``windows.csv``: one row per window (start/end time s, status, class, confidence, selectivity_mass, latency ms,
   end-to-end latency ms);
-* ``timeline.png``: confidence and selective share against time;
-* ``metrics.json``: windows/s, latency, real-time factor, dropped windows, … (also logged to the loggers: W&B
-  offline by default, ``logger=none`` for none).
+* ``timeline.png``: confidence and selectivity_mass against time;
+* ``metrics.json``: windows/s, latency, real-time factor, dropped windows, … and the suite's means over the windows
+  (``live/selectivity_mass/<explainer>`` …) (also logged to the loggers: W&B offline by default, ``logger=none``
+  for none).
 
 The last line printed is ``Run folder: <path>``. The pieces: :mod:`~motion_relevance.live.config` (schema and
 checks before work), :mod:`~motion_relevance.live.model` (checkpoint needs, predict + explain),
@@ -81,7 +84,9 @@ def run(cfg: DictConfig, capture_factory: Callable[[int], Any] | None = None) ->
     name = getattr(explainer, "name", "baseline")
     sigma = float(s.selective.sigma)
     model = LiveExplainer(loaded.net, transform, explainer, sigma, s.selective.padding, s.target, device,
-                          loaded.class_names)
+                          loaded.class_names, name=name)
+    if transform.crop_size is not None:  # the pipeline's checks before work, on a probe window
+        model.check(s.window)
     source = open_source(
         s.source, resize=s.resize, checkpoint_resize=pre.get("resize"), crop_size=transform.crop_size, fps=s.fps,
         step=int(pre.get("stride") or 1), chunk=s.decode.chunk, num_threads=s.decode.threads,
@@ -91,6 +96,8 @@ def run(cfg: DictConfig, capture_factory: Callable[[int], Any] | None = None) ->
     log.info("Live source: %s; window %d, stride %d, policy %s, explainer %s", source.describe(), s.window,
              s.stride, policy, name)
     try:
+        if transform.crop_size is None:
+            model.check(s.window, source.size)
         loggers = instantiate_group(cfg.get("logger"), "logger")
         for lg in loggers:
             lg.log_hyperparams(loggable_config(cfg))
@@ -106,6 +113,7 @@ def run(cfg: DictConfig, capture_factory: Callable[[int], Any] | None = None) ->
     metrics.update({"live/policy": policy, "live/explainer": name, "live/source": source.name,
                     "live/checkpoint": str(loaded.path), "live/interrupted": played.interrupted,
                     "live/device": str(device), "live/window": s.window, "live/stride": s.stride})
+    metrics.update(model.results())  # the suite's means over the explained windows (live/selectivity_mass/<name> …)
     paths = _write_outputs(output_dir, s.outputs, played.rows, source, name, sigma)
     if sink.writer is not None and sink.frames:
         paths["video"] = sink.writer.path

@@ -46,7 +46,7 @@ def process_window(win: Window, model: LiveExplainer, pacer: Pacer, sw: SlidingW
         res.latency_ms = (time.perf_counter() - t0) * 1e3
         res.status = "explained"
         res.class_name = model.class_name(out.class_index)
-        res.confidence, res.selective_share = out.confidence, out.selective_share
+        res.confidence, res.selectivity_mass = out.confidence, out.selectivity_mass
         shown = slice(win.new_from, win.num_real)  # the frames no earlier window showed
         maps = (out.relevance[:, shown], out.selective[:, shown])
         frames = out.inputs[shown]

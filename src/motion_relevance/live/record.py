@@ -1,8 +1,10 @@
 """The record of a live run: one :class:`WindowResult` per window, ``windows.csv``, the ``live/…`` summary metrics,
 ``timeline.png``, the captions of the overlay video and what goes to the loggers.
 
-The *selective share* of a window is ``Σ|R_sel| / Σ|R|``: the fraction of the baseline's absolute relevance mass
-that selective relevance keeps (:func:`motion_relevance.live.model.selective_share`).
+The number each window shows is the metric suite's ``selectivity_mass`` ``Σ R_sel⁺ / Σ R⁺``: the fraction of the
+baseline's positive relevance mass that selective relevance keeps (:data:`motion_relevance.live.model.SHARE_METRIC`,
+read from the suite of the window's :class:`~motion_relevance.pipeline.ExplanationPipeline`); its mean over the
+windows is the suite's ``live/selectivity_mass/<explainer>`` in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from motion_relevance.utils.run import to_python
 __all__ = ["CSV_COLUMNS", "WindowResult", "caption", "log_summary", "log_window", "summarise", "write_csv",
            "write_timeline"]
 
-CSV_COLUMNS = ("window", "start_s", "end_s", "status", "padded", "class", "confidence", "selective_share",
+CSV_COLUMNS = ("window", "start_s", "end_s", "status", "padded", "class", "confidence", "selectivity_mass",
                "latency_ms", "e2e_latency_ms")
 
 
@@ -37,7 +39,7 @@ class WindowResult:
     padded: bool
     class_name: str = ""
     confidence: float = math.nan
-    selective_share: float = math.nan
+    selectivity_mass: float = math.nan
     latency_ms: float = math.nan
     e2e_latency_ms: float = math.nan
 
@@ -48,10 +50,10 @@ class WindowResult:
 
 
 def caption(t_s: float, res: WindowResult) -> str:
-    """The caption of one overlay frame at ``t_s`` seconds: class, confidence and selective share."""
+    """The caption of one overlay frame at ``t_s`` seconds: class, confidence and the kept positive mass."""
     if res.status != "explained":
         return f"{t_s:.2f}s  dropped (behind real time)"
-    share = "n/a" if math.isnan(res.selective_share) else f"{res.selective_share:.0%}"
+    share = "n/a" if math.isnan(res.selectivity_mass) else f"{res.selectivity_mass:.0%}"
     return f"{t_s:.2f}s  {res.class_name} {res.confidence:.0%}  selective keeps {share}"
 
 
@@ -67,11 +69,12 @@ def write_csv(path: Path, rows: list[WindowResult]) -> Path:
 
 def summarise(rows: list[WindowResult], *, wall_s: float, work_s: float, fps: float, stride: int,
               frames: int) -> dict[str, Any]:
-    """Summary metrics of a run (keys ``live/…``; latencies in ms, rates in windows/s)."""
+    """Summary metrics of a run (keys ``live/…``; latencies in ms, rates in windows/s). The means of the metric suite
+    (``live/selectivity_mass/<explainer>`` …) come from the pipeline (:meth:`~motion_relevance.live.model.
+    LiveExplainer.results`)."""
     done = [r for r in rows if r.status == "explained"]
     lat = [r.latency_ms for r in done]
     e2e = [r.e2e_latency_ms for r in done]
-    shares = [r.selective_share for r in done if not math.isnan(r.selective_share)]
     required = fps / stride
     capacity = len(done) / work_s if work_s > 0 else math.nan
     out: dict[str, Any] = {
@@ -91,28 +94,27 @@ def summarise(rows: list[WindowResult], *, wall_s: float, work_s: float, fps: fl
         "live/e2e_latency_ms_mean": statistics.fmean(e2e) if e2e else math.nan,
         "live/e2e_latency_ms_max": max(e2e) if e2e else math.nan,
         "live/confidence_mean": statistics.fmean(r.confidence for r in done) if done else math.nan,
-        "live/selective_share_mean": statistics.fmean(shares) if shares else math.nan,
     }
     out["live/keeps_up"] = bool(out["live/real_time_factor"] >= 1.0)
     return out
 
 
 def write_timeline(path: Path, rows: list[WindowResult], title: str) -> Path | None:
-    """``timeline.png``: confidence and selective share of the explained windows against time (None if none)."""
+    """``timeline.png``: confidence and selectivity_mass of the explained windows against time (None if none)."""
     from motion_relevance.viz.plots import plot_timeline
 
     done = [r for r in rows if r.status == "explained"]
     if not done:
         return None
     return plot_timeline([(r.start_s + r.end_s) / 2 for r in done], [r.confidence for r in done],
-                         [r.selective_share for r in done], path, labels=[r.class_name for r in done], title=title)
+                         [r.selectivity_mass for r in done], path, labels=[r.class_name for r in done], title=title)
 
 
 def log_window(loggers: list[Any], res: WindowResult, class_index: int) -> None:
-    """Per-window metrics (``live/confidence``, ``live/selective_share``, ``live/latency_ms``,
+    """Per-window metrics (``live/confidence``, ``live/selectivity_mass``, ``live/latency_ms``,
     ``live/class_index``) at step = window index."""
     for lg in loggers:
-        lg.log_metrics({"live/confidence": res.confidence, "live/selective_share": res.selective_share,
+        lg.log_metrics({"live/confidence": res.confidence, "live/selectivity_mass": res.selectivity_mass,
                         "live/latency_ms": res.latency_ms, "live/class_index": class_index}, step=res.window)
 
 

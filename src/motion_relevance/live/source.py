@@ -158,7 +158,8 @@ class FrameSource:
 
 
 class FileSource(FrameSource):
-    """A video file decoded by decord, ``chunk`` frames at a time, in order.
+    """A video file decoded by decord (by OpenCV where decord refuses a file OpenCV decodes, e.g. an animated GIF),
+    ``chunk`` frames at a time, in order.
 
     Args:
         path: any container/codec FFmpeg (decord) reads: AVI (XVID, MJPG, FFV1), MP4 (H.264, MPEG-4), MKV, ….
@@ -225,6 +226,9 @@ class FileSource(FrameSource):
 
             return decord.VideoReader(str(self.path), num_threads=self.num_threads, **kw)
         except Exception as err:  # decord raises DECORDError / RuntimeError
+            fallback = _opencv_reader(self.path)  # e.g. an animated GIF: tried by decoding, never by file name
+            if fallback is not None:
+                return fallback
             if _zero_frames(self.path):
                 raise SourceError(f"source={self.name!r} has zero frames") from err
             raise SourceError(
@@ -240,12 +244,28 @@ class FileSource(FrameSource):
             try:
                 batch = self._reader.get_batch(idx).asnumpy()
             except Exception as err:
-                raise SourceError(f"source={self.name!r}: frames {idx[0]}-{idx[-1]} cannot be decoded: {err}") from err
+                batch = self._fallback_batch(idx, err)
             for frame in batch:
                 if self._resize_after:
                     frame = resize_frame(frame, self.resize_to)
                 yield frame, out_i / self.fps
                 out_i += 1
+
+    def _fallback_batch(self, idx: list[int], err: Exception) -> np.ndarray:
+        """Frames ``idx`` decoded by OpenCV when decord opened the file but cannot decode them (animated GIFs whose
+        frames are sub-rectangles); the rest of the file is read by OpenCV too. :class:`SourceError` otherwise."""
+        reader = None if isinstance(self._reader, _OpenCVReader) else _opencv_reader(self.path)
+        if reader is not None:
+            try:
+                batch = reader.get_batch(idx).asnumpy()
+            except RuntimeError:
+                pass
+            else:
+                self._reader = reader
+                self._resize_after = self.resize_to is not None  # OpenCV decodes at the native size
+                return batch
+        msg = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise SourceError(f"source={self.name!r}: frames {idx[0]}-{idx[-1]} cannot be decoded: {msg}") from err
 
     def arrived(self) -> int:  # a file has no real-time arrival; the pacer simulates it
         raise NotImplementedError("a file source is paced by a simulated clock")
@@ -316,6 +336,22 @@ def check_file(path: str | Path) -> Path:
     if file.stat().st_size == 0:
         raise SourceError(f"source={str(path)!r} is an empty file (0 bytes): no frames to explain")
     return file
+
+
+def _opencv_reader(path: Path) -> _OpenCVReader | None:
+    """An OpenCV reader of ``path`` when OpenCV decodes its first frame and reports frames, else ``None``.
+
+    Used where decord refuses a file OpenCV reads (animated GIFs: decord cannot measure their duration).
+    """
+    try:
+        reader = _OpenCVReader(path)
+        if len(reader) < 1:
+            return None
+        reader[0]
+        reader.seek(0)
+    except RuntimeError:
+        return None
+    return reader
 
 
 def _zero_frames(path: Path) -> bool:

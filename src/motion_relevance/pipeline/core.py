@@ -36,14 +36,14 @@ from motion_relevance.pipeline.temporal import FrameRecorder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TARGETS", "ExplainedBatch", "ExplanationPipeline", "reference_input"]
+__all__ = ["TARGETS", "ExplainedBatch", "ExplanationPipeline", "check_explainer_input", "reference_input"]
 
 TARGETS = ("predicted", "label")
 MODES = ("positive", "nonzero")
 
 
 def _check_reference_relevance(name: str, explainer: Any, relevance: Sequence[Tensor], ref: int,
-                               pathways: Sequence[str]) -> None:
+                               pathways: Sequence[str], key: str = "explainers.<name>") -> None:
     """Refuse a map that lies on another pathway only: the metrics measure the full-rate input ``ref``, where it is
     all zero (e.g. Grad-CAM of a slow-pathway layer), so every number would be silently undefined or zero."""
     if relevance[ref].any() or not any(r.any() for i, r in enumerate(relevance) if i != ref):
@@ -52,7 +52,7 @@ def _check_reference_relevance(name: str, explainer: Any, relevance: Sequence[Te
     layer = getattr(getattr(explainer, "explainer", explainer), "layer", None)
     raise ValueError(f"explainer {name!r}{f' (layer {layer!r})' if layer else ''} puts all its relevance on another "
                      f"input than the {label!r} one the metrics measure; explain a layer of the {label!r} pathway or "
-                     "a fused one (SlowFast: explainers.<name>.layer=blocks.4.multipathway_blocks.1)")
+                     f"a fused one (SlowFast: {key}.layer=blocks.4.multipathway_blocks.1)")
 
 
 def reference_input(clips: Tensor | Sequence[Tensor]) -> int:
@@ -143,6 +143,10 @@ class ExplanationPipeline:
     A multi-pathway model names its inputs in ``pathway_names`` and builds them from a full-rate clip with
     ``pack_inputs(clip)``; the faithfulness tests perturb the full-rate clip and feed the model its pathways.
     """
+
+    #: How error messages name an explainer's config node (``{name}``: its metric-key name); mr-live, whose one
+    #: explainer is the node ``explainer``, sets ``"explainer"``.
+    config_key = "explainers.{name}"
 
     def __init__(
         self,
@@ -297,6 +301,7 @@ class ExplanationPipeline:
                 logits: Tensor | None = None, mask: Tensor | None = None, videos: Sequence[str] = ()
                 ) -> ExplainedBatch:
         """Explain and measure one batch (``net`` in eval mode, gradients enabled by the caller)."""
+        self.check_explainers(net, clips)
         targets = self.targets(net, clips, labels, logits)
         ref = reference_input(clips)
         records = self.metrics.records
@@ -310,7 +315,8 @@ class ExplanationPipeline:
             out = explainer(net, clips, targets, model_digest=self._digest)
             rel = out.relevance
             if not isinstance(rel, Tensor):
-                _check_reference_relevance(name, explainer, rel, ref, self.pathways)
+                _check_reference_relevance(name, explainer, rel, ref, self.pathways,
+                                           self.config_key.format(name=name))
             relevance[name] = rel if isinstance(rel, Tensor) else rel[ref]
             self.metrics.update_overhead(name, out.timings)
             if not isinstance(rel, Tensor) and len(self.pathways) == len(rel) > 1:
@@ -360,3 +366,85 @@ class ExplanationPipeline:
                 b.selective[self.metrics.selective_name(name, sigma)] = sel
                 self.metrics.update_selective(name, sigma, sums[name], sel.sum(dim=1, keepdim=True), **flow)
         self.metrics.update_agreement(sums)
+
+    # ------------------------------------------------------------------ checks before work; live windows (mr-live)
+    def check_explainers(self, net: nn.Module, clips: Tensor | Sequence[Tensor]) -> None:
+        """The checks that need the model and the clips' shapes, before any explanation: each explainer's map must
+        reach the reference input (:func:`check_explainer_input`). Run once per model and input shapes:
+        :meth:`explain` runs them before its first batch (mr-explain), mr-live at start-up on a probe window."""
+        inputs = [clips] if isinstance(clips, Tensor) else list(clips)
+        done = (id(net), tuple(tuple(x.shape[1:]) for x in inputs))
+        if getattr(self, "_checked", None) == done:
+            return
+        for name, explainer in self.explainers.items():
+            check_explainer_input(self.config_key.format(name=name), explainer, net, clips, self.pathways)
+        self._checked = done
+
+    def explain_window(self, net: nn.Module, clips: Tensor | Sequence[Tensor], labels: Tensor | None = None, *,
+                       logits: Tensor | None = None, stage: str = "live"
+                       ) -> tuple[ExplainedBatch, Tensor, list[dict[str, float]]]:
+        """Explain the window(s) of a live stream as :meth:`explain` explains a batch (same target rule, checks,
+        explainers, selective maps and metric suite), for mr-live.
+
+        Args:
+            net, clips: as :meth:`explain` (a multi-pathway model's packed inputs).
+            labels: ``(B,)`` the class to explain of each window with ``target="label"``; None with ``"predicted"``.
+            logits: ``(B, K)`` of ``net(clips)`` when the caller has them (else one no-grad forward here).
+
+        Returns:
+            the batch, the logits and, per window, its values of the suite under ``"<metric>/<method>"``
+            (``"selectivity_mass/dtd"`` …; NaN where undefined). Needs ``record_clips=True``; the per-window
+            records are dropped after each call, so a stream of any length holds constant memory while the suite's
+            sums give the means over windows (:meth:`results`).
+        """
+        if self.metrics.records is None:
+            raise ValueError("explain_window reads each window's values from the per-clip records: build the "
+                             "pipeline with record_clips=True")
+        if logits is None:
+            with torch.no_grad():
+                logits = net(clips)
+        if labels is None:
+            if self.target == "label":
+                raise ValueError("target='label' explains a given class: pass labels (the class of each window)")
+            labels = torch.full((logits.shape[0],), -1, dtype=torch.long, device=logits.device)
+        batch = self.explain(net, clips, labels, stage=stage, logits=logits)
+        values: list[dict[str, float]] = [{} for _ in range(batch.size)]
+        for row in self.metrics.records.rows:
+            values[int(row["clip"])][f"{row['metric']}/{row['method']}"] = float(row["value"])
+        self.metrics.records.clear()
+        self.clips_info = []
+        return batch, logits, values
+
+
+def check_explainer_input(key: str, explainer: Any, net: nn.Module, clips: Tensor | Sequence[Tensor],
+                          pathways: Sequence[str] = ()) -> None:
+    """Refuse, before any explanation, a layer explainer (Grad-CAM, Guided Grad-CAM) whose map would lie on another
+    input than the full-rate one the metrics measure and mr-live shows, where it would be all zero (Grad-CAM of a
+    SlowFast slow-pathway layer). The input is the one the explainer itself maps the layer to (its layer's pathway,
+    or ``input_index``); ``key`` names the explainer's config node (``explainers.gradcam``, mr-live's
+    ``explainer``). One-input models and explainers that map onto every input pass."""
+    from motion_relevance.explain.explainers import GradCAM, GuidedGradCAM, _layer_name, _pathway
+    from motion_relevance.explain.validation import analyse_model
+
+    base = explainer.explainer if isinstance(explainer, CachedExplainer) else explainer
+    if isinstance(clips, Tensor) or len(clips) < 2 or not isinstance(base, (GradCAM, GuidedGradCAM)):
+        return
+    inputs = tuple(clips)
+    structure = analyse_model(net, list(inputs))
+    layer = _layer_name(net, base.layer)
+    if structure.output_shapes.get(layer) is None:
+        return  # not a module of this model, or no tensor output: the explainer's own checks name it
+    mapped, ref = _pathway(structure, layer, inputs, base.input_index), reference_input(inputs)
+    if mapped == ref:
+        return
+    label = [pathways[i] if i < len(pathways) else f"input {i}" for i in (mapped, ref)]
+    if base.input_index is not None:
+        raise ValueError(f"{key}.input_index={base.input_index} maps the map of layer {layer!r} onto the "
+                         f"{label[0]!r} input, but the metrics measure (and mr-live shows) the {label[1]!r} one, "
+                         f"where it would be all zero; set {key}.input_index={ref} or null")
+    own = set(structure.ancestry.get(layer) or ()) == {mapped}
+    what = f"a layer of the {label[0]!r} pathway" if own else f"at the {label[0]!r} pathway's frame rate"
+    suggested = dict(getattr(net, "explain_layers", None) or {}).get(label[1], "blocks.4.multipathway_blocks.1")
+    raise ValueError(f"{key}.layer={layer!r} is {what}: the explainer maps it onto the {label[0]!r} input only, but "
+                     f"the metrics measure (and mr-live shows) the {label[1]!r} one, where it would be all zero; "
+                     f"explain a layer of the {label[1]!r} pathway, e.g. {key}.layer={suggested}")

@@ -133,13 +133,14 @@ def plot_timeline(
     dpi: int = 100,
     max_annotations: int = 30,
 ) -> Path:
-    """Confidence (top row) and selective share (bottom row) of a live stream over time.
+    """Confidence (top row) and kept positive mass (bottom row) of a live stream over time.
 
-    ``times_s``, ``confidence`` (predicted-class probability in ``[0, 1]``) and ``selective_share``
-    (``Σ|R_sel| / Σ|R|``, the share of absolute relevance selective relevance keeps, ``[0, 1]``; NaN = undefined,
-    drawn as a gap) are 1-D sequences of equal length. ``labels`` (predicted class per time point): each change of
-    class is marked with a dotted vertical line on both rows and the new class name on the top row (at most
-    ``max_annotations`` names; further changes get lines only). Writes the figure and returns the path.
+    ``times_s``, ``confidence`` (predicted-class probability in ``[0, 1]``) and ``selective_share`` (the metric
+    suite's ``selectivity_mass`` ``Σ R_sel⁺ / Σ R⁺``, the positive relevance mass selective relevance keeps,
+    ``[0, 1]``; NaN = undefined, drawn as a gap) are 1-D sequences of equal length. ``labels`` (predicted class per
+    time point): each change of class is marked with a dotted vertical line on both rows and the new class name on
+    the top row (at most ``max_annotations`` names; further changes get lines only). Writes the figure and returns
+    the path.
     """
     t = np.asarray(to_numpy(times_s), dtype=float).ravel()
     conf = np.asarray(to_numpy(confidence), dtype=float).ravel()
@@ -154,7 +155,7 @@ def plot_timeline(
     ax_c.plot(t, conf, color="C0", lw=1.5)
     ax_c.set_ylabel("confidence")
     ax_m.plot(t, share, color="C3", lw=1.5)
-    ax_m.set_ylabel("selective share Σ|R_sel|/Σ|R|")
+    ax_m.set_ylabel("selectivity_mass ΣR_sel⁺/ΣR⁺")
     ax_m.set_xlabel("time (s)")
     for ax in (ax_c, ax_m):
         ax.set_ylim(-0.02, 1.08)
