@@ -68,8 +68,6 @@ class FrameRecorder:
         self._device: torch.device | str | None = None
         self._batches: list[tuple[list[int], list[str], dict[str, Tensor]]] = []
         self._seen = 0
-        self._motion: Tensor | None = None  # (frames,) clips whose mask moves at each frame
-        self._masked = 0
         self._keys: dict[str, str] = {}  # map name -> its metrics' key part (no dots: MetricCollection names)
 
     def start(self, device: torch.device | str | None = None) -> None:
@@ -79,7 +77,7 @@ class FrameRecorder:
         if self.collection is not None:
             self.collection.to(self._device or "cpu")
             self.collection.reset()
-        self._batches, self._seen, self._motion, self._masked = [], 0, None, 0
+        self._batches, self._seen = [], 0
 
     def _build(self, names: Sequence[str], frames: int) -> None:
         metrics: dict[str, Any] = {}
@@ -87,6 +85,7 @@ class FrameRecorder:
         for key in self._keys.values():
             metrics[f"curve_{key}"] = FrameShareCurve(frames)
             metrics[f"peak_{key}"] = _Peak()
+        metrics["motion"] = FrameShareCurve(frames)  # 1 where the clip's mask moves at a frame: the mean is a fraction
         self.collection = MetricCollection(metrics, compute_groups=False)
         if self._device is not None:
             self.collection.to(self._device)
@@ -120,9 +119,8 @@ class FrameRecorder:
             self.collection[f"curve_{key}"].update(s)
             self.collection[f"peak_{key}"].update(s)
         if mask is not None:
-            moving = mask.flatten(2).any(-1).sum(0).cpu().long()
-            self._motion = moving if self._motion is None else self._motion + moving
-            self._masked += b
+            motion = self.collection["motion"]
+            motion.update(mask.flatten(2).any(-1).to(motion.total.device, torch.float32))
         ids = list(range(self._seen, self._seen + b)) if clips is None else [int(c) for c in clips]
         if len(ids) != b:
             raise ValueError(f"clips: expected {b} clip indices (one per clip), got {len(ids)}")
@@ -159,7 +157,8 @@ class FrameRecorder:
     def artifacts(self) -> dict[str, Any]:
         """Mean curves for the figures and ``metrics.json``: ``temporal_curves`` (map -> mean share per frame),
         ``temporal_curves_std``, ``temporal_curves_n`` (clips with a curve) and, with masks,
-        ``temporal_motion_frames`` (per frame, the fraction of this process's clips whose mask moves there)."""
+        ``temporal_motion_frames`` (per frame, the fraction of the clips whose mask moves there). Reduced over
+        processes."""
         if self.collection is None:
             return {}
         curves, stds, counts = {}, {}, {}
@@ -169,8 +168,9 @@ class FrameRecorder:
             stds[method] = [_num(v) for v in result["share_std"].tolist()]
             counts[method] = int(result["share_n"].max())
         out: dict[str, Any] = {"temporal_curves": curves, "temporal_curves_std": stds, "temporal_curves_n": counts}
-        if self._motion is not None and self._masked:
-            out["temporal_motion_frames"] = [float(v) / self._masked for v in self._motion.tolist()]
+        motion = self.collection["motion"].compute()
+        if int(motion["share_n"].max()) > 0:
+            out["temporal_motion_frames"] = [float(v) for v in motion["share_mean"].tolist()]
         return out
 
 
