@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ._checks import check_choice, check_float, check_int
+from ..checks import check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
 
