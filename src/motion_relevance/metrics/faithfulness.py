@@ -45,6 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from motion_relevance import checks
+from motion_relevance.checks import check_choice, check_int, check_positive
 from motion_relevance.explain.validation import check_clips, normalise_target
 
 __all__ = [
@@ -72,25 +74,6 @@ InputBuilder = Callable[[Tensor], Any]
 
 
 # --------------------------------------------------------------------------------------------------- checks
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_reference(kind: Any) -> str:
-    if kind not in REFERENCES:
-        raise ValueError(f"reference must be one of {', '.join(map(repr, REFERENCES))}, got {kind!r}")
-    return kind
-
-
-def _check_sigma(blur_sigma: Any) -> float:
-    ok = isinstance(blur_sigma, (int, float)) and not isinstance(blur_sigma, bool)
-    if not ok or not math.isfinite(blur_sigma) or blur_sigma <= 0:
-        raise ValueError(f"blur_sigma must be a positive finite number (pixels), got {blur_sigma!r}")
-    return float(blur_sigma)
 
 
 def _check_builder(input_builder: Any) -> None:
@@ -146,9 +129,9 @@ def _check_mask(mask: Any, clips: Tensor, name: str = "mask") -> Tensor:
 
 def _check_common(clips: Any, reference_kind: Any, blur_sigma: Any, batch_size: Any, input_builder: Any) -> None:
     check_clips(clips)
-    _check_reference(reference_kind)
-    _check_sigma(blur_sigma)
-    _check_int("batch_size", batch_size, 1)
+    check_choice("reference", reference_kind, REFERENCES)
+    check_positive("blur_sigma", blur_sigma)
+    check_int("batch_size", batch_size, 1)
     _check_builder(input_builder)
 
 
@@ -222,8 +205,8 @@ def reference(clips: Tensor, kind: str = "freeze", blur_sigma: float = 5.0) -> T
         ValueError / TypeError: clips not a finite floating-point 5-D tensor, an unknown ``kind``, ``blur_sigma`` <= 0.
     """
     check_clips(clips)
-    kind = _check_reference(kind)
-    sigma = _check_sigma(blur_sigma)
+    kind = check_choice("reference", kind, REFERENCES)
+    sigma = float(check_positive("blur_sigma", blur_sigma))
     return _reference_compact(clips, kind, sigma).expand_as(clips).contiguous()
 
 
@@ -249,8 +232,7 @@ def relevance_ranks(relevance: Tensor) -> Tensor:
     order (stable sort). ``rank[b, i]`` is the position of voxel ``i``: it is removed at step ``k`` iff
     ``rank < floor(k * N / K)``.
     """
-    if not isinstance(relevance, Tensor) or relevance.dim() != 5:
-        raise ValueError(f"relevance must be a tensor (B, C, T, H, W), got {getattr(relevance, 'shape', relevance)}")
+    checks.check_clips("relevance", relevance, floating=False)
     return _ranks_of_scores(relevance.detach().sum(1).flatten(1))
 
 
@@ -265,8 +247,8 @@ def random_ranks(
     when ``seed`` holds ``batch`` integers: pass e.g. ``base_seed + dataset_index`` to make the random floor
     independent of batching and of the number of processes.
     """
-    _check_int("batch", batch, 1)
-    _check_int("voxels", voxels, 1)
+    check_int("batch", batch, 1)
+    check_int("voxels", voxels, 1)
     gens = _generators(seed, generator, batch)
     order = torch.stack([torch.randperm(voxels, generator=g) for g in gens])
     return _ranks_from_order(order).to(device if device is not None else "cpu")
@@ -459,7 +441,7 @@ def deletion_curve(
             forward pass, before any perturbed one.
     """
     _check_model(model)
-    steps = _check_int("steps", steps, 1)
+    steps = check_int("steps", steps, 1)
     _check_common(clips, reference, blur_sigma, batch_size, input_builder)
     a = _check_relevance(relevance, clips)
     return _curves(
@@ -497,7 +479,7 @@ def random_curve(
     and for any ``batch_size``. Other arguments and errors as :func:`deletion_curve`.
     """
     _check_model(model)
-    steps = _check_int("steps", steps, 1)
+    steps = check_int("steps", steps, 1)
     _check_common(clips, reference, blur_sigma, batch_size, input_builder)
     b, _, t, h, w = clips.shape
     ranks = random_ranks(b, t * h * w, seed=seed, generator=generator, device=clips.device)
@@ -609,8 +591,7 @@ def motion_reliance(
 
 def kept_voxels(selective: Tensor) -> Tensor:
     """The voxels a selective map keeps, ``R_sel.sum(C) != 0`` → bool ``(B, T, H, W)``."""
-    if not isinstance(selective, Tensor) or selective.dim() != 5:
-        raise ValueError(f"selective must be a tensor (B, C, T, H, W), got {getattr(selective, 'shape', selective)}")
+    checks.check_clips("selective", selective, floating=False)
     return selective.sum(1) != 0
 
 
@@ -660,9 +641,9 @@ def matched_budget_masks(
     voxels of ``relevance`` (the baseline explanation); ``random``: ``m`` random voxels (seeded); ``budget``: ``m``
     int64 ``(B,)``.
     """
-    if not isinstance(relevance, Tensor) or not isinstance(selective, Tensor) or relevance.dim() != 5:
-        raise ValueError("relevance and selective must be tensors (B, C, T, H, W)")
-    if selective.dim() != 5 or selective.shape[0] != relevance.shape[0] or selective.shape[2:] != relevance.shape[2:]:
+    checks.check_clips("relevance", relevance, floating=False)
+    checks.check_clips("selective", selective, floating=False)
+    if selective.shape[0] != relevance.shape[0] or selective.shape[2:] != relevance.shape[2:]:
         raise ValueError(
             f"selective must have the shape of relevance (B, C, T, H, W) = {tuple(relevance.shape)}, "
             f"got {tuple(selective.shape)}"
