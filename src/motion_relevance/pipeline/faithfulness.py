@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from motion_relevance.checks import check_int, check_unique
 from motion_relevance.keys import tensor_digest
 from motion_relevance.metrics import keys
 from motion_relevance.metrics.faithfulness import (
@@ -76,12 +77,6 @@ def build_stage(cls: Any, settings: Mapping[str, Any] | None, key: str, **fixed:
     if unknown:
         raise ValueError(f"{key} has unknown keys {unknown}; allowed: enabled, {', '.join(sorted(allowed))}")
     return cls(**fixed, **settings)
-
-
-def _positive_int(key: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key}={value!r}: expected an integer >= {low}")
-    return int(value)
 
 
 def _log_stats(values: dict[str, float], prefix: str, name: str, method: str, result: Mapping[str, Tensor],
@@ -143,17 +138,17 @@ class FaithfulnessStage:
         matched_budget: bool = True,
         reliance: bool = True,
     ) -> None:
-        self.references = list(references)
+        self.references = check_unique("faithfulness.references", references)
         bad = [r for r in self.references if r not in REFERENCES]
         if bad or not self.references:
             raise ValueError(f"faithfulness.references={list(references)}: allowed values are {list(REFERENCES)}")
-        self.steps = _positive_int("faithfulness.steps", steps)
-        self.num_clips = _positive_int("faithfulness.num_clips", num_clips)
-        self.batch_size = _positive_int("faithfulness.batch_size", batch_size)
+        self.steps = check_int("faithfulness.steps", steps, 1)
+        self.num_clips = check_int("faithfulness.num_clips", num_clips, 1)
+        self.batch_size = check_int("faithfulness.batch_size", batch_size, 1)
         if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not blur_sigma > 0:
             raise ValueError(f"faithfulness.blur_sigma={blur_sigma!r}: expected a number of pixels > 0")
         self.blur_sigma = float(blur_sigma)
-        self.seed = _positive_int("faithfulness.seed", seed, 0)
+        self.seed = check_int("faithfulness.seed", seed, 0)
         self.random_floor, self.matched_budget, self.reliance = bool(random_floor), bool(matched_budget), \
             bool(reliance)
         self.methods = list(methods)
@@ -292,9 +287,11 @@ class RandomizationStage:
     def __init__(self, explainers: Mapping[str, Any], *, sigma: float, padding: str = "replicate",
                  layers: Any = "all", num_clips: int = 4, seed: int = 0) -> None:
         self.explainers = dict(explainers)
+        if isinstance(layers, Sequence) and not isinstance(layers, str):
+            layers = check_unique("randomization.layers", layers)
         self.sigma, self.padding, self.layers = float(sigma), padding, layers
-        self.num_clips = _positive_int("randomization.num_clips", num_clips)
-        self.seed = _positive_int("randomization.seed", seed, 0)
+        self.num_clips = check_int("randomization.num_clips", num_clips, 1)
+        self.seed = check_int("randomization.seed", seed, 0)
         self.stages: list[str] | None = None
         self.collection: MetricCollection | None = None
         self._budget = _Budget(self.num_clips)
