@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..checks import check_choice, check_float, check_int, check_range_pair, check_size
+from ..checks import check_choice, check_float, check_int, check_range_pair, check_size, check_unique
 from .masks import MASK_DIR, mask_path, save_mask
 from .splits import LIST_DIR, VIDEO_DIR
 
@@ -112,6 +112,7 @@ class MotionShapesConfig:
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
             raise ValueError("classes=[]: need at least 2 motion kinds")
+        check_unique("classes", self.classes)
         for c in self.classes:
             check_choice("classes", c, MOTIONS)
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
