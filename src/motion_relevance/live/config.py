@@ -26,12 +26,12 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from motion_relevance.checks import to_plain
 from motion_relevance.explain.selective import PADDINGS, check_sigma
 from motion_relevance.live.source import check_resize, check_source
 from motion_relevance.live.windows import POLICIES
 from motion_relevance.models.checkpoint import PREPROCESSING_KEYS, check_preprocessing
 from motion_relevance.utils.compose import CONFIG_DIR
-from motion_relevance.utils.run import to_python
 from motion_relevance.utils.validation import check_groups
 from motion_relevance.viz.colormaps import Mode
 from motion_relevance.viz.video_writer import SUPPORTED_EXTENSIONS
@@ -366,7 +366,7 @@ def fill_data_node(cfg: DictConfig, preprocessing: Mapping[str, Any]) -> None:
         if cfg.get("data") is None:
             cfg.data = {}
         for key, value in preprocessing.items():
-            cfg.data[key] = to_python(value)
+            cfg.data[key] = to_plain(value)
 
 
 def build_explainer(node: DictConfig) -> Any:
