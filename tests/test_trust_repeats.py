@@ -113,3 +113,16 @@ def test_stage_and_class_repeats_are_refused_by_their_constructors() -> None:
         ExplanationCallback({"dtd": _dtd()}, stages=["test", "test"])
     with pytest.raises(ValueError, match=r"classes: 'up' appears more than once"):
         MotionShapesConfig(classes=["up", "down", "up"])
+
+
+def test_metric_suite_and_faithfulness_refuse_a_repeated_name_or_sigma() -> None:
+    from motion_relevance.metrics.suite import ExplanationMetrics
+
+    suite = ExplanationMetrics(["dtd", "gbp"], [2.0, 4.0])
+    assert suite.methods == ["dtd", "gbp"] and suite.sigmas == [2.0, 4.0]
+    with pytest.raises(ValueError, match=r"selective\.sigma: 2\.0 appears more than once"):
+        ExplanationMetrics(["dtd"], [2, 2.0])  # would count every clip twice under dtd_selective_s2
+    with pytest.raises(ValueError, match=r"explainers: 'dtd' appears more than once"):
+        ExplanationMetrics(["dtd", "dtd"], [4.0])
+    with pytest.raises(ValueError, match=r"explainers: 'dtd' appears more than once"):
+        FaithfulnessStage(["dtd", "dtd"], [4.0])

@@ -151,7 +151,7 @@ class FaithfulnessStage:
         self.seed = check_int("faithfulness.seed", seed, 0)
         self.random_floor, self.matched_budget, self.reliance = bool(random_floor), bool(matched_budget), \
             bool(reliance)
-        self.methods = list(methods)
+        self.methods = check_unique("explainers", methods)
         self.sigmas = list(sigmas)
         self.multi = len(self.sigmas) > 1
         metrics: dict[str, Metric] = {}
