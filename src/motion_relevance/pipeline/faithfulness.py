@@ -203,7 +203,7 @@ class FaithfulnessStage:
         self.seed = check_int("faithfulness.seed", seed, 0)
         self.random_floor, self.matched_budget, self.reliance = bool(random_floor), bool(matched_budget), \
             bool(reliance)
-        self.methods = list(methods)
+        self.methods = check_unique("explainers", methods)
         self.sigmas = list(sigmas)
         self.multi = len(self.sigmas) > 1
         #: built at the first data batch (:meth:`check_data`): the per-step curve states scale with ``steps``,
@@ -390,6 +390,8 @@ class RandomizationStage:
     def __init__(self, explainers: Mapping[str, Any], *, sigma: float, padding: str = "replicate",
                  layers: Any = "all", num_clips: int = 4, seed: int = 0) -> None:
         self.explainers = dict(explainers)
+        if isinstance(layers, Sequence) and not isinstance(layers, str):
+            layers = check_unique("randomization.layers", layers)
         self.sigma, self.padding, self.layers = float(sigma), padding, layers
         self.num_clips = check_int("randomization.num_clips", num_clips, 1)
         self.seed = check_int("randomization.seed", seed, 0)
