@@ -121,3 +121,27 @@ def test_to_plain() -> None:
     assert checks.to_plain({"t": torch.tensor(2.5), "v": torch.tensor([1.0, 2.0]), "n": np.float32(1.5),
                             "nan": math.nan, "tup": (1, np.int64(2))}) == {
         "t": 2.5, "v": [1.0, 2.0], "n": 1.5, "nan": None, "tup": [1, 2]}
+
+
+def test_to_plain_keep_tensors() -> None:
+    base = torch.zeros(1, 3, 2, 4, 4)
+    cfg = OmegaConf.create({"n_steps": 4, "sizes": [1, 2]})
+    out = checks.to_plain({"cfg": cfg, "baselines": base, "pair": (base, 1)}, keep_tensors=True)
+    assert out["cfg"] == {"n_steps": 4, "sizes": [1, 2]} and type(out["cfg"]["sizes"]) is list
+    assert out["baselines"] is base and out["pair"][0] is base and out["pair"][1] == 1
+
+
+def test_range_pair() -> None:
+    assert checks.check_range_pair("speed", 1.5, 0.0, 50.0) == (1.5, 1.5)
+    assert checks.check_range_pair("speed", [1, 2.5], 0.0, 50.0) == (1.0, 2.5)
+    frames = checks.check_range_pair("num_frames", (8, 16), 1, 100, integer=True)
+    assert frames == (8, 16) and all(type(v) is int for v in frames)
+    with pytest.raises(ValueError, match=r"speed=\[3, 2\]: min must be <= max"):
+        checks.check_range_pair("speed", [3, 2], 0.0, 50.0)
+    with pytest.raises(ValueError, match=r"speed=60 out of range: allowed \[0.0, 50.0\]"):
+        checks.check_range_pair("speed", [1, 60], 0.0, 50.0)
+    with pytest.raises(ValueError, match=r"num_frames=2.5: expected an integer"):
+        checks.check_range_pair("num_frames", [2.5, 4], 1, 100, integer=True)
+    for bad in ([1, 2, 3], "ab", None, [1, math.nan], True):
+        with pytest.raises(ValueError, match="k="):
+            checks.check_range_pair("k", bad)

@@ -463,7 +463,7 @@ _MASK = torch.zeros(2, 4, 5, 6, dtype=torch.bool)
     ("kwargs", "match"),
     [
         ({"steps": 0}, r"steps=0 out of range: allowed \[1, inf\]"),
-        ({"steps": 2.5}, r"steps=2.5: expected an integer"),
+        ({"steps": 2.5}, r"steps=2.5: expected an integer in \[1, inf\]"),
         ({"blur_sigma": 0.0}, "blur_sigma must be a positive"),
         ({"blur_sigma": -1.0}, "blur_sigma must be a positive"),
         ({"blur_sigma": float("nan")}, "blur_sigma must be a positive"),
@@ -503,14 +503,14 @@ def test_target_outside_classes_after_the_clean_forward_only(target):
     [
         (lambda m, x: freeze_drop(m, x, _MASK[:, :3]), r"mask must have shape \(2, 4, 5, 6\)"),
         (lambda m, x: freeze_drop(m, x, _MASK.float()), "mask must be a bool tensor"),
-        (lambda m, x: freeze_drop(m, x, _MASK, reference="noise"), "reference=.*allowed values"),
+        (lambda m, x: freeze_drop(m, x, _MASK, reference="noise"), "reference=.*: allowed values are"),
         (lambda m, x: freeze_drop(m, x, _MASK, reference="blur", blur_sigma=0), "blur_sigma must be"),
-        (lambda m, x: freeze_drop(m, x, _MASK, batch_size=0), "batch_size=.* out of range"),
-        (lambda m, x: motion_reliance(m, x, batch_size=-2), "batch_size=.* out of range"),
+        (lambda m, x: freeze_drop(m, x, _MASK, batch_size=0), "batch_size=-?[02] out of range"),
+        (lambda m, x: motion_reliance(m, x, batch_size=-2), "batch_size=-?[02] out of range"),
         (lambda m, x: random_curve(m, x, steps=0), "steps=0 out of range"),
         (lambda m, x: random_curve(m, x, seed="a"), "seed must be an integer"),
         (lambda m, x: random_curve(m, x, generator=3), "generator must be a torch.Generator"),
-        (lambda m, x: random_curve(m, x, reference="x"), "reference=.*allowed values"),
+        (lambda m, x: random_curve(m, x, reference="x"), "reference=.*: allowed values are"),
         (lambda m, x: matched_budget_drops(m, x, _REL, _REL[:, :, :2]), r"selective must have shape"),
         (lambda m, x: matched_budget_drops(m, x, _REL.clone().fill_(float("nan")), _REL), "relevance contains"),
         (lambda m, x: deletion_curve(m, x[0], _REL), r"clips must have shape \(B, C, T, H, W\)"),
@@ -525,7 +525,7 @@ def test_bad_input_of_each_function(call, match):
 
 
 def test_bad_input_of_helpers():
-    with pytest.raises(ValueError, match="reference=.*allowed values"):
+    with pytest.raises(ValueError, match="reference=.*: allowed values are"):
         reference(make_clips(), "grey")
     with pytest.raises(ValueError, match="blur_sigma must be"):
         reference(make_clips(), "blur", blur_sigma=0)

@@ -75,6 +75,9 @@ def test_small_variants_compute_fc6_input(clip_len: int, crop) -> None:
         ({"width": -1.0}, "model.width"),
         ({"clip_len": 0}, "model.clip_len"),
         ({"num_classes": 0}, "model.num_classes"),
+        ({"width": True}, "model.width"),  # a bool is no number (was accepted as 1)
+        ({"num_classes": True}, "model.num_classes"),
+        ({"crop_size": (True, 112)}, "model.crop_size"),
         ({"clip_len": 8, "crop_size": 112}, "model.clip_len"),
         ({"crop_size": 8}, "model.clip_len"),
         ({"dropout": 1.0}, "model.dropout"),

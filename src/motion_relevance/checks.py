@@ -205,15 +205,18 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 
 
 # ---------------------------------------------------------------------------------------------------- values
-def to_plain(value: Any) -> Any:
+def to_plain(value: Any, *, keep_tensors: bool = False) -> Any:
     """Config nodes, tensors and numpy scalars to plain Python (dicts, lists, floats, ints); NaN/inf to ``None``.
 
     OmegaConf containers are converted with interpolations resolved, so the result is JSON- and YAML-safe.
+    ``keep_tensors`` leaves tensors as they are (keyword arguments handed on to a library, e.g. a baseline clip).
     """
     if hasattr(value, "_metadata") and hasattr(value, "_get_node"):  # an OmegaConf container, without importing it
         from omegaconf import OmegaConf  # deferred: the bottom layer does not need omegaconf to import
 
         value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, torch.Tensor) and keep_tensors:
+        return value
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         value = value.item() if value.numel() == 1 else value.tolist()
@@ -223,7 +226,29 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v, keep_tensors=keep_tensors) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [to_plain(v) for v in value]
+        return [to_plain(v, keep_tensors=keep_tensors) for v in value]
     return value
+
+
+# ---------------------------------------------------------------------------------------------------- ranges
+def check_range_pair(key: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                     integer: bool = False) -> tuple[Any, Any]:
+    """Parse a ``(min, max)`` range of numbers in ``[lo, hi]`` (one number means ``(v, v)``); raise naming ``key``.
+
+    ``integer`` makes both ends ints (:func:`check_int`), else floats (:func:`check_float`); ``min > max`` is refused.
+    """
+    if _is_number(value):
+        value = (value, value)
+    try:
+        items = list(value)
+    except TypeError:
+        items = []
+    if len(items) != 2 or isinstance(value, str | bytes):
+        raise ValueError(f"{key}={value!r}: expected a number or a pair (min, max)")
+    check = check_int if integer else check_float
+    a, b = (check(key, v, lo, hi) for v in items)
+    if a > b:
+        raise ValueError(f"{key}={value!r}: min must be <= max")
+    return a, b

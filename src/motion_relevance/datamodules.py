@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from motion_relevance.checks import check_choice, check_int, check_size, to_plain
 from motion_relevance.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,7 +37,6 @@ from motion_relevance.data import (
     read_manifest,
     split_by_group,
 )
-from motion_relevance.data._checks import check_choice, check_int, check_size
 from motion_relevance.data.masks import MASK_DIR
 from motion_relevance.data.sampling import TEST_SAMPLING
 from motion_relevance.data.splits import LIST_DIR, VideoItem, count_duplicates, empty_classes, split_overlap
@@ -345,7 +345,7 @@ class MotionShapesDataModule(VideoDataModule):
         if generator is None:
             generator = MotionShapesConfig()
         elif not isinstance(generator, MotionShapesConfig):
-            generator = MotionShapesConfig.from_dict({str(k): _plain(v) for k, v in dict(generator).items()})
+            generator = MotionShapesConfig.from_dict({str(k): to_plain(v) for k, v in dict(generator).items()})
         self.generator = generator
         kwargs.setdefault("split", 1)
         super().__init__(
@@ -388,12 +388,3 @@ def _check_pathways(pathways: Mapping[str, Any] | None) -> dict[str, int] | None
     if isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 2:
         raise ValueError(f"data.pathways.alpha={alpha!r}: expected an integer >= 2 (SlowFast uses 4)")
     return {"alpha": int(alpha)}
-
-
-def _plain(v: Any) -> Any:
-    """OmegaConf ListConfig / tuples -> plain lists (the generator config hashes JSON)."""
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, Sequence) and not isinstance(v, str | bytes):
-        return [_plain(x) for x in v]
-    return v

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, open_dict
 
+from motion_relevance.checks import to_plain
 from motion_relevance.explain.selective import check_sigma
 from motion_relevance.metrics import keys
 from motion_relevance.models.checkpoint import check_classes, check_preprocessing, load_classifier
@@ -32,7 +33,7 @@ from motion_relevance.models.module import VideoClassifier
 from motion_relevance.report import write_csv, write_tables
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
-from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record, to_python
+from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record
 from motion_relevance.utils.validation import validate_run_config
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def objective_values(
 
 
 def _finite(value: Any) -> float | None:
-    value = to_python(value)
+    value = to_plain(value)
     if value is None:
         return None
     value = float(value)
@@ -212,7 +213,7 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics["checkpoint"] = str(loaded.path)
     if cfg.get("objective") is not None:
         try:
-            objective = objective_values(to_python(metrics), cfg.objective, sigmas)
+            objective = objective_values(to_plain(metrics), cfg.objective, sigmas)
             metrics.update(objective)
             for logger in loggers:  # W&B sweeps read `objective` from the run
                 if hasattr(logger, "log_table"):
@@ -222,7 +223,7 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 raise
             log.info("No sweep objective for this run: %s", err)
     if trainer.is_global_zero:
-        tables = write_tables(to_python(metrics), output_dir / "tables", stage="test")
+        tables = write_tables(to_plain(metrics), output_dir / "tables", stage="test")
         for logger in loggers:
             if hasattr(logger, "log_table"):
                 for name, rows in tables.items():

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from motion_relevance.checks import check_unique, to_plain
 from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.explain.cache import AttributionCache
 from motion_relevance.metrics.keys import stage_prefix
@@ -31,15 +32,6 @@ __all__ = ["STAGES", "ExplanationCallback"]
 
 STAGES = ("validate", "test")
 _TRANSFORM_KEYS = ("crop_size", "mean", "std", "scale", "channel_order")
-
-
-def _plain(value: Any) -> Any:
-    """Config containers to plain dicts/lists (duck-typed: no Hydra import here)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
 
 
 class ExplanationCallback(pl.Callback):
@@ -88,6 +80,7 @@ class ExplanationCallback(pl.Callback):
         record_clips: bool = False,
     ) -> None:
         super().__init__()
+        check_unique("callbacks.explanations.stages", stages)
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages:
             raise ValueError(f"callbacks.explanations.stages={list(stages)}: allowed values are {list(STAGES)}")
@@ -95,15 +88,15 @@ class ExplanationCallback(pl.Callback):
             raise ValueError(f"num_clips={num_clips!r}: expected an integer >= 1 or null (every clip)")
         if isinstance(every_n_epochs, bool) or int(every_n_epochs) < 1:
             raise ValueError(f"callbacks.explanations.every_n_epochs={every_n_epochs!r}: expected an integer >= 1")
-        selective = dict(_plain(selective or {}))
+        selective = dict(to_plain(selective or {}))
         extra = set(selective) - {"sigma", "padding"}
         if extra:
             raise ValueError(f"selective has unknown keys {sorted(extra)}; allowed: sigma, padding")
         self.pipeline_args = {
             "explainers": dict(explainers), "sigma": selective.get("sigma"),
             "padding": selective.get("padding", "replicate"), "flow": flow, "cache": cache, "target": target,
-            "mode": mode, "keep_clips": int(keep_clips), "faithfulness": _plain(faithfulness),
-            "randomization": _plain(randomization), "record_clips": bool(record_clips),
+            "mode": mode, "keep_clips": int(keep_clips), "faithfulness": to_plain(faithfulness),
+            "randomization": to_plain(randomization), "record_clips": bool(record_clips),
         }
         # Built without the data's transform to check every argument now; rebuilt in setup() with it.
         self.pipeline = ExplanationPipeline(**self.pipeline_args)
@@ -135,7 +128,7 @@ class ExplanationCallback(pl.Callback):
         """The evaluation transform (model-input frames for flow and figures): the data's, else the checkpoint's."""
         datamodule = getattr(trainer, "datamodule", None)
         config = datamodule.transform_config() if hasattr(datamodule, "transform_config") else None
-        config = config or _plain(getattr(pl_module.hparams, "preprocessing", None) or {})
+        config = config or to_plain(getattr(pl_module.hparams, "preprocessing", None) or {})
         if not config:
             log.warning("No preprocessing config found: flow metrics and figures are skipped")
             return None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._checks import check_choice, check_int
+from ..checks import check_choice, check_int
 from .index import VideoIndex
 from .masks import load_mask, mask_path
 from .sampling import TEST_SAMPLING, clip_indices, eval_starts, random_start

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_choice, check_int
+from ..checks import check_choice, check_int
 
 #: Evaluation sampling modes: every non-overlapping clip, or K uniformly spaced clips.
 TEST_SAMPLING = ("all", "uniform")

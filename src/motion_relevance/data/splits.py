@@ -17,8 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import file_identity, normalize_relpath
-from ._checks import check_choice, check_float, check_int
+from ..checks import check_choice, check_float, check_int, file_identity, normalize_relpath
 
 log = logging.getLogger(__name__)
 

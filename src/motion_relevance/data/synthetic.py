@@ -33,8 +33,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..checks import normalize_relpath, resolve_inside
-from ._checks import check_choice, check_float, check_int, check_size
+from ..checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_range_pair,
+    check_size,
+    check_unique,
+    normalize_relpath,
+    resolve_inside,
+)
 from .masks import MASK_DIR, mask_path, save_mask
 from .splits import LIST_DIR, VIDEO_DIR
 
@@ -114,6 +122,7 @@ class MotionShapesConfig:
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
             raise ValueError("classes=[]: need at least 2 motion kinds")
+        check_unique("classes", self.classes)
         for c in self.classes:
             check_choice("classes", c, MOTIONS)
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
@@ -126,11 +135,11 @@ class MotionShapesConfig:
             )
         check_int("test_groups", self.test_groups, 0, self.num_groups - 1)
         self.frame_size = check_size("frame_size", self.frame_size, 16)
-        self.num_frames = _pair("num_frames", self.num_frames, int, 1, 10_000)
+        self.num_frames = check_range_pair("num_frames", self.num_frames, 1, 10_000, integer=True)
         check_float("fps", self.fps, 1.0, 1000.0)
         h, w = self.frame_size
-        self.object_size = _pair("object_size", self.object_size, int, 2, min(h, w) // 2)
-        self.speed = _pair("speed", self.speed, float, 0.0, 50.0)
+        self.object_size = check_range_pair("object_size", self.object_size, 2, min(h, w) // 2, integer=True)
+        self.speed = check_range_pair("speed", self.speed, 0.0, 50.0)
         check_choice("object_texture", self.object_texture, TEXTURES)
         check_choice("background_texture", self.background_texture, TEXTURES)
         check_float("context_bias", self.context_bias, 0.0, 1.0)
@@ -162,19 +171,6 @@ class MotionShapesConfig:
         if unknown:
             raise ValueError(f"unknown motion_shapes keys {unknown}; allowed: {sorted(known)}")
         return cls(**d)
-
-
-def _pair(key: str, value: Any, kind: type, lo: float, hi: float) -> tuple[Any, Any]:
-    if isinstance(value, int | float):
-        value = (value, value)
-    vals = list(value)
-    if len(vals) != 2:
-        raise ValueError(f"{key}={value!r}: expected (min, max)")
-    check = check_int if kind is int else check_float
-    a, b = (check(key, kind(v) if kind is float else v, lo, hi) for v in vals)
-    if a > b:
-        raise ValueError(f"{key}={value!r}: min must be <= max")
-    return a, b
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_float, check_size
+from ..checks import check_choice, check_float, check_size
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 #: ImageNet statistics on [0, 1] RGB values: the default for models trained from scratch on UCF-101.

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_choice, check_int, check_size
+from ..checks import check_choice, check_int, check_size
 
 log = logging.getLogger(__name__)
 

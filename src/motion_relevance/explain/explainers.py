@@ -36,6 +36,7 @@ from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttribution
 from torch import Tensor, nn
 
+from motion_relevance.checks import to_plain
 from motion_relevance.explain._copy import TargetLogit, eval_copy, predicted_class
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
 from motion_relevance.explain.propagation import Composite, Gradient, Rule, propagate
@@ -554,15 +555,6 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-def _plain(value: Any) -> Any:
-    """Hydra ``DictConfig`` / ``ListConfig`` values to plain dicts and lists (duck-typed, no Hydra import)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes, Tensor)):
-        return [_plain(v) for v in value]
-    return value
-
-
 class CaptumExplainer(Explainer):
     """Any Captum attribution class, given by import path, with its construction and ``attribute()`` kwargs.
 
@@ -593,8 +585,8 @@ class CaptumExplainer(Explainer):
         self.cls = _import_attribution(method)
         super().__init__(name if name is not None else _snake(self.cls.__name__))
         self.method = method
-        self.init_kwargs = _plain(dict(init_kwargs or {}))
-        self.attribute_kwargs = _plain(dict(attribute_kwargs or {}))
+        self.init_kwargs = to_plain(dict(init_kwargs or {}), keep_tensors=True)
+        self.attribute_kwargs = to_plain(dict(attribute_kwargs or {}), keep_tensors=True)
         if "target" in self.attribute_kwargs:
             raise ValueError("pass target to the explainer call, not in attribute_kwargs")
         self.layer = layer

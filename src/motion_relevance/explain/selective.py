@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from motion_relevance.checks import CLIP_LAYOUT, check_clips, check_unique
+
 __all__ = [
     "DEFAULT_SIGMA",
     "PADDINGS",
@@ -72,7 +74,7 @@ def check_sigma(sigma: float | Sequence[float] | Tensor) -> list[float]:
             raise SigmaTypeError(f"selective.sigma must be {_SIGMA_RULE}, got {sigma!r} (bad entry: {value!r})")
         if math.isnan(value) or value < 0:
             raise ValueError(f"selective.sigma must be {_SIGMA_RULE}, got {sigma!r} (bad entry: {value!r})")
-    return [float(value) for value in values]
+    return [float(value) for value in check_unique("selective.sigma", values)]
 
 
 def check_padding(padding: str) -> str:
@@ -90,17 +92,14 @@ def _is_sequence(sigma: object) -> bool:
 
 
 def _check_relevance(relevance: Tensor) -> None:
-    if not isinstance(relevance, Tensor):
-        raise TypeError(f"relevance must be a torch.Tensor of shape (B, C, T, H, W), got {type(relevance).__name__}")
-    if relevance.dim() != 5:
+    if isinstance(relevance, Tensor) and relevance.dim() != 5:
         raise ValueError(
-            f"relevance must have shape (B, C, T, H, W), got {tuple(relevance.shape)}; "
+            f"relevance must have shape {CLIP_LAYOUT}, got {tuple(relevance.shape)}; "
             "add missing batch/channel dimensions with .unsqueeze(0) / .unsqueeze(1)"
         )
-    if not relevance.is_floating_point():
+    if isinstance(relevance, Tensor) and not relevance.is_floating_point():
         raise TypeError(f"relevance must be a floating-point tensor, got {relevance.dtype}; convert with .float()")
-    if relevance.numel() == 0:
-        raise ValueError(f"relevance must not be empty, got shape {tuple(relevance.shape)}")
+    check_clips("relevance", relevance)  # the type and an empty dimension
 
 
 def _non_finite(clip: int) -> ValueError:

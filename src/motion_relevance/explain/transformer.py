@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from motion_relevance.checks import check_pair
 from motion_relevance.explain.explainers import Explainer
 from motion_relevance.explain.validation import ModelStructure, get_layer
 
@@ -28,13 +29,6 @@ __all__ = ["AttentionRollout", "TokenGradCAM", "block_names", "token_model", "to
 
 _MODES = ("nearest", "trilinear")
 _FUSIONS = ("mean", "max", "min")
-
-
-def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"{what} must be a positive int or (H, W), got {value!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def tokens_to_frames(
@@ -61,7 +55,7 @@ def tokens_to_frames(
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if isinstance(tubelet, bool) or not isinstance(tubelet, int) or tubelet <= 0:
         raise ValueError(f"tubelet must be a positive int, got {tubelet!r}")
-    ph, pw = _pair(patch, "patch")
+    ph, pw = check_pair("patch", patch)
     size_t = tuple(int(s) for s in size)
     if len(size_t) != 3:
         raise ValueError(f"size must be (T, H, W), got {tuple(size)!r}")
@@ -99,7 +93,7 @@ def block_names(model: nn.Module) -> list[str]:
 def _grid(model: nn.Module, clips: Tensor) -> tuple[tuple[int, int, int], int, tuple[int, int]]:
     tokens = token_model(model)
     grid = tuple(int(g) for g in tokens.token_grid(tuple(clips.shape)))
-    patch = _pair(tokens.patch_size, "patch_size")
+    patch = check_pair("patch_size", tokens.patch_size)
     return grid, int(tokens.tubelet_size), patch  # type: ignore[return-value]
 
 

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from motion_relevance import checks
+from motion_relevance.checks import CLIP_LAYOUT
 from motion_relevance.explain._copy import eval_copy
 from motion_relevance.explain.canonize import BATCHNORM_TYPES, FOLDABLE_LAYERS
 from motion_relevance.explain.propagation import Composite, Rule, call_model, unsupported_message
@@ -63,20 +65,17 @@ _RELU_FUNCS = frozenset(
 
 def check_clips(clips: Any, what: str = "clips") -> None:
     """Clips must be a non-empty, finite, floating-point tensor ``(B, C, T, H, W)``."""
-    if not isinstance(clips, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape (B, C, T, H, W), got {type(clips).__name__}")
-    if clips.dim() != 5:
+    if isinstance(clips, Tensor) and clips.dim() != 5:
         raise ValueError(
-            f"{what} must have shape (B, C, T, H, W), got {tuple(clips.shape)}; "
+            f"{what} must have shape {CLIP_LAYOUT}, got {tuple(clips.shape)}; "
             "for a single clip (C, T, H, W) use clips.unsqueeze(0)"
         )
-    if not clips.is_floating_point():
+    if isinstance(clips, Tensor) and not clips.is_floating_point():
         raise TypeError(
             f"{what} must be a floating-point tensor (normalised pixels), got {clips.dtype}; "
             "normalise the frames and convert with .float()"
         )
-    if clips.numel() == 0:
-        raise ValueError(f"{what} must not be empty, got shape {tuple(clips.shape)}")
+    checks.check_clips(what, clips)  # the type and an empty dimension
     check_finite(clips, what)
 
 

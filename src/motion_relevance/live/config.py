@@ -15,7 +15,6 @@ check_preprocessing`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,12 +25,12 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from motion_relevance.checks import check_float, check_positive, to_plain
 from motion_relevance.explain.selective import PADDINGS, check_sigma
 from motion_relevance.live.source import check_resize, check_source
 from motion_relevance.live.windows import POLICIES
 from motion_relevance.models.checkpoint import PREPROCESSING_KEYS, check_preprocessing
 from motion_relevance.utils.compose import CONFIG_DIR
-from motion_relevance.utils.run import to_python
 from motion_relevance.utils.validation import check_groups
 from motion_relevance.viz.colormaps import Mode
 from motion_relevance.viz.video_writer import SUPPORTED_EXTENSIONS
@@ -159,16 +158,23 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _passes(check: Callable[..., Any], *args: Any) -> Callable[[Any], bool]:
+    """A rule from a :mod:`motion_relevance.checks` function: true where it accepts the value."""
+    def ok(v: Any) -> bool:
+        try:
+            check("", v, *args)
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    return ok
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
     return lambda v: _is_int(v) and v >= low
 
 
-def _positive(v: Any) -> bool:
-    return _is_number(v) and v > 0
+_positive = _passes(check_positive)
 
 
 def _optional(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -249,7 +255,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "outputs.timeline": (_optional(lambda v: _file_name(_figure_suffixes())(v)),
                          "null or an image file name (.png, .pdf, .svg, …)"),
     "outputs.min_height": (_int_at_least(1), "an integer >= 1 (pixels)"),
-    "outputs.alpha": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1] (heatmap opacity)"),
+    "outputs.alpha": (_passes(check_float, 0.0, 1.0), "a number in [0, 1] (heatmap opacity)"),
     "outputs.mode": (_one_of(*OVERLAY_MODES), _alternatives(OVERLAY_MODES)),
     "outputs.background": (_is_bool, "true or false"),
     "selective.padding": (_one_of(*PADDINGS), _alternatives(PADDINGS)),
@@ -366,7 +372,7 @@ def fill_data_node(cfg: DictConfig, preprocessing: Mapping[str, Any]) -> None:
         if cfg.get("data") is None:
             cfg.data = {}
         for key, value in preprocessing.items():
-            cfg.data[key] = to_python(value)
+            cfg.data[key] = to_plain(value)
 
 
 def build_explainer(node: DictConfig) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from motion_relevance.utils.run import to_python
+from motion_relevance.checks import to_plain
 
 __all__ = ["CSV_COLUMNS", "WindowResult", "caption", "log_summary", "log_window", "summarise", "write_csv",
            "write_timeline"]
@@ -120,7 +120,7 @@ def log_window(loggers: list[Any], res: WindowResult, class_index: int) -> None:
 
 def log_summary(loggers: list[Any], metrics: Mapping[str, Any], timeline: Path | None) -> None:
     """The numeric summary metrics and the timeline image to every logger, then close them."""
-    numbers = {k: float(v) for k, v in to_python(dict(metrics)).items()
+    numbers = {k: float(v) for k, v in to_plain(dict(metrics)).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
     for lg in loggers:
         lg.log_metrics(numbers)

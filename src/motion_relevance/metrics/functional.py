@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from motion_relevance.checks import check_clips
+
 _DIMS = (1, 2, 3)  # T, H, W of a (B, T, H, W) mask
 
 
@@ -26,11 +28,6 @@ def _mask(m: Tensor, name: str) -> Tensor:
     if m.ndim != 4:
         raise ValueError(f"{name} must be (B, T, H, W) or (B, 1, T, H, W), got {tuple(m.shape)}")
     return m.bool()
-
-
-def _check5(x: Tensor, name: str) -> None:
-    if x.ndim != 5:
-        raise ValueError(f"{name} must be (B, C, T, H, W), got {tuple(x.shape)}")
 
 
 def _ratio(num: Tensor, den: Tensor) -> tuple[Tensor, Tensor]:
@@ -46,13 +43,13 @@ def _count(m: Tensor) -> Tensor:
 
 def positive_relevance(x: Tensor) -> Tensor:
     """``R⁺ = max(X.sum(C), 0)`` → ``(B, T, H, W)`` float (same dtype as ``x``)."""
-    _check5(x, "relevance")
+    check_clips("relevance", x, floating=False)
     return x.sum(dim=1).clamp_min(0)
 
 
 def positive_mask(x: Tensor, mode: str = "positive") -> Tensor:
     """``P(X)``: ``X.sum(C) > 0`` (``"positive"``) or ``|X.sum(C)| > 0`` (``"nonzero"``) → bool ``(B, T, H, W)``."""
-    _check5(x, "relevance")
+    check_clips("relevance", x, floating=False)
     s = x.sum(dim=1)
     if mode == "positive":
         return s > 0

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from motion_relevance.checks import check_clips, resolve_targets
+from motion_relevance.checks import check_clips, check_unique, resolve_targets
 
 __all__ = ["RandomizationResult", "cascading_randomization", "randomization_stages", "spearman"]
 
@@ -163,6 +163,7 @@ def _select(layers: list[list[str]], selection: Any) -> list[list[str]]:
             raise ValueError(f"layers must be 'all', 1..{len(cascade)} or 'top-k' (k weighted layers), got {selection}")
         return cascade[:selection]
     if isinstance(selection, Sequence) and not isinstance(selection, str) and selection:
+        check_unique("randomization.layers", selection)
         by_name = {group[0]: group for group in cascade}
         unknown = [s for s in selection if s not in by_name]
         if unknown:

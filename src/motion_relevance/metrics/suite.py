@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection, SumMetric
 
+from motion_relevance.checks import check_unique
 from motion_relevance.metrics import functional, keys
 from motion_relevance.metrics.classes import (
     Agreement,
@@ -91,8 +92,8 @@ class ExplanationMetrics:
         unknown = [c for c in counters if c not in COUNTERS]
         if unknown:
             raise KeyError(f"unknown counters {unknown}; counters: {COUNTERS}")
-        self.methods = list(methods)
-        self.sigmas = [float(s) for s in sigmas]
+        self.methods = check_unique("explainers", methods)
+        self.sigmas = [float(s) for s in check_unique("selective.sigma", sigmas)]
         self.multi = len(self.sigmas) > 1
         self.flow = bool(flow)
         metrics: dict[str, Metric] = {}

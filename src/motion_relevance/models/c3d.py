@@ -32,11 +32,12 @@ so the whole forward pass is a chain of named modules that explainers can inspec
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
+
+from motion_relevance.checks import check_clips, check_pair, check_positive
 
 #: Conv widths of the published C3D, in order (conv1, conv2, conv3a, conv3b, conv4a, conv4b, conv5a, conv5b).
 C3D_CONV_WIDTHS: tuple[int, ...] = (64, 128, 256, 256, 512, 512, 512, 512)
@@ -51,15 +52,6 @@ _POOLS = {
     "conv4b": ("pool4", (2, 2, 2), 0),
     "conv5b": ("pool5", (2, 2, 2), (0, 1, 1)),
 }
-
-
-def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
-    bad = value is None or (isinstance(value, float) and math.isnan(value)) or value <= 0
-    if integer and not float(value).is_integer():
-        bad = True
-    if bad:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"model.{name} must be {kind}, got {value!r}")
 
 
 def scaled_width(base: int, width: float) -> int:
@@ -101,15 +93,11 @@ class C3D(nn.Sequential):
         init: str = "kaiming",
         pretrained: str | None = None,
     ) -> None:
-        _check_positive("num_classes", num_classes, integer=True)
-        _check_positive("width", width)
-        _check_positive("clip_len", clip_len, integer=True)
-        _check_positive("in_channels", in_channels, integer=True)
-        crop_hw = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-        if len(crop_hw) != 2:
-            raise ValueError(f"model.crop_size must be an int or (H, W), got {crop_size!r}")
-        for side in crop_hw:
-            _check_positive("crop_size", side, integer=True)
+        check_positive("model.num_classes", num_classes, integer=True)
+        check_positive("model.width", width)
+        check_positive("model.clip_len", clip_len, integer=True)
+        check_positive("model.in_channels", in_channels, integer=True)
+        crop_hw = check_pair("model.crop_size", crop_size)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout!r}")
         if init not in ("kaiming", "default"):
@@ -185,8 +173,7 @@ class C3D(nn.Sequential):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for clips ``(B, C, T, H, W)``."""
-        if clips.dim() != 5:
-            raise ValueError(f"C3D expects clips of shape (B, C, T, H, W), got {tuple(clips.shape)}")
+        check_clips("C3D input", clips, floating=False)
         expected = (self.in_channels, self.clip_len, *self.crop_size)
         if tuple(clips.shape[1:]) != expected:
             raise ValueError(

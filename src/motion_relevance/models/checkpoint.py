@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from motion_relevance.checks import to_plain
 from motion_relevance.models.module import CHECKPOINT_KEY
 from motion_relevance.models.registry import build_registered, registered_target
 from motion_relevance.models.weights import check_alpha, check_description, check_finite, check_model_size
@@ -203,9 +204,9 @@ def check_preprocessing(checkpoint: Mapping[str, Any], data: Mapping[str, Any], 
         if key not in checkpoint:
             unknown.append(key)
             continue
-        if not _same(_plain(checkpoint[key]), _plain(data[key])):
-            diffs.append(f"{key}: checkpoint {_plain(checkpoint[key])!r} vs {source} {_plain(data[key])!r}")
-            fixes.append(f"{prefix}{key}={_override(_plain(checkpoint[key]))}")
+        if not _same(to_plain(checkpoint[key]), to_plain(data[key])):
+            diffs.append(f"{key}: checkpoint {to_plain(checkpoint[key])!r} vs {source} {to_plain(data[key])!r}")
+            fixes.append(f"{prefix}{key}={_override(to_plain(checkpoint[key]))}")
     if unknown:
         log.warning("the checkpoint records no %s; cannot check them against %s", ", ".join(unknown), source)
     if diffs:
@@ -214,13 +215,3 @@ def check_preprocessing(checkpoint: Mapping[str, Any], data: Mapping[str, Any], 
             "the model only gives meaningful answers on input prepared as in training: override "
             + " ".join(fixes)
         )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -17,21 +17,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from motion_relevance.checks import to_plain
 from motion_relevance.data.failures import FailureTracker
 
 CHECKPOINT_KEY = "motion_relevance"
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (Hydra passes config nodes) to plain dicts/lists, for checkpoints."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def load_weights(net: nn.Module, path: str) -> None:
@@ -208,9 +201,9 @@ class VideoClassifier(pl.LightningModule):
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "model": _plain(self.hparams.net_config or {}),
-            "preprocessing": _plain(self.hparams.preprocessing or {}),
-            "class_names": list(_plain(self.hparams.class_names or [])),
+            "model": to_plain(self.hparams.net_config or {}),
+            "preprocessing": to_plain(self.hparams.preprocessing or {}),
+            "class_names": list(to_plain(self.hparams.class_names or [])),
             "num_classes": self.num_classes,
             "explain_layer": getattr(self.net, "explain_layer", None),
         }

@@ -31,12 +31,11 @@ formula's inputs), so small variants keep the key names and change only shapes. 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
+from motion_relevance.checks import check_choice, check_clips, check_positive
 from motion_relevance.models.layers import Add
 
 __all__ = [
@@ -60,21 +59,6 @@ _INITS = ("kaiming", "default")
 
 
 # ----------------------------------------------------------------------------------------------- argument checks
-def check_positive(name: str, value: object, *, integer: bool = False) -> None:
-    """ValueError naming ``model.<name>`` unless ``value`` is a positive number (an integer if asked)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
-    ok = ok and float(value) > 0 and (not integer or float(value).is_integer())
-    if not ok:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"model.{name} must be {kind}, got {value!r}")
-
-
-def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    """ValueError naming ``model.<name>`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"model.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
 def check_dropout(value: object) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"model.dropout must be in [0, 1), got {value!r}")
@@ -263,20 +247,20 @@ class VideoResNet(nn.Module):
         pretrained: str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("num_classes", num_classes, integer=True)
-        check_positive("width", width)
-        check_positive("in_channels", in_channels, integer=True)
-        check_choice("stem", stem, ("basic", "r2plus1d"))
-        check_choice("init", init, _INITS)
+        check_positive("model.num_classes", num_classes, integer=True)
+        check_positive("model.width", width)
+        check_positive("model.in_channels", in_channels, integer=True)
+        check_choice("model.stem", stem, ("basic", "r2plus1d"))
+        check_choice("model.init", init, _INITS)
         conv_makers, layers = list(conv_makers), list(layers)
         if len(conv_makers) != 4:
             raise ValueError(f"model.conv_makers must name 4 conv kinds (one per stage), got {conv_makers!r}")
         for kind in conv_makers:
-            check_choice("conv_makers", kind, _CONV_KINDS)
+            check_choice("model.conv_makers", kind, _CONV_KINDS)
         if len(layers) != 4:
             raise ValueError(f"model.layers must give 4 block counts (one per stage), got {layers!r}")
         for depth in layers:
-            check_positive("layers", depth, integer=True)
+            check_positive("model.layers", depth, integer=True)
 
         stem_width = scaled(STEM_WIDTH, width)
         if stem == "basic":
@@ -327,9 +311,7 @@ class VideoResNet(nn.Module):
 
     def forward(self, clips: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` for clips ``(B, C, T, H, W)``."""
-        if not isinstance(clips, torch.Tensor) or clips.dim() != 5:
-            shape = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
-            raise ValueError(f"{type(self).__name__} expects clips of shape (B, C, T, H, W), got {shape}")
+        check_clips(f"{type(self).__name__} input", clips, floating=False)
         if clips.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} was built for {self.in_channels} input channels "
                              f"(model.in_channels), got clips of shape {tuple(clips.shape)}")

@@ -41,11 +41,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from motion_relevance.checks import check_choice, check_positive
 from motion_relevance.models.layers import Add, Concat
 from motion_relevance.models.resnet3d import (
-    check_choice,
     check_dropout,
-    check_positive,
     conv_bn_pairs,
     init_weights,
     scaled,
@@ -78,7 +77,7 @@ def pack_pathways(clip: Tensor, alpha: int) -> list[Tensor]:
     if not isinstance(clip, torch.Tensor) or clip.dim() not in (4, 5):
         shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
         raise ValueError(f"pack_pathways expects a clip (B, C, T, H, W) or (C, T, H, W), got {shape}")
-    check_positive("alpha", alpha, integer=True)
+    check_positive("model.alpha", alpha, integer=True)
     frames = clip.shape[-3]
     if frames < int(alpha):
         raise ValueError(f"pack_pathways: the clip has {frames} frames, fewer than alpha={alpha}; the slow pathway "
@@ -291,28 +290,28 @@ class SlowFast(nn.Module):
         pretrained: str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("num_classes", num_classes, integer=True)
-        check_positive("alpha", alpha, integer=True)
-        check_positive("beta", beta)
+        check_positive("model.num_classes", num_classes, integer=True)
+        check_positive("model.alpha", alpha, integer=True)
+        check_positive("model.beta", beta)
         if float(beta) > 1:
             raise ValueError(f"model.beta is the fast/slow channel ratio and must be at most 1, got {beta!r}")
         reduction = 1.0 / float(beta)
         if abs(reduction - round(reduction)) > 1e-6:
             raise ValueError(f"model.beta must be 1/n for an integer n (1/8 as published), got {beta!r}")
         reduction = int(round(reduction))
-        check_positive("fusion_kernel", fusion_kernel, integer=True)
+        check_positive("model.fusion_kernel", fusion_kernel, integer=True)
         if int(fusion_kernel) % 2 == 0:
             raise ValueError(f"model.fusion_kernel must be odd (7 as published), got {fusion_kernel!r}")
-        check_positive("fusion_ratio", fusion_ratio, integer=True)
+        check_positive("model.fusion_ratio", fusion_ratio, integer=True)
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"model.depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
-        check_positive("width", width)
-        check_positive("clip_len", clip_len, integer=True)
-        check_positive("crop_size", crop_size, integer=True)
-        check_choice("head_pool", head_pool, ("fixed", "adaptive"))
+        check_positive("model.width", width)
+        check_positive("model.clip_len", clip_len, integer=True)
+        check_positive("model.crop_size", crop_size, integer=True)
+        check_choice("model.head_pool", head_pool, ("fixed", "adaptive"))
         check_dropout(dropout)
-        check_positive("in_channels", in_channels, integer=True)
-        check_choice("init", init, ("kaiming", "default"))
+        check_positive("model.in_channels", in_channels, integer=True)
+        check_choice("model.init", init, ("kaiming", "default"))
         alpha, fusion_kernel, fusion_ratio = int(alpha), int(fusion_kernel), int(fusion_ratio)
         stem_slow = scaled(_STEM_WIDTH, width)
         if stem_slow % reduction:

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from motion_relevance.checks import check_clips, check_pair, check_positive
 from motion_relevance.models.layers import Add, MatMul
 from motion_relevance.models.weights import load_weights, read_weights
 
@@ -69,19 +70,6 @@ log = logging.getLogger(__name__)
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 _V4_BIAS = re.compile(r"^(.*attention\.attention\.)(q|v)_bias$")
 _V5_BIAS = re.compile(r"^(.*attention\.attention\.)(query|value)\.bias$")
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"model.{name} must be a positive int or (H, W), got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _probability(value: Any, name: str) -> float:
@@ -392,16 +380,16 @@ class VideoMAE(nn.Module):
         pretrained: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
-        self.num_classes = _positive_int(num_classes, "num_classes")
-        image_hw = _pair(image_size, "image_size")
-        self.patch_size = _pair(patch_size, "patch_size")
-        self.num_channels = _positive_int(num_channels, "num_channels")
-        self.num_frames = _positive_int(num_frames, "num_frames")
-        self.tubelet_size = _positive_int(tubelet_size, "tubelet_size")
-        hidden_size = _positive_int(hidden_size, "hidden_size")
-        depth = _positive_int(num_hidden_layers, "num_hidden_layers")
-        heads = _positive_int(num_attention_heads, "num_attention_heads")
-        intermediate_size = _positive_int(intermediate_size, "intermediate_size")
+        self.num_classes = check_positive("model.num_classes", num_classes, integer=True)
+        image_hw = check_pair("model.image_size", image_size)
+        self.patch_size = check_pair("model.patch_size", patch_size)
+        self.num_channels = check_positive("model.num_channels", num_channels, integer=True)
+        self.num_frames = check_positive("model.num_frames", num_frames, integer=True)
+        self.tubelet_size = check_positive("model.tubelet_size", tubelet_size, integer=True)
+        hidden_size = check_positive("model.hidden_size", hidden_size, integer=True)
+        depth = check_positive("model.num_hidden_layers", num_hidden_layers, integer=True)
+        heads = check_positive("model.num_attention_heads", num_attention_heads, integer=True)
+        intermediate_size = check_positive("model.intermediate_size", intermediate_size, integer=True)
         if hidden_size % heads:
             raise ValueError(
                 f"model.hidden_size={hidden_size} is not a multiple of model.num_attention_heads={heads}"
@@ -485,8 +473,7 @@ class VideoMAE(nn.Module):
         return t // self.tubelet_size, h // self.patch_size[0], w // self.patch_size[1]
 
     def _check_clips(self, clips: Tensor) -> tuple[int, int, int]:
-        if clips.dim() != 5:
-            raise ValueError(f"VideoMAE expects clips of shape (B, C, T, H, W), got {tuple(clips.shape)}")
+        check_clips("VideoMAE input", clips, floating=False)
         if clips.shape[1] != self.num_channels:
             raise ValueError(
                 f"VideoMAE was built for {self.num_channels} input channels, got clips {tuple(clips.shape)} "

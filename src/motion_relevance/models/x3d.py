@@ -37,11 +37,10 @@ import math
 
 from torch import Tensor, nn
 
+from motion_relevance.checks import check_choice, check_clips, check_positive
 from motion_relevance.models.layers import Add, GateMul
 from motion_relevance.models.resnet3d import (
-    check_choice,
     check_dropout,
-    check_positive,
     conv_bn_pairs,
     init_weights,
 )
@@ -264,20 +263,20 @@ class X3D(nn.Module):
         pretrained: str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("num_classes", num_classes, integer=True)
-        check_positive("clip_len", clip_len, integer=True)
-        check_positive("crop_size", crop_size, integer=True)
-        check_positive("width_factor", width_factor)
-        check_positive("depth_factor", depth_factor)
-        check_positive("bottleneck_factor", bottleneck_factor)
-        check_positive("stem_dim_in", stem_dim_in, integer=True)
+        check_positive("model.num_classes", num_classes, integer=True)
+        check_positive("model.clip_len", clip_len, integer=True)
+        check_positive("model.crop_size", crop_size, integer=True)
+        check_positive("model.width_factor", width_factor)
+        check_positive("model.depth_factor", depth_factor)
+        check_positive("model.bottleneck_factor", bottleneck_factor)
+        check_positive("model.stem_dim_in", stem_dim_in, integer=True)
         if not isinstance(se_ratio, (int, float)) or isinstance(se_ratio, bool) or not 0.0 <= se_ratio < 1.0:
             raise ValueError(f"model.se_ratio must be in [0, 1), got {se_ratio!r}")
-        check_positive("head_dim_out", head_dim_out, integer=True)
-        check_choice("head_pool", head_pool, ("fixed", "adaptive"))
+        check_positive("model.head_dim_out", head_dim_out, integer=True)
+        check_choice("model.head_pool", head_pool, ("fixed", "adaptive"))
         check_dropout(dropout)
-        check_positive("in_channels", in_channels, integer=True)
-        check_choice("init", init, ("kaiming", "default"))
+        check_positive("model.in_channels", in_channels, integer=True)
+        check_choice("model.init", init, ("kaiming", "default"))
         if head_pool == "fixed" and int(crop_size) < _SPATIAL_STRIDE_TOTAL:
             raise ValueError(f"model.crop_size={crop_size} is smaller than X3D's spatial stride "
                              f"{_SPATIAL_STRIDE_TOTAL}; use a larger crop or model.head_pool=adaptive")
@@ -321,9 +320,7 @@ class X3D(nn.Module):
 
     def forward(self, clips: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` for clips ``(B, C, T, H, W)``."""
-        if not isinstance(clips, Tensor) or clips.dim() != 5:
-            shape = tuple(clips.shape) if isinstance(clips, Tensor) else type(clips).__name__
-            raise ValueError(f"X3D expects clips of shape (B, C, T, H, W), got {shape}")
+        check_clips("X3D input", clips, floating=False)
         if clips.shape[1] != self.in_channels:
             raise ValueError(f"X3D was built for {self.in_channels} input channels (model.in_channels), got clips "
                              f"of shape {tuple(clips.shape)}")

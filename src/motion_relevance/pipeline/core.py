@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from motion_relevance.checks import check_choice
 from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
 from motion_relevance.explain.selective import DEFAULT_SIGMA, check_padding, check_sigma, selective_relevance
@@ -111,12 +112,6 @@ class ExplainedBatch:
         return int(self.clips.shape[0])
 
 
-def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r}: allowed values are {list(allowed)}")
-    return value
-
-
 class ExplanationPipeline:
     """Explain and measure batches of clips (see the module docstring).
 
@@ -170,8 +165,8 @@ class ExplanationPipeline:
         if bad:
             raise TypeError(f"explainers.{bad[0]} is {explainers[bad[0]]!r}, not an explainer; give each "
                             "explainers.<name> an explainer config (e.g. +explainer@explainers.<name>=dtd)")
-        self.target = _check_choice("target", target, TARGETS)
-        self.mode = _check_choice("mode", mode, MODES)
+        self.target = check_choice("target", target, TARGETS)
+        self.mode = check_choice("mode", mode, MODES)
         self.padding = check_padding(padding)
         self.sigmas = [] if sigma is None or (isinstance(sigma, Sequence) and not sigma) else check_sigma(sigma)
         if isinstance(keep_clips, bool) or not isinstance(keep_clips, int) or keep_clips < 0:

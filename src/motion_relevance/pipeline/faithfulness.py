@@ -211,7 +211,7 @@ class FaithfulnessStage:
         self.seed = check_int("faithfulness.seed", seed, 0)
         self.random_floor, self.matched_budget, self.reliance = bool(random_floor), bool(matched_budget), \
             bool(reliance)
-        self.methods = list(methods)
+        self.methods = check_unique("explainers", methods)
         self.sigmas = list(sigmas)
         self.multi = len(self.sigmas) > 1
         self.temporal = TemporalWindowTest(self.methods, self.sigmas, window=temporal_window,
@@ -411,6 +411,8 @@ class RandomizationStage:
     def __init__(self, explainers: Mapping[str, Any], *, sigma: float, padding: str = "replicate",
                  layers: Any = "all", num_clips: int = 4, seed: int = 0) -> None:
         self.explainers = dict(explainers)
+        if isinstance(layers, Sequence) and not isinstance(layers, str):
+            layers = check_unique("randomization.layers", layers)
         self.sigma, self.padding, self.layers = float(sigma), padding, layers
         self.num_clips = check_int("randomization.num_clips", num_clips, 1)
         self.seed = check_int("randomization.seed", seed, 0)

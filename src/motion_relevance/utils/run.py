@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -15,26 +13,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from motion_relevance.checks import to_plain
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 
 
-def to_python(value: Any) -> Any:
-    """Tensors and numpy scalars to plain floats/ints/lists, NaN to None (valid JSON)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        value = value.item() if value.numel() == 1 else value.tolist()
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        with contextlib.suppress(ValueError, AttributeError):
-            value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): to_python(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_python(v) for v in value]
-    return value
+#: Kept for callers on other branches; use :func:`motion_relevance.checks.to_plain`.
+to_python = to_plain
 
 
 def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str = METRICS_FILE) -> Path:
@@ -42,7 +29,7 @@ def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str 
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_python(dict(metrics)), indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(to_plain(dict(metrics)), indent=2, sort_keys=True))
     tmp.replace(path)
     return path
 
@@ -179,7 +166,7 @@ def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
             f"optimized_metric={name!r} was not logged; logged metrics are: {', '.join(sorted(metrics))}. "
             "Set optimized_metric to one of them."
         )
-    return float(to_python(metrics[name]))
+    return float(to_plain(metrics[name]))
 
 
 def run_and_record(

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from motion_relevance.checks import check_positive, check_unique
 from motion_relevance.metrics.keys import NOT_EXPLAINERS
 
 
@@ -53,18 +54,6 @@ def _optimizer_names() -> list[str]:
         and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)
         and name != "Optimizer"
     ]
-
-
-def check_positive(value: Any, key: str, *, integer: bool = False, allow_none: bool = False) -> None:
-    """Raise a ValueError naming ``key`` unless ``value`` is a positive (integer) number."""
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if ok and integer:
-        ok = float(value).is_integer()
-    if not ok:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{key} must be {kind}, got {value!r}")
 
 
 def _node(cfg: DictConfig, key: str) -> Any:
@@ -176,8 +165,22 @@ def check_stages(cfg: DictConfig) -> None:
         build_stage(cls, settings, key, **fixed)
 
 
+#: List settings whose elements each mean one thing: a repeat would run (and count) that element twice.
+UNIQUE_LISTS = ("selective.sigma", "faithfulness.references", "randomization.layers", "callbacks.explanations.stages",
+                "data.generator.classes")
+
+
+def check_repeats(cfg: DictConfig) -> None:
+    """Refuse a repeated element in each list of :data:`UNIQUE_LISTS` (the error names the key and the value)."""
+    for key in UNIQUE_LISTS:
+        value = _node(cfg, key)
+        if isinstance(value, ListConfig):
+            check_unique(key, OmegaConf.to_container(value, resolve=True))
+
+
 def validate_run_config(cfg: DictConfig) -> None:
     """Checks shared by the entry points, before any data or model is loaded."""
+    check_repeats(cfg)
     check_trainer(cfg)
     check_groups(cfg)
     check_explainers(cfg)
@@ -190,11 +193,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_optimizer(cfg.model.get("optimizer"))
     net = cfg.model.get("net", {})
     if "width" in net:
-        check_positive(net.width, "model.net.width")
+        check_positive("model.net.width", net.width)
     if "clip_len" in net:
-        check_positive(net.clip_len, "model.net.clip_len", integer=True)
+        check_positive("model.net.clip_len", net.clip_len, integer=True)
     if "num_classes" in net:
-        check_positive(net.num_classes, "model.net.num_classes", integer=True, allow_none=True)
+        check_positive("model.net.num_classes", net.num_classes, integer=True, allow_none=True)
     fraction = cfg.model.get("max_failure_fraction", 0.0)
     if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"model.max_failure_fraction must be in [0, 1], got {fraction!r}")
