@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, Subset
 
 from motion_relevance.data.failures import collate_skipping
 from motion_relevance.explain import FrameInflation, selective_relevance
+from motion_relevance.explain.timing import OverheadTimer
 from motion_relevance.metrics import functional as F
-from motion_relevance.metrics.timing import OverheadTimer
 from motion_relevance.models.checkpoint import check_classes, load_classifier
 
 log = logging.getLogger("motion_vs_context")

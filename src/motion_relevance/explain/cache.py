@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from motion_relevance.explain.timing import OverheadTimer
 from motion_relevance.keys import cache_key, state_digest, tensor_digest
-from motion_relevance.metrics.timing import OverheadTimer
 
 log = logging.getLogger(__name__)
 

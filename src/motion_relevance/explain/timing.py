@@ -1,4 +1,6 @@
-"""Wall-clock timing of explanation steps for the overhead table (docs/method.md, "Metrics"; Table 4)."""
+"""Wall-clock timing of explanation steps (CachedExplainer, the pipeline) for the overhead table.
+
+The metric itself is `metrics.classes.Overhead`; docs/method.md, "Metrics" (Table 4)."""
 
 from __future__ import annotations
 
