@@ -19,10 +19,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from motion_relevance.callbacks import ExplanationCallback
+from motion_relevance.digests import state_digest
 from motion_relevance.explain.cache import AttributionCache, describe, explainer_config
 from motion_relevance.explain_app import explain, objective_values, sigmas_of, validate_objective
 from motion_relevance.explain_app import main as explain_main
-from motion_relevance.keys import state_digest
 from motion_relevance.report import main as report_main
 from motion_relevance.train import train
 from tests.conftest import ROOT, TINY_DATA, compose_config

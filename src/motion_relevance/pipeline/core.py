@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from motion_relevance.data.transforms import ClipTransform
+from motion_relevance.digests import state_digest
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
 from motion_relevance.explain.selective import DEFAULT_SIGMA, check_padding, check_sigma, selective_relevance
 from motion_relevance.explain.timing import OverheadTimer
-from motion_relevance.keys import state_digest
 from motion_relevance.metrics.suite import ExplanationMetrics
 from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
 

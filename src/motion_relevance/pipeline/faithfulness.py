@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from motion_relevance.keys import tensor_digest
+from motion_relevance.digests import tensor_digest
 from motion_relevance.metrics import keys
 from motion_relevance.metrics.faithfulness import (
     REFERENCES,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["KEY_FORMAT", "cache_key", "canonical", "file_identity", "state_digest", "tensor_digest"]
+__all__ = ["KEY_FORMAT", "cache_key", "canonical", "state_digest", "tensor_digest"]
 
 #: Bumped whenever the key layout changes, so old entries are never read under a new meaning.
 KEY_FORMAT = 2
@@ -50,13 +49,6 @@ def state_digest(module: nn.Module) -> str:
     for name, tensor in module.state_dict().items():
         digest.update(f"{name}|{tensor_digest(tensor)}|".encode())
     return digest.hexdigest()[:32]
-
-
-def file_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"path": resolved path, "size": bytes, "mtime_ns": ...}`` of a file: a rewrite in place changes it."""
-    resolved = Path(path).resolve()
-    st = resolved.stat()
-    return {"path": str(resolved), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def canonical(value: Any) -> Any:
