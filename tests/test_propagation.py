@@ -19,12 +19,12 @@ from motion_relevance.explain import DeepTaylor, GradCAM, GuidedBackprop, Guided
 from motion_relevance.explain import explainers as explainers_module
 from motion_relevance.explain._copy import eval_copy, hook_tables
 from motion_relevance.explain.explainers import AttnLRP, CaptumExplainer, Explainer, to_input_frames
-from motion_relevance.explain.lrp import assign_dtd_rules
 from motion_relevance.explain.propagation import Composite, PropagationError, Rule
 from motion_relevance.explain.rules import DTD, ZPlus
 from motion_relevance.models import C3D
 from motion_relevance.models.layers import Add
 
+from .captum_lrp import assign_dtd_rules
 from .tiny_models import (
     HIGH,
     LOW,

@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LRP, Attribution, LayerGradCam
+from captum.attr import LRP, Attribution, Deconvolution, LayerGradCam
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
-from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttribution
 from torch import Tensor, nn
 
 from motion_relevance.explain._copy import TargetLogit, eval_copy, predicted_class
@@ -604,7 +603,7 @@ class CaptumExplainer(Explainer):
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         if self.layer is not None:
             get_layer(model, self.layer)
-        if issubclass(self.cls, (ModifiedReluGradientAttribution, LRP)):
+        if issubclass(self.cls, (CaptumGuidedBackprop, Deconvolution, LRP)):  # Captum's ReLU-replacing classes
             require_relu_modules(model, structure, self.cls.__name__)
 
     def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:

@@ -1,5 +1,6 @@
-"""Deep Taylor Decomposition rules for ``captum.attr.LRP`` on plain 3-D CNNs: the reference the propagation engine
-(:mod:`motion_relevance.explain.propagation`, used by ``DeepTaylor``) is tested against on C3D.
+"""Deep Taylor Decomposition rules for ``captum.attr.LRP`` on plain 3-D CNNs: the test-only reference the propagation
+engine (:mod:`motion_relevance.explain.propagation`, used by ``DeepTaylor``) is checked against on C3D. It lives in
+tests/ because it builds on Captum's private ``captum.attr._utils.lrp_rules`` (the package never imports it).
 
 Rules, set as ``module.rule`` on every leaf of the model (Captum 0.9 has no default rule for ``Conv3d``,
 ``AvgPool3d`` or ``Flatten``), from one table by module type:
