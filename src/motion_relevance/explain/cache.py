@@ -32,6 +32,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from motion_relevance import __version__
 from motion_relevance.digests import cache_key, state_digest, tensor_digest
 from motion_relevance.explain.timing import OverheadTimer
 
@@ -51,11 +53,7 @@ DTYPES = ("float32", "float16")
 
 
 def _versions() -> dict[str, str]:
-    import captum
-
-    from motion_relevance import __version__
-
-    return {"motion_relevance": __version__, "captum": captum.__version__, "torch": torch.__version__}
+    return {"motion_relevance": __version__, "captum": version("captum"), "torch": torch.__version__}
 
 
 def describe(obj: Any, _depth: int = 0) -> Any:

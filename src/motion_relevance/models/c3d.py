@@ -38,6 +38,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from motion_relevance.models.pretrained import load_pretrained
+
 #: Conv widths of the published C3D, in order (conv1, conv2, conv3a, conv3b, conv4a, conv4b, conv5a, conv5b).
 C3D_CONV_WIDTHS: tuple[int, ...] = (64, 128, 256, 256, 512, 512, 512, 512)
 C3D_FC_WIDTH = 4096
@@ -149,8 +151,6 @@ class C3D(nn.Sequential):
         if init == "kaiming":
             self.reset_parameters()
         if pretrained:
-            from motion_relevance.models.pretrained import load_pretrained
-
             load_pretrained(self, pretrained)
 
     @staticmethod

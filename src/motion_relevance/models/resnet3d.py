@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from motion_relevance.models.layers import Add
+from motion_relevance.models.published import load_published
 
 __all__ = [
     "BasicBlock",
@@ -303,8 +304,6 @@ class VideoResNet(nn.Module):
         if init == "kaiming":
             init_weights(self)
         if pretrained is not None:
-            from motion_relevance.models.published import load_published
-
             load_published(self, pretrained)
 
     def _make_layer(self, conv_builder: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:

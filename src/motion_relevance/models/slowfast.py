@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from motion_relevance.models.layers import Add, Concat
+from motion_relevance.models.published import load_published
 from motion_relevance.models.resnet3d import (
     check_choice,
     check_dropout,
@@ -364,8 +365,6 @@ class SlowFast(nn.Module):
             final = [m.norm_c for m in self.modules() if isinstance(m, BottleneckBlock)]
             init_weights(self, zero_final_bn=final)
         if pretrained is not None:
-            from motion_relevance.models.published import load_published
-
             load_published(self, pretrained)
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:

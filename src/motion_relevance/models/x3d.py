@@ -38,6 +38,7 @@ import math
 from torch import Tensor, nn
 
 from motion_relevance.models.layers import Add, GateMul
+from motion_relevance.models.published import load_published
 from motion_relevance.models.resnet3d import (
     check_choice,
     check_dropout,
@@ -311,8 +312,6 @@ class X3D(nn.Module):
             final = [m.norm_c for m in self.modules() if isinstance(m, X3DBottleneck)]
             init_weights(self, zero_final_bn=final)
         if pretrained is not None:
-            from motion_relevance.models.published import load_published
-
             load_published(self, pretrained)
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:
