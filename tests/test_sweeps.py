@@ -244,7 +244,7 @@ def _cli_env() -> dict[str, str]:
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path, data_root: Path, checkpoint: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweeps]'")
     sweep = tmp_path / "submitit"
-    cmd = [sys.executable, "-m", "motion_relevance.explain", "-m", "hydra/launcher=submitit_local",
+    cmd = [sys.executable, "-m", "motion_relevance.explain_app", "-m", "hydra/launcher=submitit_local",
            "hydra.launcher.timeout_min=10", "selective.sigma=1,4", f"hydra.sweep.dir={sweep}", "logger=csv",
            *_common(data_root, checkpoint, tmp_path / "attr")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)

@@ -103,7 +103,7 @@ def explain(cfg: DictConfig, model: str, bias: float, seed: int, ckpt: Path) -> 
         return out
     explainers = per_model(cfg.study.explainers, model)
     randomize = bias == min(per_model(cfg.study.context_bias, model))
-    cmd = [sys.executable, "-m", "motion_relevance.explain", f"ckpt_path={ckpt}", "per_clip=true", "logger=csv",
+    cmd = [sys.executable, "-m", "motion_relevance.explain_app", f"ckpt_path={ckpt}", "per_clip=true", "logger=csv",
            f"hydra.run.dir={out}", "extras.print_config=false", "flow=none", "cache=none",
            f"num_clips={cfg.study.num_clips}", f"selective.sigma={json.dumps(list(cfg.study.sigmas))}",
            f"faithfulness.num_clips={cfg.study.faithfulness_clips}",

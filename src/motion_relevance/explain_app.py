@@ -1,4 +1,4 @@
-"""Explain a trained checkpoint: ``python -m motion_relevance.explain ckpt_path=…`` (or ``mr-explain``).
+"""Explain a trained checkpoint: ``python -m motion_relevance.explain_app ckpt_path=…`` (or ``mr-explain``).
 
 Runs the test loop with the attribution and selective-relevance callbacks, then writes into the run folder
 ``metrics.json`` (every number), ``tables/table{1..4}_*.{md,csv}`` (the paper's Tables 1–4, plus the ground-truth

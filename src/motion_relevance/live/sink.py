@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from motion_relevance.viz.overlay import iter_overlay_frames
+from motion_relevance.viz.video_writer import VideoWriter
+
 __all__ = ["OverlaySink", "check_display", "progress_bar"]
 
 
@@ -29,8 +32,6 @@ class OverlaySink:
     def __init__(self, path: Path | None, fps: float, labels: tuple[str, str], *, min_height: int, alpha: float,
                  mode: str, display: bool, window_title: str, background: bool = True,
                  queue_windows: int = 4) -> None:
-        from motion_relevance.viz.video_writer import VideoWriter
-
         self.labels = labels
         self.min_height, self.alpha, self.mode = int(min_height), float(alpha), mode
         self.writer = VideoWriter(path, fps) if path is not None else None
@@ -59,8 +60,6 @@ class OverlaySink:
             self._render(frames, maps, captions)
 
     def _render(self, frames: np.ndarray, maps: tuple[Any, Any], captions: list[str]) -> None:
-        from motion_relevance.viz.overlay import iter_overlay_frames
-
         composed = iter_overlay_frames(
             frames, dict(zip(self.labels, maps)), captions, mode=self.mode, alpha=self.alpha,
             min_height=self.min_height, show_frame_number=False,

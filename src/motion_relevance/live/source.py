@@ -24,6 +24,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from motion_relevance.data.video import resolve_decoder
+
 __all__ = [
     "CameraSource",
     "FileSource",
@@ -215,8 +217,6 @@ class FileSource(FrameSource):
         self._reader.seek(0)
 
     def _open(self, size: tuple[int, int] | None) -> Any:
-        from motion_relevance.data.video import resolve_decoder
-
         kw = {"height": size[0], "width": size[1]} if size else {}
         try:
             if resolve_decoder("decord") == "opencv":  # no decord wheel on this platform
