@@ -55,7 +55,7 @@ def make_checkpoint(path: Path, spec: dict[str, Any]) -> Path:
     """A checkpoint in mr-train's layout with random weights."""
     import hydra
 
-    from motion_relevance.models.module import VideoClassifier
+    from motion_relevance.classifier import VideoClassifier
 
     torch.manual_seed(0)
     net = hydra.utils.instantiate(spec["net"])

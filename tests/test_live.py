@@ -17,11 +17,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from motion_relevance.classifier import VideoClassifier
 from motion_relevance.live import app as live_app
 from motion_relevance.live.config import fill_data_node
 from motion_relevance.live.source import CameraSource, FileSource, SourceError, open_source, target_size
 from motion_relevance.live.windows import Pacer, SlidingWindow, Window, count_windows, iter_windows
-from motion_relevance.models.module import VideoClassifier
 from tests.conftest import ROOT, SHARED_DATA, compose_config
 
 CLASSES = [f"class{i}" for i in range(8)]

@@ -25,10 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, open_dict
 
+from motion_relevance.classifier import VideoClassifier
 from motion_relevance.explain.selective import check_sigma
 from motion_relevance.metrics import keys
 from motion_relevance.models.checkpoint import check_classes, check_preprocessing, load_classifier
-from motion_relevance.models.module import VideoClassifier
 from motion_relevance.report import write_csv, write_tables
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline

@@ -27,11 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from motion_relevance.models.c3d import C3D
+from motion_relevance.models.pretrained import load_pretrained
 from motion_relevance.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["describe_mismatch", "known_layouts", "load_published", "read_weights", "resembled_layout"]
+__all__ = ["describe_mismatch", "known_layouts", "load_published", "load_weights", "read_weights", "resembled_layout"]
 
 #: Key prefixes wrappers add around a state dict (DataParallel ``module.``, Lightning ``net.`` / ``model.``).
 PREFIXES = ("module.", "model.", "net.")
@@ -223,3 +225,15 @@ def load_published(model: nn.Module, source: str | os.PathLike[str] | Mapping[st
     else:
         log.info("Loaded %s (%d tensors)", where, len(to_load))
     return model
+
+
+def load_weights(net: nn.Module, path: str) -> None:
+    """Published weights into ``net`` (read as data): the model's own loader (VideoMAE: both bias namings), the C3D
+    port's loader, or the strict layout loader of :mod:`motion_relevance.models.published` (torchvision and
+    pytorchvideo layouts); a final layer of another class count is re-initialised."""
+    if callable(getattr(net, "load_pretrained", None)):
+        net.load_pretrained(path)
+    elif isinstance(net, C3D):
+        load_pretrained(net, path)
+    else:
+        load_published(net, path)

@@ -1,4 +1,5 @@
-"""The LightningModule that trains and evaluates a clip classifier (C3D by default).
+"""The LightningModule that trains and evaluates a clip classifier (C3D by default); outside ``models/``, which
+stays free of Lightning.
 
 Batches are the dicts of :mod:`motion_relevance.data` (``clip`` ``(B, 3, T, H, W)``, ``label`` ``(B,)``, optional
 ``skipped`` list of undecodable files). Optimiser and scheduler come from config as partials
@@ -23,8 +24,8 @@ from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from motion_relevance.data.failures import FailureTracker
-
-CHECKPOINT_KEY = "motion_relevance"
+from motion_relevance.models.checkpoint import CHECKPOINT_KEY
+from motion_relevance.models.published import load_weights
 
 
 def _plain(value: Any) -> Any:
@@ -32,24 +33,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
-
-
-def load_weights(net: nn.Module, path: str) -> None:
-    """Published weights into ``net`` (read as data): the model's own loader (VideoMAE: both bias namings), the C3D
-    port's loader, or the strict layout loader of :mod:`motion_relevance.models.published` (torchvision and
-    pytorchvideo layouts); a final layer of another class count is re-initialised."""
-    from motion_relevance.models.c3d import C3D
-
-    if callable(getattr(net, "load_pretrained", None)):
-        net.load_pretrained(path)
-    elif isinstance(net, C3D):
-        from motion_relevance.models.pretrained import load_pretrained
-
-        load_pretrained(net, path)
-    else:
-        from motion_relevance.models.published import load_published
-
-        load_published(net, path)
 
 
 class VideoClassifier(pl.LightningModule):
@@ -66,8 +49,8 @@ class VideoClassifier(pl.LightningModule):
         preprocessing: the data's transform config (plain dict), stored in checkpoints.
         class_names: names of the classes, stored in checkpoints.
         pretrained: optional published weights loaded into ``net`` before training (``model.pretrained=…``, see
-            :func:`load_weights`); the final layer is re-initialised when its class count differs. Not stored in
-            checkpoints (they hold the trained weights).
+            :func:`~motion_relevance.models.published.load_weights`); the final layer is re-initialised when its
+            class count differs. Not stored in checkpoints (they hold the trained weights).
         explain_layer: the layer Grad-CAM explains by default (a module path of ``net``, e.g. ``conv5b`` or
             ``layer4``); set on the network as ``net.explain_layer`` and stored in checkpoints. ``None`` keeps the
             network's own default.
