@@ -70,7 +70,7 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str]]
                                               dropout=0.0, **small), SMALL, "blocks.4.multipathway_blocks.1"),
         "x3d_small": (lambda: m.X3D(clip_len=16, crop_size=56, head_pool="adaptive", dropout=0.0, **small), SMALL,
                       "blocks.4"),
-        # conf/model/videomae_tiny.yaml and videomae_base.yaml (VideoMAE-B/16, Kinetics size)
+        # motion_relevance/conf/model/videomae_tiny.yaml and videomae_base.yaml (VideoMAE-B/16, Kinetics size)
         "videomae_tiny": (lambda: m.VideoMAE(image_size=56, patch_size=8, num_frames=16, tubelet_size=4,
                                              hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
                                              intermediate_size=192, layer_norm_eps=1e-6, qkv_bias=True, **small),

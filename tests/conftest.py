@@ -10,10 +10,11 @@ import pytest
 import torch
 from omegaconf import DictConfig, open_dict
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.utils.compose import compose_config as _compose
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONFIG_DIR
 
 
 def _shared_data() -> Path:
@@ -49,7 +50,7 @@ TINY_DATA = [
 
 
 def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` as Hydra would, with outputs under ``tmp_path``."""
+    """Compose ``motion_relevance/conf/<name>.yaml`` as Hydra would, with outputs under ``tmp_path``."""
     cfg = _compose(name, overrides, tmp_path / "run")
     with open_dict(cfg):
         cfg.paths.log_dir = str(tmp_path / "logs")

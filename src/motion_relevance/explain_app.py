@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, open_dict
 
 from motion_relevance.classifier import VideoClassifier
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.explain.selective import check_sigma
 from motion_relevance.metrics import keys
 from motion_relevance.models.checkpoint import check_classes, check_preprocessing, load_classifier
@@ -37,7 +38,6 @@ from motion_relevance.utils.validation import validate_run_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 #: Objectives ``objective.name`` may take (see :func:`objective_values`).
 OBJECTIVES = ("auto", "gt_f1", "flow_precision", "freeze_drop")
 
@@ -225,7 +225,7 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "loggers": loggers}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="explain")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
     metrics = run_and_record(cfg, explain)

@@ -186,7 +186,7 @@ class FlowEstimator:
 
     Hydra-friendly constructor.
 
-    Example config (``conf/flow/farneback.yaml``)::
+    Example config (``motion_relevance/conf/flow/farneback.yaml``)::
 
         _target_: motion_relevance.metrics.flow.FlowEstimator
         method: farneback

@@ -170,7 +170,8 @@ def check_stages(cfg: DictConfig) -> None:
             continue
         settings = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         if not isinstance(settings, dict):
-            raise ValueError(f"{key}={settings!r}: expected a mapping of settings (see conf/{key}/default.yaml)")
+            raise ValueError(f"{key}={settings!r}: expected a mapping of settings "
+                             f"(see motion_relevance/conf/{key}/default.yaml)")
         build_stage(cls, settings, key, **fixed)
 
 
