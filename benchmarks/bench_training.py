@@ -7,7 +7,7 @@ training process); the compute-only rate (clips / compute time) is the floor no 
 
 * small: ``C3D(8, width=0.125)`` on the default ``motion_shapes`` set (``data/motion_shapes.yaml``: 64x64 frames,
   random 56 px crop, batch 16, masks loaded), generated once into ``$TMPDIR/motion_relevance_bench``;
-* full: ``C3D(101)`` on 112 px clips: real videos from /work/shared/data (decord, resize 128x171, random crop
+* full: ``C3D(101)`` on 112 px clips: real videos from ``shared_data()`` (decord, resize 128x171, random crop
   112) when present, else ``motion_shapes`` generated at 128x171 (``--full-data shapes``); batch 8 on CPU.
 
 Target: data wait under 10 % of step time with the default workers. Warm-up steps (worker start-up, first
@@ -248,7 +248,7 @@ def main() -> None:
         "--full-data",
         choices=("auto", "real", "shapes", "tensor"),
         default="auto",
-        help="auto = real videos when /work/shared/data exists, else motion_shapes at 128x171; "
+        help="auto = real videos when $MR_SHARED_DATA or ../shared/data exists, else motion_shapes at 128x171; "
         "tensor = random tensors made in the workers (no decoding)",
     )
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per run (worker start-up)")

@@ -18,8 +18,8 @@ CONF = CONFIG_DIR
 
 
 def _shared_data() -> Path:
-    """The team's real test clips: $MR_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
-    candidates = [os.environ.get("MR_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"]
+    """The team's real test clips: $MR_SHARED_DATA, else ../shared/data beside the checkout."""
+    candidates = [os.environ.get("MR_SHARED_DATA"), ROOT.parent / "shared" / "data"]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)

@@ -1,4 +1,4 @@
-"""Explainers (SPEC §2) against hand-written references on tiny 3-D nets; hygiene and input errors."""
+"""Explainers (docs/method.md) against hand-written references on tiny 3-D nets; hygiene and input errors."""
 
 from __future__ import annotations
 

@@ -817,7 +817,7 @@ def test_layer_maps_are_frame_aligned_with_the_layer_stride() -> None:
     # resizing 7 cells to 13 frames stretches them (cell centres every 13 / 7 frames): late frames drift
     stretched = F.interpolate(maps, size=(13, 1, 1), mode="trilinear", align_corners=False).flatten().numpy()
     assert abs(stretched[11] - linear[11]) > 0.2
-    # T = s T': the plain trilinear resize (the SPEC's Grad-CAM upsampling) is already frame-aligned
+    # T = s T': the plain trilinear resize (the method's Grad-CAM upsampling) is already frame-aligned
     maps = torch.rand(2, 1, 2, 7, 7, dtype=torch.float64)
     torch.testing.assert_close(to_input_frames(maps, (16, 112, 112)),
                                F.interpolate(maps, size=(16, 112, 112), mode="trilinear", align_corners=False))

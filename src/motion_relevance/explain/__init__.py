@@ -1,4 +1,4 @@
-"""Explanations of 3-D CNN activity recognisers and selective relevance (SPEC §1–2).
+"""Explanations of 3-D CNN activity recognisers and selective relevance (docs/method.md).
 
 Explain a clip in Python::
 
