@@ -3,7 +3,7 @@
 In eval mode ``BN(conv(x)) = conv'(x)`` with ``w' = w * g / sqrt(v + eps)`` and ``b' = (b - m) * g / sqrt(v + eps) +
 beta`` (``m``, ``v`` the running mean and variance, ``g``, ``beta`` the affine parameters, per output channel), so
 relevance rules see one layer with a bias instead of a normalisation they have no rule for. Which BatchNorm may be
-folded is decided from a traced forward pass (:func:`motion_relevance.explain.validation.analyse_model`): it must
+folded is decided from a traced forward pass (:func:`motion_relevance.explain.tracing.analyse_model`): it must
 normalise the output of a conv / linear layer that nothing else uses. ``docs/method.md`` ("Deep Taylor and LRP
 through modern video networks") describes the method.
 
