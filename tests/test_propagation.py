@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 import motion_relevance.explain.propagation as propagation
 from motion_relevance.explain import DeepTaylor, GradCAM, GuidedBackprop, GuidedGradCAM
-from motion_relevance.explain import explainers as explainers_module
+from motion_relevance.explain import base as explainer_base  # eval_copy: where Explainer.__call__ copies
 from motion_relevance.explain._copy import eval_copy, hook_tables
 from motion_relevance.explain.explainers import AttnLRP, CaptumExplainer, Explainer, to_input_frames
 from motion_relevance.explain.propagation import Composite, PropagationError, Rule
@@ -617,7 +617,7 @@ def no_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(model: nn.Module) -> nn.Module:
         raise AssertionError("validation must fail before the model is copied")
 
-    monkeypatch.setattr(explainers_module, "eval_copy", forbidden)
+    monkeypatch.setattr(explainer_base, "eval_copy", forbidden)
 
 
 def _with(module_name: str, module: nn.Module) -> nn.Sequential:

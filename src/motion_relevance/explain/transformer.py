@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from motion_relevance.explain.explainers import Explainer
+from motion_relevance.explain.base import Explainer
 from motion_relevance.explain.validation import ModelStructure, get_layer
 from motion_relevance.models.videomae import VideoMAELayer
 
