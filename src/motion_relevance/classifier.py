@@ -13,6 +13,7 @@ Checkpoints carry what is needed to rebuild the model and its input pipeline wit
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -84,8 +85,6 @@ class VideoClassifier(pl.LightningModule):
         if explain_layer:
             names = dict(net.named_modules())
             if explain_layer not in names:
-                import difflib
-
                 near = difflib.get_close_matches(explain_layer, [n for n in names if n], n=5, cutoff=0.4)
                 raise ValueError(f"model.explain_layer={explain_layer!r} is not a module of the network; "
                                  f"close names: {near}")

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from motion_relevance.metrics import keys
 from motion_relevance.pipeline.results import REFERENCES, methods_of, randomization_rows
 from motion_relevance.utils.mapping import flatten_mapping
@@ -166,8 +168,6 @@ def _job_overrides(job: Path) -> dict[str, str]:
     overrides = job / ".hydra" / "overrides.yaml"
     if not overrides.exists():
         return {}
-    import yaml
-
     items = yaml.safe_load(overrides.read_text()) or []
     return dict(item.split("=", 1) for item in items if "=" in item and not item.startswith("~"))
 
@@ -176,8 +176,6 @@ def _job_config(job: Path) -> dict[str, Any]:
     config = job / ".hydra" / "config.yaml"
     if not config.exists():
         return {}
-    import yaml
-
     return flatten_mapping(yaml.safe_load(config.read_text()) or {})
 
 

@@ -95,12 +95,12 @@ class VideoDecoder:
         path = str(path)
         try:
             if self.backend == "decord":
-                import decord
+                import decord  # deferred: optional (no wheel on some platforms)
 
                 vr = decord.VideoReader(path, num_threads=max(self.num_threads, 1))
                 h, w = vr[0].shape[:2]
                 return VideoMeta(len(vr), float(vr.get_avg_fps()), int(h), int(w))
-            import cv2
+            import cv2  # deferred: OpenCV only when decord is absent
 
             cap = cv2.VideoCapture(path)
             if not cap.isOpened():
@@ -164,12 +164,12 @@ class VideoDecoder:
             self._readers.move_to_end(path)
             return reader
         if self.backend == "decord":
-            import decord
+            import decord  # deferred: optional (no wheel on some platforms)
 
             kw = {"height": self.resize[0], "width": self.resize[1]} if self.resize else {}
             reader = decord.VideoReader(path, num_threads=self.num_threads, **kw)
         else:
-            import cv2
+            import cv2  # deferred: OpenCV only when decord is absent
 
             cap = cv2.VideoCapture(path)
             if not cap.isOpened():
@@ -189,7 +189,7 @@ class VideoDecoder:
         return frames if len(uniq) == len(idx) and (uniq == idx).all() else frames[inverse]
 
     def _read_opencv(self, path: str, idx: np.ndarray) -> np.ndarray:
-        import cv2
+        import cv2  # deferred: OpenCV only when decord is absent
 
         reader = self._reader(path)
         cap = reader[0]

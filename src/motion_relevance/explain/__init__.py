@@ -20,6 +20,7 @@ Explainers (``explainer(model, clips, target=None) -> (B, C, T, H, W)``, built f
 :class:`FrameInflation` (temporal relevance baseline around any of them).
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
@@ -59,8 +60,6 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"motion_relevance.explain.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'motion_relevance.explain' has no attribute {name!r}")
 

@@ -216,7 +216,7 @@ def _device(v: Any) -> bool:
 
 
 def _figure_suffixes() -> tuple[str, ...]:
-    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backend_bases import FigureCanvasBase  # deferred: matplotlib, slow to import
 
     return tuple(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes())
 
@@ -279,7 +279,7 @@ def _show(value: Any) -> str:
 def check_explainer(node: Any) -> None:
     """``explainer`` must be a config whose ``_target_`` imports as a subclass of
     :class:`motion_relevance.explain.Explainer`."""
-    from motion_relevance.explain import Explainer  # deferred: loads Captum (about 0.5 s)
+    from motion_relevance.explain import Explainer  # deferred: loads Captum
 
     options = "|".join(sorted(p.stem for p in (CONFIG_DIR / "explainer").glob("*.yaml")))
     if not isinstance(node, DictConfig) or "_target_" not in node:

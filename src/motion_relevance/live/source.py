@@ -221,7 +221,7 @@ class FileSource(FrameSource):
         try:
             if resolve_decoder("decord") == "opencv":  # no decord wheel on this platform
                 return _OpenCVReader(self.path)
-            import decord
+            import decord  # deferred: optional (no wheel on some platforms)
 
             return decord.VideoReader(str(self.path), num_threads=self.num_threads, **kw)
         except Exception as err:  # decord raises DECORDError / RuntimeError
@@ -270,8 +270,6 @@ class _OpenCVReader:
     read in order (a seek only when an index goes back or skips), RGB, at the native size."""
 
     def __init__(self, path: Path) -> None:
-        import cv2
-
         self._cv2 = cv2
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
