@@ -29,7 +29,7 @@ DECODERS = ("decord", "opencv")
 def decord_available() -> bool:
     """Whether decord imports here (it has no wheel for some platforms, e.g. macOS on Apple silicon)."""
     try:
-        import decord  # noqa: F401
+        import decord  # noqa: F401  (deferred: optional, no wheel on some platforms)
     except ImportError:
         return False
     return True
