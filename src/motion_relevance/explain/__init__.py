@@ -1,4 +1,4 @@
-"""Explanations of 3-D CNN activity recognisers and selective relevance (SPEC §1–2).
+"""Explanations of 3-D CNN activity recognisers and selective relevance (docs/method.md).
 
 Explain a clip in Python::
 
@@ -20,6 +20,7 @@ Explainers (``explainer(model, clips, target=None) -> (B, C, T, H, W)``, built f
 :class:`FrameInflation` (temporal relevance baseline around any of them).
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
@@ -59,8 +60,6 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"motion_relevance.explain.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'motion_relevance.explain' has no attribute {name!r}")
 

@@ -574,7 +574,7 @@ def _arch(config: Mapping[str, Any]) -> str:
 def config_names_for(config: Mapping[str, Any], conf_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Names of the model configs (``conf/model/<name>.yaml``) whose net builds the model ``config`` describes:
     same registered class, and the most equal plain arguments (ties all listed)."""
-    import yaml  # PyYAML comes with omegaconf
+    import yaml  # deferred: only to name a model config in a message (PyYAML comes with omegaconf)
 
     folder = Path(conf_dir) if conf_dir is not None else _CONF_MODEL
     short = _short(config)
