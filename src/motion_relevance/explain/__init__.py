@@ -34,6 +34,7 @@ from motion_relevance.explain.selective import (
 )
 
 if TYPE_CHECKING:  # the explainers import Captum (about 0.5 s): loaded on first use
+    from motion_relevance.explain.canonize_trace import CanonizationError, canonize
     from motion_relevance.explain.explainers import (
         AttnLRP,
         CaptumExplainer,
@@ -54,6 +55,8 @@ _LAZY = {
     "GuidedBackprop": "explainers",
     "GuidedGradCAM": "explainers",
     "FrameInflation": "frame_inflation",
+    "canonize": "canonize_trace",
+    "CanonizationError": "canonize_trace",
 }
 
 
@@ -67,6 +70,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AttnLRP",
+    "CanonizationError",
     "CaptumExplainer",
     "DeepTaylor",
     "Explainer",
@@ -76,6 +80,7 @@ __all__ = [
     "GuidedGradCAM",
     "DEFAULT_SIGMA",
     "PADDINGS",
+    "canonize",
     "check_padding",
     "check_sigma",
     "selective_mask",

@@ -38,6 +38,8 @@ from torch import Tensor, nn
 
 from motion_relevance.explain._copy import TargetLogit, eval_copy, predicted_class
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
+from motion_relevance.explain.canonize_trace import prepare as prepare_canonical
+from motion_relevance.explain.canonize_trace import with_notes
 from motion_relevance.explain.propagation import Composite, Gradient, Rule, propagate
 from motion_relevance.explain.rules import (
     ATTNLRP,
@@ -92,6 +94,8 @@ class Explainer:
     name: str = "explainer"
     #: explains multi-input models (``_validate`` / ``_explain`` get tuples)
     multi_input: bool = False
+    #: rewrite a model whose forward uses functional ReLUs, ``a + b`` or shared modules first (once per model)
+    canonize: bool = False
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None:
@@ -119,12 +123,23 @@ class Explainer:
         target_t = normalise_target(target, inputs[0].shape[0])
         structure = analyse_model(model, list(inputs) if multi else inputs[0])
         check_target_range(target_t, structure.num_outputs)
-        self._validate(model, structure, inputs if self.multi_input else inputs[0])
-        work = eval_copy(model)
-        prepared = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-            relevance = self._explain(work, prepared if self.multi_input else prepared[0], target_t, structure)
+        record = None
+        if self.canonize:  # a user's functional ops / shared modules made modules (explain/canonize_trace.py)
+            model, structure, record = prepare_canonical(model, list(inputs) if multi else inputs[0], structure,
+                                                         getattr(self, "composite", None),
+                                                         str(getattr(self, "method", type(self).__name__)))
+        try:
+            self._validate(model, structure, inputs if self.multi_input else inputs[0])
+            work = eval_copy(model)
+            prepared = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
+            with torch.enable_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
+                relevance = self._explain(work, prepared if self.multi_input else prepared[0], target_t, structure)
+        except (ValueError, TypeError) as err:
+            noted = with_notes(err, record)
+            if noted is err:
+                raise
+            raise noted from err
         parts = tuple(r.detach() for r in (relevance if isinstance(relevance, tuple) else (relevance,)))
         for i, part in enumerate(parts):
             check_finite(part, f"the {self.name} relevance" + (f" of input {i}" if len(parts) > 1 else ""))
@@ -292,8 +307,9 @@ class GuidedBackprop(Explainer):
     name = "gbp"
     multi_input = True
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, canonize: bool = True) -> None:
         super().__init__(name)
+        self.canonize = bool(canonize)
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         require_relu_modules(model, structure, "Guided Backprop")
@@ -311,10 +327,11 @@ class GuidedGradCAM(Explainer):
     multi_input = True
 
     def __init__(self, layer: str | None = None, upsample: str = "trilinear", input_index: int | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, canonize: bool = True) -> None:
         super().__init__(name)
         self._map = _LayerMap(layer, upsample, input_index)
         self.layer, self.upsample, self.input_index = layer, upsample, input_index
+        self.canonize = bool(canonize)
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         self._map.validate(model, structure, clips, "Guided Grad-CAM")
@@ -360,6 +377,8 @@ class DeepTaylor(Explainer):
         pooling: ``"winner"`` (default; relevance to the arg-max) or ``"proportional"`` (in proportion to inputs).
         rules: extra ``{module type: Rule}`` entries for this explainer (see :mod:`.propagation`).
         name: metric-key name (default ``"dtd"``).
+        canonize: rewrite a model whose forward uses functional activations, ``a + b`` or shared modules so each
+            operation is a module (once per model; :mod:`.canonize_trace`); ``False`` refuses such models.
 
     Inputs outside ``[lower, upper]`` make zB terms negative; a warning says so.
     """
@@ -379,8 +398,10 @@ class DeepTaylor(Explainer):
         pooling: str = "winner",
         rules: Mapping[type[nn.Module], Rule] | None = None,
         name: str | None = None,
+        canonize: bool = True,
     ) -> None:
         super().__init__(name)
+        self.canonize = bool(canonize)
         cls = type(self).__name__
         if lower is None and upper is None and mean is not None and std is not None:
             lower, upper = zb_bounds_from_normalization(mean, std, scale)
