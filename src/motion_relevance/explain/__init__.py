@@ -22,7 +22,11 @@ Explainers (``explainer(model, clips, target=None) -> (B, C, T, H, W)``, built f
 
 from typing import TYPE_CHECKING, Any
 
+# The BatchNorm-folding submodule ``explain.canonize`` is loaded first, so that the package attribute ``canonize`` is
+# the canonization function below (importing a submodule later would rebind the attribute to it).
+from motion_relevance.explain import canonize as _batchnorm_folding  # noqa: F401
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
+from motion_relevance.explain.canonize_trace import CanonizationError, canonize
 from motion_relevance.explain.selective import (
     DEFAULT_SIGMA,
     PADDINGS,
@@ -34,7 +38,6 @@ from motion_relevance.explain.selective import (
 )
 
 if TYPE_CHECKING:  # the explainers import Captum (about 0.5 s): loaded on first use
-    from motion_relevance.explain.canonize_trace import CanonizationError, canonize
     from motion_relevance.explain.explainers import (
         AttnLRP,
         CaptumExplainer,
@@ -55,8 +58,6 @@ _LAZY = {
     "GuidedBackprop": "explainers",
     "GuidedGradCAM": "explainers",
     "FrameInflation": "frame_inflation",
-    "canonize": "canonize_trace",
-    "CanonizationError": "canonize_trace",
 }
 
 
