@@ -6,8 +6,9 @@ one in-place ``self.relu``, ``out += identity``) — loaded with the weights of 
 * ``tiny``: r3d_18 at width 1/16, 5 classes, clips 1x3x8x32x32;
 * ``full``: r3d_18 at full width (33 M parameters), 400 classes, clips 1x3x16x112x112.
 
-Reports, per network: ``canonize`` — the rewrite of a fresh model object (median of repeats, also the first call in
-the process, which loads torch.fx), against one forward pass of the same clip; and Deep Taylor ms/clip on the user's
+Reports, per network: ``canonize`` — the rewrite of a fresh model object with the public API's logits check (two
+forward passes), ``rewrite only`` — what an explainer pays once per model (median of repeats; also the first call
+in the process, which loads torch.fx), against one forward pass of the same clip; and Deep Taylor ms/clip on the user's
 model after its first explanation (canonized copy cached) against the zoo's module-written model with the same
 weights (interleaved; target: 0 % added). Run: ``.venv/bin/python benchmarks/bench_canonize.py`` →
 ``benchmarks/results/bench_canonize.{json,md}``.

@@ -628,7 +628,7 @@ def prepare(model: nn.Module, clips: Tensor | Sequence[Tensor], structure: Any, 
         needed = structure.derived[_NEEDED] = needs_canonization(model, structure)
     if not needed:
         return model, structure, None
-    record = canonized(model, clips)
+    record = canonized(model)  # no logits check here: it would cost two forward passes of the full model
     if composite is not None:
         require_rules_for_operations(record, composite, method)
     if not record.changed:
