@@ -23,7 +23,11 @@ Explainers (``explainer(model, clips, target=None) -> (B, C, T, H, W)``, built f
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The BatchNorm-folding submodule ``explain.canonize`` is loaded first, so that the package attribute ``canonize`` is
+# the canonization function below (importing a submodule later would rebind the attribute to it).
+from motion_relevance.explain import canonize as _batchnorm_folding  # noqa: F401
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
+from motion_relevance.explain.canonize_trace import CanonizationError, canonize
 from motion_relevance.explain.selective import (
     DEFAULT_SIGMA,
     PADDINGS,
@@ -66,6 +70,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AttnLRP",
+    "CanonizationError",
     "CaptumExplainer",
     "DeepTaylor",
     "Explainer",
@@ -75,6 +80,7 @@ __all__ = [
     "GuidedGradCAM",
     "DEFAULT_SIGMA",
     "PADDINGS",
+    "canonize",
     "check_padding",
     "check_sigma",
     "selective_mask",

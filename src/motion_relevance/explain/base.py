@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from motion_relevance.explain._copy import eval_copy
+from motion_relevance.explain.canonize_trace import prepare as prepare_canonical
+from motion_relevance.explain.canonize_trace import with_notes
 from motion_relevance.explain.validation import (
     ModelStructure,
     analyse_model,
@@ -37,6 +39,8 @@ class Explainer:
     name: str = "explainer"
     #: explains multi-input models (``_validate`` / ``_explain`` get tuples)
     multi_input: bool = False
+    #: rewrite a model whose forward uses functional ReLUs, ``a + b`` or shared modules first (once per model)
+    canonize: bool = False
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None:
@@ -64,12 +68,23 @@ class Explainer:
         target_t = normalise_target(target, inputs[0].shape[0])
         structure = analyse_model(model, list(inputs) if multi else inputs[0])
         check_target_range(target_t, structure.num_outputs)
-        self._validate(model, structure, inputs if self.multi_input else inputs[0])
-        work = eval_copy(model)
-        prepared = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-            relevance = self._explain(work, prepared if self.multi_input else prepared[0], target_t, structure)
+        record = None
+        if self.canonize:  # a user's functional ops / shared modules made modules (explain/canonize_trace.py)
+            model, structure, record = prepare_canonical(model, list(inputs) if multi else inputs[0], structure,
+                                                         getattr(self, "composite", None),
+                                                         str(getattr(self, "method", type(self).__name__)))
+        try:
+            self._validate(model, structure, inputs if self.multi_input else inputs[0])
+            work = eval_copy(model)
+            prepared = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
+            with torch.enable_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
+                relevance = self._explain(work, prepared if self.multi_input else prepared[0], target_t, structure)
+        except (ValueError, TypeError) as err:
+            noted = with_notes(err, record)
+            if noted is err:
+                raise
+            raise noted from err
         parts = tuple(r.detach() for r in (relevance if isinstance(relevance, tuple) else (relevance,)))
         for i, part in enumerate(parts):
             check_finite(part, f"the {self.name} relevance" + (f" of input {i}" if len(parts) > 1 else ""))

@@ -233,8 +233,9 @@ class GuidedBackprop(Explainer):
     name = "gbp"
     multi_input = True
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, canonize: bool = True) -> None:
         super().__init__(name)
+        self.canonize = bool(canonize)
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         require_relu_modules(model, structure, "Guided Backprop")
@@ -252,10 +253,11 @@ class GuidedGradCAM(Explainer):
     multi_input = True
 
     def __init__(self, layer: str | None = None, upsample: str = "trilinear", input_index: int | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, canonize: bool = True) -> None:
         super().__init__(name)
         self._map = _LayerMap(layer, upsample, input_index)
         self.layer, self.upsample, self.input_index = layer, upsample, input_index
+        self.canonize = bool(canonize)
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         self._map.validate(model, structure, clips, "Guided Grad-CAM")
@@ -301,6 +303,8 @@ class DeepTaylor(Explainer):
         pooling: ``"winner"`` (default; relevance to the arg-max) or ``"proportional"`` (in proportion to inputs).
         rules: extra ``{module type: Rule}`` entries for this explainer (see :mod:`.propagation`).
         name: metric-key name (default ``"dtd"``).
+        canonize: rewrite a model whose forward uses functional activations, ``a + b`` or shared modules so each
+            operation is a module (once per model; :mod:`.canonize_trace`); ``False`` refuses such models.
 
     Inputs outside ``[lower, upper]`` make zB terms negative; a warning says so.
     """
@@ -320,8 +324,10 @@ class DeepTaylor(Explainer):
         pooling: str = "winner",
         rules: Mapping[type[nn.Module], Rule] | None = None,
         name: str | None = None,
+        canonize: bool = True,
     ) -> None:
         super().__init__(name)
+        self.canonize = bool(canonize)
         cls = type(self).__name__
         if lower is None and upper is None and mean is not None and std is not None:
             lower, upper = zb_bounds_from_normalization(mean, std, scale)
