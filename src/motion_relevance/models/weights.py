@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.models.registry import MODELS, registered_targets
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ SHOW = 6
 StateDict = dict[str, Tensor]
 Signature = dict[str, tuple[int, ...]]
 
-_CONF_MODEL = Path(__file__).resolve().parents[3] / "conf" / "model"
+_CONF_MODEL = CONFIG_DIR / "model"
 
 
 def _name(source: Any) -> str:
