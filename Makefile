@@ -36,8 +36,9 @@ test: install  ## fast test suite (< 10 min on 2 CPU cores)
 test-full: install  ## every test, including the slow ones
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
 
-lint: install  ## ruff
+lint: install  ## ruff, then the import contracts of pyproject.toml (docs/architecture.md)
 	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/lint-imports
 
 format: install  ## ruff format + autofix
 	$(BIN)/ruff check --fix src tests benchmarks experiments

@@ -15,9 +15,9 @@ from typing import Any
 
 # MR_BENCH_RESULTS_DIR redirects every benchmark's output (run_all.py --quick, gpu_check.sh use it).
 def shared_data() -> Path:
-    """The team's real clips: $MR_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
+    """The team's real clips: $MR_SHARED_DATA, else ../shared/data beside the checkout."""
     root = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("MR_SHARED_DATA"), root.parent / "shared" / "data", "/work/shared/data"):
+    for candidate in (os.environ.get("MR_SHARED_DATA"), root.parent / "shared" / "data"):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return root.parent / "shared" / "data"

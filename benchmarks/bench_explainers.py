@@ -11,7 +11,7 @@ wrapper's overhead vs a bare Captum call (C3D); frame inflation vs selective rel
   allocations are mmapped (``mallopt(M_MMAP_THRESHOLD, 128 KiB)``) and ``malloc_trim`` returns freed memory before
   each method, the resident-set high-water mark is reset (``/proc/self/clear_refs``) and the peak increase is
   ``VmHWM - VmRSS(before)``, MiB per call;
-* ``Captum LRP``: ``captum.attr.LRP`` with the DTD rules of ``explain/lrp.py`` (C3D only: Captum has no rules for
+* ``Captum LRP``: ``captum.attr.LRP`` with the DTD rules of ``tests/captum_lrp.py`` (C3D only: Captum has no rules for
   BatchNorm, residual sums or gates); DTD must equal it there (``tests/test_propagation.py``);
 * C3D table: ``selective %`` = ``selective_relevance(R, 4.0)`` time / explainer time; ``bare`` = the Captum call an
   explainer wraps (same target, eval model prepared beforehand), ``wrapper's own cost`` = our call with the
@@ -46,9 +46,11 @@ from torch import nn
 from motion_relevance.explain import DeepTaylor, FrameInflation, GradCAM, GuidedBackprop, GuidedGradCAM
 from motion_relevance.explain._copy import eval_copy
 from motion_relevance.explain.explainers import AttnLRP
-from motion_relevance.explain.lrp import assign_dtd_rules
 from motion_relevance.explain.selective import selective_relevance
 from motion_relevance.models import C3D
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/captum_lrp.py
+from tests.captum_lrp import assign_dtd_rules  # noqa: E402
 
 MiB = 2**20
 SMALL = (16, 56)  # frames, side of the small variants' clips (motion_shapes)
@@ -68,7 +70,7 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str]]
                                               dropout=0.0, **small), SMALL, "blocks.4.multipathway_blocks.1"),
         "x3d_small": (lambda: m.X3D(clip_len=16, crop_size=56, head_pool="adaptive", dropout=0.0, **small), SMALL,
                       "blocks.4"),
-        # conf/model/videomae_tiny.yaml and videomae_base.yaml (VideoMAE-B/16, Kinetics size)
+        # motion_relevance/conf/model/videomae_tiny.yaml and videomae_base.yaml (VideoMAE-B/16, Kinetics size)
         "videomae_tiny": (lambda: m.VideoMAE(image_size=56, patch_size=8, num_frames=16, tubelet_size=4,
                                              hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
                                              intermediate_size=192, layer_norm_eps=1e-6, qkv_bias=True, **small),

@@ -55,7 +55,7 @@ def make_checkpoint(path: Path, spec: dict[str, Any]) -> Path:
     """A checkpoint in mr-train's layout with random weights."""
     import hydra
 
-    from motion_relevance.models.module import VideoClassifier
+    from motion_relevance.classifier import VideoClassifier
 
     torch.manual_seed(0)
     net = hydra.utils.instantiate(spec["net"])
@@ -148,6 +148,7 @@ def bench_pipeline(path: Path, ckpt: Path, explainer: str, device: str, workdir:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from motion_relevance.conf import CONFIG_DIR
     from motion_relevance.live.app import run
 
     GlobalHydra.instance().clear()
@@ -157,7 +158,7 @@ def bench_pipeline(path: Path, ckpt: Path, explainer: str, device: str, workdir:
                  f"stride={STRIDE}", f"window={WINDOW}"]
     if not video:
         overrides.append("outputs.video=null")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="live", overrides=overrides)
     metrics, objects = run(cfg)
     rows = objects["rows"]

@@ -5,9 +5,9 @@ the data wait (``next`` on the DataLoader iterator) and the compute (the rest, d
 model the loader runs with the default workers (2) and with the alternative ``num_workers=0`` (loading in the
 training process); the compute-only rate (clips / compute time) is the floor no loader can beat.
 
-* small: ``C3D(8, width=0.125)`` on the default ``motion_shapes`` set (conf/data/motion_shapes.yaml: 64x64
-  frames, random 56 px crop, batch 16, masks loaded), generated once into ``$TMPDIR/motion_relevance_bench``;
-* full: ``C3D(101)`` on 112 px clips: real videos from /work/shared/data (decord, resize 128x171, random crop
+* small: ``C3D(8, width=0.125)`` on the default ``motion_shapes`` set (``data/motion_shapes.yaml``: 64x64 frames,
+  random 56 px crop, batch 16, masks loaded), generated once into ``$TMPDIR/motion_relevance_bench``;
+* full: ``C3D(101)`` on 112 px clips: real videos from ``shared_data()`` (decord, resize 128x171, random crop
   112) when present, else ``motion_shapes`` generated at 128x171 (``--full-data shapes``); batch 8 on CPU.
 
 Target: data wait under 10 % of step time with the default workers. Warm-up steps (worker start-up, first
@@ -81,7 +81,7 @@ class RandomClips(Dataset):
 
 
 def shapes_loader(root: str, workers: int, batch: int, **options: Any) -> tuple[DataLoader, int]:
-    """A motion_shapes training loader (conf/data/motion_shapes.yaml defaults plus ``options``), its classes."""
+    """A motion_shapes training loader (``data/motion_shapes.yaml`` defaults plus ``options``), its classes."""
     from motion_relevance.datamodules import MotionShapesDataModule
 
     dm = MotionShapesDataModule(
@@ -241,14 +241,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--only", choices=("small", "full"), default=None)
     ap.add_argument("--small-steps", type=int, default=30)
-    ap.add_argument("--small-batch", type=int, default=16, help="16 = conf/data/motion_shapes.yaml")
+    ap.add_argument("--small-batch", type=int, default=16, help="16 = motion_relevance/conf/data/motion_shapes.yaml")
     ap.add_argument("--full-steps", type=int, default=4)
     ap.add_argument("--full-batch", type=int, default=8)
     ap.add_argument(
         "--full-data",
         choices=("auto", "real", "shapes", "tensor"),
         default="auto",
-        help="auto = real videos when /work/shared/data exists, else motion_shapes at 128x171; "
+        help="auto = real videos when $MR_SHARED_DATA or ../shared/data exists, else motion_shapes at 128x171; "
         "tensor = random tensors made in the workers (no decoding)",
     )
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per run (worker start-up)")

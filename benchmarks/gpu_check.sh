@@ -78,7 +78,7 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), captum {captum.__
 EOF
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 if "$PY" -c "import cv2, decord, pytorch_lightning" 2>/dev/null; then TRAIN_DATA=auto; else TRAIN_DATA=tensor; fi
-echo "training data for the full C3D: $TRAIN_DATA (auto = real videos if /work/shared/data exists, else motion_shapes)"
+echo "training data for the full C3D: $TRAIN_DATA (auto = real videos if \$MR_SHARED_DATA or ../shared/data exists, else motion_shapes)"
 
 # ---- 1-4. measurements ---------------------------------------------------------------------------------------
 step table4 150 "$PY" benchmarks/bench_table4.py --device cuda --clips 50 --warmup 5 --b8-batches 5 --b8-warmup 1

@@ -66,6 +66,13 @@ PLAN: dict[str, dict[str, Any]] = {
         "est_s": 200,
         "device": False,
     },
+    "bench_canonize": {
+        "full": ["--repeats", "3", "--explain-repeats", "2"],
+        "quick": ["--quick", "--repeats", "2", "--explain-repeats", "1"],
+        "timeout": 600,
+        "est_s": 150,
+        "device": False,
+    },
     "bench_selective": {
         "full": [],
         "quick": ["--repeats", "5", "--authors-repeats", "2", "--threads", "2"],

@@ -10,15 +10,16 @@ import pytest
 import torch
 from omegaconf import DictConfig, open_dict
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.utils.compose import compose_config as _compose
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONFIG_DIR
 
 
 def _shared_data() -> Path:
-    """The team's real test clips: $MR_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
-    candidates = [os.environ.get("MR_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"]
+    """The team's real test clips: $MR_SHARED_DATA, else ../shared/data beside the checkout."""
+    candidates = [os.environ.get("MR_SHARED_DATA"), ROOT.parent / "shared" / "data"]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
@@ -49,7 +50,7 @@ TINY_DATA = [
 
 
 def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` as Hydra would, with outputs under ``tmp_path``."""
+    """Compose ``motion_relevance/conf/<name>.yaml`` as Hydra would, with outputs under ``tmp_path``."""
     cfg = _compose(name, overrides, tmp_path / "run")
     with open_dict(cfg):
         cfg.paths.log_dir = str(tmp_path / "logs")

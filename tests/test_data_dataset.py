@@ -10,13 +10,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.data import MotionShapesConfig, VideoDecoder, generate_motion_shapes, load_split
 from motion_relevance.data.video import resolve_decoder
 from motion_relevance.datamodules import MotionShapesDataModule, VideoDataModule
 
 TINY = {"classes": ["right", "left", "up", "down"], "videos_per_class": 6, "num_groups": 3, "test_groups": 1,
         "frame_size": (40, 40), "num_frames": (18, 20), "object_size": (8, 10)}
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+CONF = CONFIG_DIR / "data"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""UCF-101 split handling on the real partial tree shared/data/ucf101_mini (read-only: caches in tmp)."""
+"""UCF-101 split handling on the team's real partial tree ucf101_mini (``SHARED_DATA``, read-only: caches in tmp)."""
 
 from __future__ import annotations
 

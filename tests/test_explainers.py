@@ -1,4 +1,4 @@
-"""Explainers (SPEC §2) against hand-written references on tiny 3-D nets; hygiene and input errors."""
+"""Explainers (docs/method.md) against hand-written references on tiny 3-D nets; hygiene and input errors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from motion_relevance.explain import (
     GuidedGradCAM,
     zb_bounds_from_normalization,
 )
-from motion_relevance.explain import explainers as explainers_module
+from motion_relevance.explain import base as explainer_base  # eval_copy: where Explainer.__call__ copies
 from motion_relevance.models import C3D
 from tests.tiny_models import HIGH, LOW
 from tests.tiny_models import tiny_chain as tiny_net
@@ -375,13 +375,15 @@ def no_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(model: nn.Module) -> nn.Module:
         raise AssertionError("validation must fail before the model is copied and hooked")
 
-    monkeypatch.setattr(explainers_module, "eval_copy", forbidden)
+    monkeypatch.setattr(explainer_base, "eval_copy", forbidden)
 
 
 BAD_MODELS = [
-    (_shared_relu_net, [DeepTaylor(LOW, HIGH), GuidedBackprop(), GuidedGradCAM("conv2")], "one nn.ReLU module per"),
-    (_inplace_relu_net, [DeepTaylor(LOW, HIGH), GuidedBackprop()], "inplace"),
-    (_FunctionalReLUNet, [DeepTaylor(LOW, HIGH), GuidedBackprop()], "functional ReLU"),
+    # canonize=False: without the rewrite (explain/canonize_trace.py, tested in test_canonize_trace.py) these refuse
+    (_shared_relu_net, [DeepTaylor(LOW, HIGH, canonize=False), GuidedBackprop(canonize=False),
+                        GuidedGradCAM("conv2", canonize=False)], "one nn.ReLU module per"),
+    (_inplace_relu_net, [DeepTaylor(LOW, HIGH, canonize=False), GuidedBackprop(canonize=False)], "inplace"),
+    (_FunctionalReLUNet, [DeepTaylor(LOW, HIGH, canonize=False), GuidedBackprop(canonize=False)], "functional ReLU"),
     (_batchnorm_net, [DeepTaylor(LOW, HIGH)], "BatchNorm3d"),
 ]
 

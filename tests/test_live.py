@@ -17,11 +17,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from motion_relevance.classifier import VideoClassifier
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.live import app as live_app
 from motion_relevance.live.config import fill_data_node
 from motion_relevance.live.source import CameraSource, FileSource, SourceError, open_source, target_size
 from motion_relevance.live.windows import Pacer, SlidingWindow, Window, count_windows, iter_windows
-from motion_relevance.models.module import VideoClassifier
 from tests.conftest import ROOT, SHARED_DATA, compose_config
 
 CLASSES = [f"class{i}" for i in range(8)]
@@ -247,7 +248,7 @@ def test_camera_source_with_fake_capture() -> None:
 
 
 # --------------------------------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("explainer", sorted(p.stem for p in (ROOT / "conf" / "explainer").glob("*.yaml")))
+@pytest.mark.parametrize("explainer", sorted(p.stem for p in (CONFIG_DIR / "explainer").glob("*.yaml")))
 def test_live_config_builds_every_explainer(tmp_path: Path, ckpt: Path, explainer: str) -> None:
     """live.yaml composes with every explainer; its data node comes from the checkpoint."""
     cfg = live_cfg(tmp_path, "clip.avi", ckpt, f"explainer={explainer}")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from motion_relevance.explain.timing import OverheadTimer
 from motion_relevance.metrics import (
     Agreement,
     GroundTruthMetrics,
     MotionPrecision,
     Overhead,
-    OverheadTimer,
     Selectivity,
     SpatialBias,
     agreement,

@@ -16,15 +16,15 @@ from torch import Tensor, nn
 
 import motion_relevance.explain.propagation as propagation
 from motion_relevance.explain import DeepTaylor, GradCAM, GuidedBackprop, GuidedGradCAM
-from motion_relevance.explain import explainers as explainers_module
+from motion_relevance.explain import base as explainer_base  # eval_copy: where Explainer.__call__ copies
 from motion_relevance.explain._copy import eval_copy, hook_tables
 from motion_relevance.explain.explainers import AttnLRP, CaptumExplainer, Explainer, to_input_frames
-from motion_relevance.explain.lrp import assign_dtd_rules
 from motion_relevance.explain.propagation import Composite, PropagationError, Rule
 from motion_relevance.explain.rules import DTD, ZPlus
 from motion_relevance.models import C3D
 from motion_relevance.models.layers import Add
 
+from .captum_lrp import assign_dtd_rules
 from .tiny_models import (
     HIGH,
     LOW,
@@ -617,7 +617,7 @@ def no_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(model: nn.Module) -> nn.Module:
         raise AssertionError("validation must fail before the model is copied")
 
-    monkeypatch.setattr(explainers_module, "eval_copy", forbidden)
+    monkeypatch.setattr(explainer_base, "eval_copy", forbidden)
 
 
 def _with(module_name: str, module: nn.Module) -> nn.Sequential:
@@ -735,8 +735,8 @@ class _FunctionalTanh(_FunctionalResidual):
 def test_operations_without_a_rule_in_forward_are_refused(make, message) -> None:  # type: ignore[no-untyped-def]
     model = make().double()
     before = _snapshot(model)
-    with pytest.raises(PropagationError, match=message):
-        DeepTaylor(LOW, HIGH)(model, clips(2))
+    with pytest.raises(PropagationError, match=message):  # canonize=False: the engine's own graph check
+        DeepTaylor(LOW, HIGH, canonize=False)(model, clips(2))
     _assert_untouched(model, before)
 
 
@@ -817,7 +817,7 @@ def test_layer_maps_are_frame_aligned_with_the_layer_stride() -> None:
     # resizing 7 cells to 13 frames stretches them (cell centres every 13 / 7 frames): late frames drift
     stretched = F.interpolate(maps, size=(13, 1, 1), mode="trilinear", align_corners=False).flatten().numpy()
     assert abs(stretched[11] - linear[11]) > 0.2
-    # T = s T': the plain trilinear resize (the SPEC's Grad-CAM upsampling) is already frame-aligned
+    # T = s T': the plain trilinear resize (the method's Grad-CAM upsampling) is already frame-aligned
     maps = torch.rand(2, 1, 2, 7, 7, dtype=torch.float64)
     torch.testing.assert_close(to_input_frames(maps, (16, 112, 112)),
                                F.interpolate(maps, size=(16, 112, 112), mode="trilinear", align_corners=False))

@@ -30,9 +30,9 @@ from omegaconf import open_dict
 
 from motion_relevance.data import MotionShapesConfig, generate_motion_shapes, load_split
 from motion_relevance.data.splits import LIST_DIR, VIDEO_DIR
+from motion_relevance.digests import cache_key, state_digest, tensor_digest
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
 from motion_relevance.explain_app import explain
-from motion_relevance.keys import cache_key, state_digest, tensor_digest
 from motion_relevance.metrics.flow import FlowEstimator
 from motion_relevance.models.checkpoint import load_classifier, read_checkpoint
 from motion_relevance.report import main as report_main
@@ -135,7 +135,7 @@ def test_every_input_of_a_key_changes_it(part: str, other) -> None:
 
 
 def test_equal_inputs_give_equal_keys_across_processes() -> None:
-    code = ("import torch; from motion_relevance.keys import cache_key, tensor_digest; "
+    code = ("import torch; from motion_relevance.digests import cache_key, tensor_digest; "
             "print(cache_key('attribution', model='m', inputs=[tensor_digest(torch.arange(24.).view(2, 3, 4))], "
             "explainer={'b': 1.5, 'a': [1, 2]}, target=3))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -456,7 +456,7 @@ def test_wrong_shaped_entry_is_recomputed_once(tmp_path: Path) -> None:
     cache = AttributionCache(tmp_path)
     explainer = CachedExplainer(GradCAM(), cache)
     reference = explainer(net, clips, target).relevance
-    key = explainer.cache.key(model=__import__("motion_relevance.keys").keys.state_digest(net),
+    key = explainer.cache.key(model=__import__("motion_relevance.digests").digests.state_digest(net),
                               explainer=explainer._config, inputs=[clips[0]], target=0)
     cache.put(key, [torch.ones(1, 8, 4, 4)], 1.0)  # an entry of the wrong shape under the right key
     for _ in range(2):

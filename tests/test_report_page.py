@@ -16,8 +16,7 @@ from PIL import Image
 
 from motion_relevance import report
 from motion_relevance.metrics import keys
-from motion_relevance.viz.colormaps import grey_frames
-from motion_relevance.viz.report_page import (
+from motion_relevance.pipeline.report_page import (
     ASSETS_DIR,
     COLUMN_HELP,
     column_help,
@@ -27,6 +26,7 @@ from motion_relevance.viz.report_page import (
     write_clip_frames,
     write_report_page,
 )
+from motion_relevance.viz.colormaps import grey_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_clip_frames_refuse_bad_input(tmp_path: Path, change: dict, match: str) 
 
 
 def test_long_clips_are_downscaled_to_fit_one_sprite(tmp_path: Path, monkeypatch) -> None:
-    import motion_relevance.viz.report_page as rp
+    import motion_relevance.pipeline.report_page as rp
 
     monkeypatch.setattr(rp, "MAX_SPRITE_WIDTH", 40)
     frames, maps = _clips(n=1, t=6, h=12, w=16)  # 96 px wide: downscaled by 3

@@ -19,10 +19,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from motion_relevance.callbacks import ExplanationCallback
+from motion_relevance.digests import state_digest
 from motion_relevance.explain.cache import AttributionCache, describe, explainer_config
 from motion_relevance.explain_app import explain, objective_values, sigmas_of, validate_objective
 from motion_relevance.explain_app import main as explain_main
-from motion_relevance.keys import state_digest
 from motion_relevance.report import main as report_main
 from motion_relevance.train import train
 from tests.conftest import ROOT, TINY_DATA, compose_config
@@ -244,7 +244,7 @@ def _cli_env() -> dict[str, str]:
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path, data_root: Path, checkpoint: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweeps]'")
     sweep = tmp_path / "submitit"
-    cmd = [sys.executable, "-m", "motion_relevance.explain", "-m", "hydra/launcher=submitit_local",
+    cmd = [sys.executable, "-m", "motion_relevance.explain_app", "-m", "hydra/launcher=submitit_local",
            "hydra.launcher.timeout_min=10", "selective.sigma=1,4", f"hydra.sweep.dir={sweep}", "logger=csv",
            *_common(data_root, checkpoint, tmp_path / "attr")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
+from motion_relevance.classifier import VideoClassifier
 from motion_relevance.models.checkpoint import load_classifier
-from motion_relevance.models.module import VideoClassifier
 from motion_relevance.models.registry import build_registered
 from motion_relevance.models.weights import available_memory
 from motion_relevance.train import build_model, check_resume, train

@@ -10,7 +10,8 @@ with ``mr-explain per_clip=true`` (subprocess: tables 1-7 and ``per_clip.csv`` i
 with 95 % bootstrap intervals over clips (pooled over seeds) into ``results/`` and the README. Runs that exist
 are reused (``study.reuse``), so an interrupted study resumes.
 
-Configuration: ``conf/explain.yaml`` + ``conf/experiment/architectures.yaml`` (the ``study:`` block).
+Configuration: ``explain.yaml`` + ``experiment/architectures.yaml`` of ``src/motion_relevance/conf`` (the ``study:``
+block).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from motion_relevance.conf import CONFIG_DIR
+
 log = logging.getLogger("architectures")
 
 REPO = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO / "conf"
-DEFAULT_EXPLAINERS = ("dtd", "gradcam", "gbp", "guided_gradcam")  # the explainers of conf/explain.yaml
+DEFAULT_EXPLAINERS = ("dtd", "gradcam", "gbp", "guided_gradcam")  # the explainers of motion_relevance/conf/explain.yaml
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -42,7 +44,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose("explain", overrides=["experiment=architectures", *overrides])
 
 
@@ -103,7 +105,7 @@ def explain(cfg: DictConfig, model: str, bias: float, seed: int, ckpt: Path) -> 
         return out
     explainers = per_model(cfg.study.explainers, model)
     randomize = bias == min(per_model(cfg.study.context_bias, model))
-    cmd = [sys.executable, "-m", "motion_relevance.explain", f"ckpt_path={ckpt}", "per_clip=true", "logger=csv",
+    cmd = [sys.executable, "-m", "motion_relevance.explain_app", f"ckpt_path={ckpt}", "per_clip=true", "logger=csv",
            f"hydra.run.dir={out}", "extras.print_config=false", "flow=none", "cache=none",
            f"num_clips={cfg.study.num_clips}", f"selective.sigma={json.dumps(list(cfg.study.sigmas))}",
            f"faithfulness.num_clips={cfg.study.faithfulness_clips}",

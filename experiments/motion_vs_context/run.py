@@ -12,7 +12,8 @@ every method ONCE, then evaluate every sigma x padding of selective relevance on
 ground-truth mask and the optical flow (per-clip rows); (4) the frame-inflation baseline on the main model;
 (5) tables (CSV + markdown), figures and W&B (offline unless ``WANDB_MODE`` says otherwise) via ``analyse.py``.
 
-Configuration: ``conf/explain.yaml`` + ``conf/experiment/motion_vs_context_explain.yaml`` (the ``study:`` block).
+Configuration: ``explain.yaml`` + ``experiment/motion_vs_context_explain.yaml`` of ``src/motion_relevance/conf`` (the
+``study:`` block).
 """
 
 from __future__ import annotations
@@ -34,16 +35,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.data.failures import collate_skipping
 from motion_relevance.explain import FrameInflation, selective_relevance
+from motion_relevance.explain.timing import OverheadTimer
 from motion_relevance.metrics import functional as F
-from motion_relevance.metrics.timing import OverheadTimer
 from motion_relevance.models.checkpoint import check_classes, load_classifier
 
 log = logging.getLogger("motion_vs_context")
 
 REPO = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO / "conf"
 HERE = Path(__file__).resolve().parent
 
 
@@ -53,7 +54,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose("explain", overrides=["experiment=motion_vs_context_explain", *overrides])
 
 

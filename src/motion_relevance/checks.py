@@ -208,13 +208,10 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 def to_plain(value: Any, *, keep_tensors: bool = False) -> Any:
     """Config nodes, tensors and numpy scalars to plain Python (dicts, lists, floats, ints); NaN/inf to ``None``.
 
-    OmegaConf containers are converted with interpolations resolved, so the result is JSON- and YAML-safe.
+    OmegaConf containers are mappings and sequences whose items resolve their interpolations when read, so they
+    convert like any other without importing omegaconf (the bottom layer stays free of config libraries).
     ``keep_tensors`` leaves tensors as they are (keyword arguments handed on to a library, e.g. a baseline clip).
     """
-    if hasattr(value, "_metadata") and hasattr(value, "_get_node"):  # an OmegaConf container, without importing it
-        from omegaconf import OmegaConf  # deferred: the bottom layer does not need omegaconf to import
-
-        value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, torch.Tensor) and keep_tensors:
         return value
     if isinstance(value, torch.Tensor):

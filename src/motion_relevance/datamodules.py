@@ -42,6 +42,7 @@ from motion_relevance.data.sampling import TEST_SAMPLING
 from motion_relevance.data.splits import LIST_DIR, VideoItem, count_duplicates, empty_classes, split_overlap
 from motion_relevance.data.synthetic import MOTION_SHAPES_MEAN, MOTION_SHAPES_STD
 from motion_relevance.data.video import resolve_decoder
+from motion_relevance.models.slowfast import pack_pathways
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,6 @@ class VideoDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Two-pathway models get ``batch["clip"] = [slow, fast]`` (built on the device, after the transfer)."""
         if self.pathways and isinstance(batch, dict) and isinstance(batch.get("clip"), torch.Tensor):
-            from motion_relevance.models.slowfast import pack_pathways
-
             batch["clip"] = pack_pathways(batch["clip"], self.pathways["alpha"])
         return batch
 

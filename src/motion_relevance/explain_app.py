@@ -1,4 +1,4 @@
-"""Explain a trained checkpoint: ``python -m motion_relevance.explain ckpt_path=…`` (or ``mr-explain``).
+"""Explain a trained checkpoint: ``python -m motion_relevance.explain_app ckpt_path=…`` (or ``mr-explain``).
 
 Runs the test loop with the attribution and selective-relevance callbacks, then writes into the run folder
 ``metrics.json`` (every number), ``tables/table{1..4}_*.{md,csv}`` (the paper's Tables 1–4, plus the ground-truth
@@ -26,10 +26,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, open_dict
 
 from motion_relevance.checks import to_plain
+from motion_relevance.classifier import VideoClassifier
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.explain.selective import check_sigma
 from motion_relevance.metrics import keys
 from motion_relevance.models.checkpoint import check_classes, check_preprocessing, load_classifier
-from motion_relevance.models.module import VideoClassifier
 from motion_relevance.report import write_csv, write_tables
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
@@ -38,7 +39,6 @@ from motion_relevance.utils.validation import validate_run_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 #: Objectives ``objective.name`` may take (see :func:`objective_values`).
 OBJECTIVES = ("auto", "gt_f1", "flow_precision", "freeze_drop", "temporal_advantage")
 
@@ -234,7 +234,7 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "loggers": loggers}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="explain")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
     metrics = run_and_record(cfg, explain)

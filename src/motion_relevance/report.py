@@ -29,8 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from motion_relevance.metrics import keys
+from motion_relevance.pipeline.results import REFERENCES, methods_of, randomization_rows
 from motion_relevance.utils.mapping import flatten_mapping
+from motion_relevance.viz.plots import plot_metric_vs_sigma
 
 METRICS = "metrics.json"
 
@@ -41,25 +45,14 @@ TABLES: dict[str, tuple[str, ...]] = {
     "table4_overhead": ("overhead_ms",),
     "table5_ground_truth": ("gt_precision", "gt_recall", "gt_f1", "motion_share", "spatial_bias"),
 }
-#: Removal references of the faithfulness tests (``metrics.faithfulness.REFERENCES``).
-REFERENCES = ("freeze", "mean", "blur")
 _SUFFIXES = ("std", "n", "n_undefined")
-
-
-def _methods(metrics: Mapping[str, Any], stage: str, metric: str) -> list[str]:
-    out = []
-    for key in metrics:
-        parsed = keys.parse_key(key)
-        if parsed is not None and (parsed.stage, parsed.metric, parsed.stat) == (stage, metric, "mean"):
-            out.append(parsed.method)
-    return out
 
 
 def table_rows(metrics: Mapping[str, Any], stage: str, metric_names: Sequence[str]) -> list[dict[str, Any]]:
     """One row per method with ``<metric>``, ``<metric>_std``, ``<metric>_n`` … columns (None where missing)."""
     methods: list[str] = []
     for metric in metric_names:
-        for method in _methods(metrics, stage, metric):
+        for method in methods_of(metrics, stage, metric):
             if method not in methods:
                 methods.append(method)
     rows = []
@@ -122,7 +115,7 @@ def faithfulness_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str, 
     matched-budget drops of the selective map, the baseline's top-m voxels and m random voxels."""
     rows = []
     for ref in REFERENCES:
-        methods = [m for m in _methods(metrics, stage, f"deletion_auc_{ref}") if m != "random"]
+        methods = [m for m in methods_of(metrics, stage, f"deletion_auc_{ref}") if m != "random"]
         for method in methods:
             row: dict[str, Any] = {"method": method, "reference": ref}
             for column, metric, name in (
@@ -132,7 +125,7 @@ def faithfulness_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str, 
             ):
                 row[column] = metrics.get(keys.metric_key(stage, metric, name))
                 row[f"{column}_std"] = metrics.get(keys.metric_key(stage, metric, name, "std"))
-            for selective in [m for m in _methods(metrics, stage, f"freeze_drop_{ref}")
+            for selective in [m for m in methods_of(metrics, stage, f"freeze_drop_{ref}")
                               if (keys.split_selective(m) or ("",))[0] == method] or [None]:
                 full = dict(row)
                 if selective is not None:
@@ -149,53 +142,6 @@ def faithfulness_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str, 
                         full[f"{column}_std"] = metrics.get(keys.metric_key(stage, metric, name, "std"))
                 rows.append(full)
     return rows
-
-
-def randomization_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str, Any]]:
-    """Table 7: one row per (method, stage) with the Spearman correlation of the baseline and the selective map."""
-    stages = list(metrics.get(f"{stage}/randomization_stages") or [])
-    rows = []
-    for method in _methods(metrics, stage, "randomization_s0"):
-        if not keys.is_baseline(method):
-            continue
-        selective = next((m for m in _methods(metrics, stage, "randomization_s0")
-                          if (keys.split_selective(m) or ("",))[0] == method), None)
-        k = 0
-        while keys.metric_key(stage, f"randomization_s{k}", method) in metrics:
-            row: dict[str, Any] = {"method": method, "stage": k, "layer": stages[k] if k < len(stages) else str(k)}
-            for column, name in (("spearman", method), ("spearman_selective", selective)):
-                row[column] = metrics.get(keys.metric_key(stage, f"randomization_s{k}", name)) if name else None
-                row[f"{column}_std"] = (metrics.get(keys.metric_key(stage, f"randomization_s{k}", name, "std"))
-                                        if name else None)
-            rows.append(row)
-            k += 1
-    return rows
-
-
-def write_faithfulness_figures(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test") -> list[Path]:
-    """The deletion/insertion curves (one figure per reference, random floor dashed) and the randomisation curves
-    of ``stage`` from a run's metrics (``<stage>/faithfulness_curves``, ``<stage>/randomization_s<k>/…``)."""
-    from motion_relevance.viz.plots import plot_faithfulness_curves, plot_randomization
-
-    out = Path(out_dir)
-    paths = []
-    curves = metrics.get(f"{stage}/faithfulness_curves") or {}
-    steps = metrics.get(f"{stage}/faithfulness_steps")
-    for ref in REFERENCES:
-        if steps and any(k.split("/")[1] == ref for k in curves):
-            paths.append(plot_faithfulness_curves(curves, int(steps), out / f"{stage}_faithfulness_{ref}.png",
-                                                  reference=ref))
-    rows = randomization_rows(metrics, stage)
-    if rows:
-        by_method: dict[str, tuple[list, list]] = {}
-        for row in rows:
-            base, sel = by_method.setdefault(row["method"], ([], []))
-            base.append(row["spearman"])
-            sel.append(row["spearman_selective"])
-        layers = [row["layer"] for row in rows if row["method"] == rows[0]["method"]]
-        paths.append(plot_randomization(layers, by_method, out / f"{stage}_randomization.png",
-                                        title="cascading model randomisation"))
-    return paths
 
 
 def write_tables(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test") -> dict[str, list[dict]]:
@@ -222,8 +168,6 @@ def _job_overrides(job: Path) -> dict[str, str]:
     overrides = job / ".hydra" / "overrides.yaml"
     if not overrides.exists():
         return {}
-    import yaml
-
     items = yaml.safe_load(overrides.read_text()) or []
     return dict(item.split("=", 1) for item in items if "=" in item and not item.startswith("~"))
 
@@ -232,8 +176,6 @@ def _job_config(job: Path) -> dict[str, Any]:
     config = job / ".hydra" / "config.yaml"
     if not config.exists():
         return {}
-    import yaml
-
     return flatten_mapping(yaml.safe_load(config.read_text()) or {})
 
 
@@ -247,7 +189,7 @@ SIGMA_COLUMNS = (
 SIGMA_PLOT = ("precision_selective", "gt_f1_selective", "selectivity_area", "selectivity_mass")
 
 
-def _base_methods(metrics: Mapping[str, Any], stage: str) -> list[str]:
+def _basemethods_of(metrics: Mapping[str, Any], stage: str) -> list[str]:
     """Baseline explainer names: methods with metrics that are neither selective maps, pairs nor per-sigma stats."""
     names = set()
     for key in metrics:
@@ -289,7 +231,7 @@ def sigma_rows(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test
     multi = bool(_key_sigmas(metrics, stage))
     rows = []
     for sigma in sigmas:
-        for base in _base_methods(metrics, stage):
+        for base in _basemethods_of(metrics, stage):
             selective = keys.selective(base, sigma, multi)
             at_sigma = keys.at_sigma(base, sigma, multi)
             row: dict[str, Any] = {**(extra or {}), "sigma": sigma, "method": base}
@@ -412,8 +354,6 @@ def write_sigma_report(rows: Sequence[Mapping[str, Any]], folder: str | Path, ti
     (folder / "sigma_report.md").write_text(text)
     plotted = [m for m in SIGMA_PLOT if any(isinstance(r.get(m), (int, float)) for r in rows)]
     if plotted and len({r["sigma"] for r in rows}) > 1:
-        from motion_relevance.viz.plots import plot_metric_vs_sigma
-
         plot_metric_vs_sigma(rows, folder / "sigma_report.png", metrics=plotted, title=title)
     return folder / "sigma_report.md"
 

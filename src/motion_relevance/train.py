@@ -1,6 +1,6 @@
 """Train, checkpoint and test a clip classifier: ``python -m motion_relevance.train`` (or ``mr-train``).
 
-Everything comes from ``conf/train.yaml``; override on the command line, e.g.
+Everything comes from ``motion_relevance/conf/train.yaml``; override on the command line, e.g.
 ``mr-train trainer.max_epochs=3 data.generator.videos_per_class=20 logger=csv``. Resume with ``ckpt_path=…/last.ckpt``.
 The last line printed is ``Run folder: <path>``; the run folder holds ``checkpoints/`` (best and ``last.ckpt``),
 ``csv/metrics.csv`` (per-epoch train/val/test metrics), ``metrics.json`` (final numbers) and ``wandb/`` (the offline
@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.models.checkpoint import check_checkpoint, check_preprocessing, read_checkpoint, read_description
 from motion_relevance.models.weights import check_run_model, check_same_model
 from motion_relevance.utils.instantiate import instantiate_group
@@ -27,7 +28,6 @@ from motion_relevance.utils.validation import validate_train_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 #: Input settings a model config may declare in ``model.preprocessing`` (what its published weights expect, and
@@ -177,7 +177,7 @@ def _print_summary(metrics: dict[str, Any]) -> None:
             print(f"{label}: {100 * float(value):.1f} %", flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
     metrics = run_and_record(cfg, train, _print_summary)

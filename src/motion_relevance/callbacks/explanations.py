@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from motion_relevance.callbacks.figures import save_faithfulness_figures, save_kept_figures
 from motion_relevance.checks import check_unique, to_plain
 from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.explain.cache import AttributionCache
@@ -207,8 +208,6 @@ class ExplanationCallback(pl.Callback):
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str, metrics: dict[str, Any]
               ) -> None:
         """The explanation grid and overlay videos of the kept clips; a failure never loses the numbers."""
-        from motion_relevance.callbacks.figures import save_faithfulness_figures, save_kept_figures
-
         try:
             if self.pipeline.kept:
                 save_kept_figures(trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,

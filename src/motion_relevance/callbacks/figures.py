@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from motion_relevance.metrics.keys import split_selective
+from motion_relevance.pipeline.results import write_faithfulness_figures
 from motion_relevance.viz import render_explanation_grid, save_explanation_grid, write_overlay_video
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,6 @@ def save_kept_figures(trainer: pl.Trainer, pipeline: Any, prefix: str, *, overla
 def save_faithfulness_figures(trainer: pl.Trainer, metrics: dict[str, Any], prefix: str) -> list[Path]:
     """Deletion/insertion and randomisation curves of an explained epoch under ``<run folder>/explanations``,
     also logged to loggers that take images."""
-    from motion_relevance.report import write_faithfulness_figures
-
     paths = write_faithfulness_figures(metrics, Path(trainer.default_root_dir) / "explanations", stage=prefix)
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):

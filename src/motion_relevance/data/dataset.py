@@ -150,7 +150,7 @@ class VideoClipDataset(Dataset):
             assert self.mask_root is not None
             m = load_mask(mask_path(self.mask_root, rel))
             if m.shape[1:3] != tuple(hw):
-                import cv2
+                import cv2  # deferred: OpenCV only for this fallback
 
                 m = np.stack(
                     [cv2.resize(f.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) for f in m]

@@ -132,7 +132,7 @@ def _probe_many(
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         results = pool.map(one, rels)
         if progress and len(rels) > 20:
-            from rich.progress import track
+            from rich.progress import track  # deferred: only for long scans
 
             results = track(results, total=len(rels), description=f"indexing {len(rels)} videos", transient=True)
         for rel, entry in results:

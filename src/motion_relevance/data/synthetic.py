@@ -70,7 +70,7 @@ MOTIONS: dict[str, tuple[str, tuple[float, float]]] = {
     "oscillate_h": ("OscillateH", (1.0, 0.0)),
     "oscillate_v": ("OscillateV", (0.0, 1.0)),
 }
-#: Per-channel mean and std of the default set's frames on [0, 1] RGB: zero-centred inputs (DESIGN.md).
+#: Per-channel mean and std of the default set's frames on [0, 1] RGB: zero-centred inputs.
 MOTION_SHAPES_MEAN = (0.29, 0.29, 0.29)
 MOTION_SHAPES_STD = (0.16, 0.16, 0.16)
 TRANSLATIONS = ("right", "left", "up", "down", "up_right", "up_left", "down_right", "down_left")

@@ -29,7 +29,7 @@ DECODERS = ("decord", "opencv")
 def decord_available() -> bool:
     """Whether decord (the ``decord2`` package) imports here (it has no wheel for some platforms, e.g. Intel macs)."""
     try:
-        import decord  # noqa: F401
+        import decord  # noqa: F401  (deferred: optional, no wheel on some platforms)
     except ImportError:
         return False
     return True
@@ -96,7 +96,7 @@ class VideoDecoder:
         path = str(path)
         try:
             if self.backend == "decord" and path not in self._opencv_paths:
-                import decord
+                import decord  # deferred: optional (no wheel on some platforms)
 
                 try:
                     vr = decord.VideoReader(path, num_threads=max(self.num_threads, 1))
@@ -104,7 +104,7 @@ class VideoDecoder:
                     return VideoMeta(len(vr), float(vr.get_avg_fps()), int(h), int(w))
                 except Exception as exc:  # decord raises its own DECORDError / RuntimeError
                     self._fall_back(path, exc)
-            import cv2
+            import cv2  # deferred: loaded only where OpenCV decodes or resizes
 
             cap = cv2.VideoCapture(path)
             if not cap.isOpened():
@@ -181,11 +181,11 @@ class VideoDecoder:
             self._readers.move_to_end(path)
             return reader
         if self.backend == "decord" and path not in self._opencv_paths:
-            import decord
+            import decord  # deferred: optional (no wheel on some platforms)
 
             reader = decord.VideoReader(path, num_threads=self.num_threads)
         else:
-            import cv2
+            import cv2  # deferred: OpenCV only when decord is absent
 
             cap = cv2.VideoCapture(path)
             if not cap.isOpened():
@@ -209,13 +209,13 @@ class VideoDecoder:
         own resize refuses some small widths and differs from decord 0.6's)."""
         if self.resize is None or frames.shape[1:3] == tuple(self.resize):
             return frames
-        import cv2
+        import cv2  # deferred: loaded only where OpenCV decodes or resizes
 
         size = (self.resize[1], self.resize[0])
         return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
 
     def _read_opencv(self, path: str, idx: np.ndarray) -> np.ndarray:
-        import cv2
+        import cv2  # deferred: OpenCV only when decord is absent
 
         reader = self._reader(path)
         cap = reader[0]

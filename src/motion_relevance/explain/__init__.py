@@ -1,4 +1,4 @@
-"""Explanations of 3-D CNN activity recognisers and selective relevance (SPEC §1–2).
+"""Explanations of 3-D CNN activity recognisers and selective relevance (docs/method.md).
 
 Explain a clip in Python::
 
@@ -20,9 +20,14 @@ Explainers (``explainer(model, clips, target=None) -> (B, C, T, H, W)``, built f
 :class:`FrameInflation` (temporal relevance baseline around any of them).
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
+# The BatchNorm-folding submodule ``explain.canonize`` is loaded first, so that the package attribute ``canonize`` is
+# the canonization function below (importing a submodule later would rebind the attribute to it).
+from motion_relevance.explain import canonize as _batchnorm_folding  # noqa: F401
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
+from motion_relevance.explain.canonize_trace import CanonizationError, canonize
 from motion_relevance.explain.selective import (
     DEFAULT_SIGMA,
     PADDINGS,
@@ -59,14 +64,13 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"motion_relevance.explain.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'motion_relevance.explain' has no attribute {name!r}")
 
 
 __all__ = [
     "AttnLRP",
+    "CanonizationError",
     "CaptumExplainer",
     "DeepTaylor",
     "Explainer",
@@ -76,6 +80,7 @@ __all__ = [
     "GuidedGradCAM",
     "DEFAULT_SIGMA",
     "PADDINGS",
+    "canonize",
     "check_padding",
     "check_sigma",
     "selective_mask",

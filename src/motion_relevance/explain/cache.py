@@ -5,9 +5,9 @@ explainers in every job; only the cheap selective step depends on sigma. With a 
 relevance is computed once and read back by the later jobs (also across processes: entries are written
 atomically, so parallel launchers can share one folder). Without one, :class:`CachedExplainer` only times the call.
 
-The key (:func:`motion_relevance.keys.cache_key`) holds every input that changes the relevance:
+The key (:func:`motion_relevance.digests.cache_key`) holds every input that changes the relevance:
 
-* the network's content (:func:`~motion_relevance.keys.state_digest` of its ``state_dict``);
+* the network's content (:func:`~motion_relevance.digests.state_digest` of its ``state_dict``);
 * the explainer's configuration (:func:`describe`: class and public attributes) and the versions of
   motion_relevance, Captum and torch;
 * the clip itself: a digest of the model-input tensor, which covers the video file, the first frame, the decoder
@@ -32,6 +32,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from motion_relevance.keys import cache_key, state_digest, tensor_digest
-from motion_relevance.metrics.timing import OverheadTimer
+from motion_relevance import __version__
+from motion_relevance.digests import cache_key, state_digest, tensor_digest
+from motion_relevance.explain.timing import OverheadTimer
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,7 @@ DTYPES = ("float32", "float16")
 
 
 def _versions() -> dict[str, str]:
-    import captum
-
-    from motion_relevance import __version__
-
-    return {"motion_relevance": __version__, "captum": captum.__version__, "torch": torch.__version__}
+    return {"motion_relevance": __version__, "captum": version("captum"), "torch": torch.__version__}
 
 
 def describe(obj: Any, _depth: int = 0) -> Any:
@@ -343,7 +341,7 @@ class CachedExplainer:
         self, model: nn.Module, clips: Tensor | Sequence[Tensor], target: Tensor, *, model_digest: str | None = None,
     ) -> Attribution:
         """Explain ``clips`` for ``target`` ``(B,)`` class indices; ``model_digest`` (a
-        :func:`~motion_relevance.keys.state_digest` of ``model``) saves hashing the weights on every call."""
+        :func:`~motion_relevance.digests.state_digest` of ``model``) saves hashing the weights on every call."""
         inputs = _as_tuple(clips)
         n = inputs[0].shape[0]
         target = torch.as_tensor(target).reshape(-1)

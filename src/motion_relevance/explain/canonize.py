@@ -3,7 +3,7 @@
 In eval mode ``BN(conv(x)) = conv'(x)`` with ``w' = w * g / sqrt(v + eps)`` and ``b' = (b - m) * g / sqrt(v + eps) +
 beta`` (``m``, ``v`` the running mean and variance, ``g``, ``beta`` the affine parameters, per output channel), so
 relevance rules see one layer with a bias instead of a normalisation they have no rule for. Which BatchNorm may be
-folded is decided from a traced forward pass (:func:`motion_relevance.explain.validation.analyse_model`): it must
+folded is decided from a traced forward pass (:func:`motion_relevance.explain.tracing.analyse_model`): it must
 normalise the output of a conv / linear layer that nothing else uses. ``docs/method.md`` ("Deep Taylor and LRP
 through modern video networks") describes the method.
 
@@ -13,7 +13,7 @@ Folding keeps only the two per-channel vectors on the layer; the folded weight `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -45,10 +45,18 @@ LAYER_OPS: dict[type[nn.Module], tuple[Callable[..., Tensor], Callable[..., Tens
 _FOLD = "_relevance_batchnorm_fold"  # (scale, shift) on a layer of the explanation copy
 
 
+def lookup(table: Mapping[type, Any], module: nn.Module) -> Any:
+    """``table``'s entry for ``type(module)``, or for the nearest base class whose ``forward`` the type inherits
+    unchanged (a subclass that only changes ``__init__`` computes the same thing); None if there is none."""
+    cls = type(module)
+    for base in cls.__mro__:
+        if base in table and (base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None)):
+            return table[base]
+    return None
+
+
 def conv_ops(module: nn.Module) -> tuple[Callable[..., Tensor], Callable[..., Tensor]] | None:
     """:data:`LAYER_OPS` of ``module``'s conv type (or of the base class whose ``forward`` it inherits)."""
-    from motion_relevance.explain.propagation import lookup
-
     return lookup(LAYER_OPS, module)
 
 

@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LRP, Attribution, LayerGradCam
+from captum.attr import LRP, Attribution, Deconvolution, LayerGradCam
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
-from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttribution
 from torch import Tensor, nn
 
 from motion_relevance.checks import to_plain
-from motion_relevance.explain._copy import TargetLogit, eval_copy, predicted_class
+from motion_relevance.explain._copy import TargetLogit, predicted_class
+from motion_relevance.explain.base import Explainer
 from motion_relevance.explain.bounds import zb_bounds_from_normalization
 from motion_relevance.explain.propagation import Composite, Gradient, Rule, propagate
 from motion_relevance.explain.rules import (
@@ -53,14 +53,10 @@ from motion_relevance.explain.rules import (
     ZBox,
     ZPlus,
 )
+from motion_relevance.explain.transformer import TokenGradCAM
 from motion_relevance.explain.validation import (
     ModelStructure,
-    analyse_model,
-    check_finite,
-    check_inputs,
-    check_target_range,
     get_layer,
-    normalise_target,
     require_relu_modules,
     require_rules,
 )
@@ -78,62 +74,6 @@ __all__ = [
 ]
 
 _UPSAMPLE_MODES = ("trilinear", "nearest", "area")
-
-
-class Explainer:
-    """Base class: validation, the eval copy and output checks around one attribution (``_explain``).
-
-    Subclasses with ``multi_input = True`` receive the inputs as a tuple of tensors in ``_validate`` / ``_explain``
-    and return a tuple (one tensor per input); others receive and return one tensor and refuse lists of clips.
-    """
-
-    #: short name used for metric keys (``dtd``, ``gradcam``, ``gbp``, ``guided_gradcam``, …)
-    name: str = "explainer"
-    #: explains multi-input models (``_validate`` / ``_explain`` get tuples)
-    multi_input: bool = False
-
-    def __init__(self, name: str | None = None) -> None:
-        if name is not None:
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"name must be a non-empty string, got {name!r}")
-            self.name = name
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
-
-    def __call__(self, model: nn.Module, clips: Tensor | Sequence[Tensor], target: Any = None
-                 ) -> Tensor | tuple[Tensor, ...]:
-        """Relevance ``(B, C, T, H, W)`` of ``target`` (default: the predicted class) for ``clips`` (a tuple of
-        those for a list of clips)."""
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        inputs, multi = check_inputs(clips)
-        if multi and not self.multi_input:
-            raise TypeError(f"{type(self).__name__} explains single-input models; got a list of {len(inputs)} clips")
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{type(self).__name__} needs gradients but runs under torch.inference_mode(); in Lightning set "
-                "Trainer(inference_mode=False) for explanation runs"
-            )
-        target_t = normalise_target(target, inputs[0].shape[0])
-        structure = analyse_model(model, list(inputs) if multi else inputs[0])
-        check_target_range(target_t, structure.num_outputs)
-        self._validate(model, structure, inputs if self.multi_input else inputs[0])
-        work = eval_copy(model)
-        prepared = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-            relevance = self._explain(work, prepared if self.multi_input else prepared[0], target_t, structure)
-        parts = tuple(r.detach() for r in (relevance if isinstance(relevance, tuple) else (relevance,)))
-        for i, part in enumerate(parts):
-            check_finite(part, f"the {self.name} relevance" + (f" of input {i}" if len(parts) > 1 else ""))
-        return parts if multi else parts[0]
-
-    def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
-        """Model checks of this method (before any hook); raise ``ValueError`` / ``TypeError``."""
-
-    def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
-        raise NotImplementedError
 
 
 def _check_single_use(structure: ModelStructure, layer: str, method: str) -> None:
@@ -223,8 +163,6 @@ class _LayerMap:
         if shape is None or len(shape) != 3 or not any(callable(getattr(m, "token_grid", None))
                                                        for m in model.modules()):
             return None
-        from motion_relevance.explain.transformer import TokenGradCAM  # it imports this module
-
         return TokenGradCAM(layer=layer, upsample="nearest" if self.upsample == "area" else self.upsample)
 
     def validate(self, model: nn.Module, structure: ModelStructure, inputs: tuple[Tensor, ...], method: str) -> None:
@@ -295,8 +233,9 @@ class GuidedBackprop(Explainer):
     name = "gbp"
     multi_input = True
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, canonize: bool = True) -> None:
         super().__init__(name)
+        self.canonize = bool(canonize)
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         require_relu_modules(model, structure, "Guided Backprop")
@@ -314,10 +253,11 @@ class GuidedGradCAM(Explainer):
     multi_input = True
 
     def __init__(self, layer: str | None = None, upsample: str = "trilinear", input_index: int | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, canonize: bool = True) -> None:
         super().__init__(name)
         self._map = _LayerMap(layer, upsample, input_index)
         self.layer, self.upsample, self.input_index = layer, upsample, input_index
+        self.canonize = bool(canonize)
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         self._map.validate(model, structure, clips, "Guided Grad-CAM")
@@ -363,6 +303,8 @@ class DeepTaylor(Explainer):
         pooling: ``"winner"`` (default; relevance to the arg-max) or ``"proportional"`` (in proportion to inputs).
         rules: extra ``{module type: Rule}`` entries for this explainer (see :mod:`.propagation`).
         name: metric-key name (default ``"dtd"``).
+        canonize: rewrite a model whose forward uses functional activations, ``a + b`` or shared modules so each
+            operation is a module (once per model; :mod:`.canonize_trace`); ``False`` refuses such models.
 
     Inputs outside ``[lower, upper]`` make zB terms negative; a warning says so.
     """
@@ -382,8 +324,10 @@ class DeepTaylor(Explainer):
         pooling: str = "winner",
         rules: Mapping[type[nn.Module], Rule] | None = None,
         name: str | None = None,
+        canonize: bool = True,
     ) -> None:
         super().__init__(name)
+        self.canonize = bool(canonize)
         cls = type(self).__name__
         if lower is None and upper is None and mean is not None and std is not None:
             lower, upper = zb_bounds_from_normalization(mean, std, scale)
@@ -598,7 +542,7 @@ class CaptumExplainer(Explainer):
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         if self.layer is not None:
             get_layer(model, self.layer)
-        if issubclass(self.cls, (ModifiedReluGradientAttribution, LRP)):
+        if issubclass(self.cls, (CaptumGuidedBackprop, Deconvolution, LRP)):  # Captum's ReLU-replacing classes
             require_relu_modules(model, structure, self.cls.__name__)
 
     def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:

@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from motion_relevance.explain.canonize import fold_batchnorm, lookup
+
 __all__ = [
     "Composite",
     "Gradient",
@@ -106,16 +108,6 @@ class Gradient(Rule):
 
     name = "gradient (relevance routed unchanged)"
     wraps = False
-
-
-def lookup(table: Mapping[type, Any], module: nn.Module) -> Any:
-    """``table``'s entry for ``type(module)``, or for the nearest base class whose ``forward`` the type inherits
-    unchanged (a subclass that only changes ``__init__`` computes the same thing); None if there is none."""
-    cls = type(module)
-    for base in cls.__mro__:
-        if base in table and (base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None)):
-            return table[base]
-    return None
 
 
 class Composite:
@@ -233,8 +225,6 @@ def attach(
         folds: ``{BatchNorm name: name of the layer it is folded into}`` (``ModelStructure.bn_folds``).
         overrides: rules by module name, before the table (e.g. zB on the first layer).
     """
-    from motion_relevance.explain.canonize import fold_batchnorm
-
     folds = dict(folds or {})
     overrides = dict(overrides or {})
     modules = dict(model.named_modules())

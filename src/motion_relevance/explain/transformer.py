@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from motion_relevance.checks import check_pair
-from motion_relevance.explain.explainers import Explainer
+from motion_relevance.explain.base import Explainer
 from motion_relevance.explain.validation import ModelStructure, get_layer
+from motion_relevance.models.videomae import VideoMAELayer
 
 __all__ = ["AttentionRollout", "TokenGradCAM", "block_names", "token_model", "tokens_to_frames"]
 
@@ -85,8 +86,6 @@ def token_model(model: nn.Module) -> nn.Module:
 
 def block_names(model: nn.Module) -> list[str]:
     """Names of the transformer blocks of ``model`` (``VideoMAELayer`` modules), in order."""
-    from motion_relevance.models.videomae import VideoMAELayer
-
     return [name for name, module in model.named_modules() if isinstance(module, VideoMAELayer)]
 
 

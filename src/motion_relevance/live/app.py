@@ -38,6 +38,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.live.config import (
     LiveSettings,
     OutputsConfig,
@@ -52,7 +53,6 @@ from motion_relevance.live.record import WindowResult, log_summary, summarise, w
 from motion_relevance.live.sink import OverlaySink, check_display
 from motion_relevance.live.source import FrameSource, open_source
 from motion_relevance.models.checkpoint import load_classifier
-from motion_relevance.utils.compose import CONFIG_DIR
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
 from motion_relevance.utils.run import cpu_threads, loggable_config, run_and_record

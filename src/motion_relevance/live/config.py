@@ -1,9 +1,9 @@
-"""The structured config of ``mr-live`` (``conf/live.yaml``) and the checks that run before any work.
+"""The structured config of ``mr-live`` (``motion_relevance/conf/live.yaml``) and the checks that run before any work.
 
-:class:`LiveConfig` is the schema of ``conf/live.yaml``, registered in Hydra's ConfigStore as ``live_schema``
+:class:`LiveConfig` is the schema of ``live.yaml``, registered in Hydra's ConfigStore as ``live_schema``
 (importing :mod:`motion_relevance.live` registers it; ``live.yaml`` lists it first in its defaults). It types
 every key, so ``mr-live window=abc`` fails while Hydra composes the config, naming the key. The values (defaults)
-are written once, in ``conf/live.yaml``.
+are written once, in ``motion_relevance/conf/live.yaml``.
 
 :func:`check_config` then refuses every value outside its range or choices (:data:`RULES`), a selective sigma list,
 an unavailable device, a missing source file and an explainer or logger config that cannot be one, each with a
@@ -26,11 +26,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from motion_relevance.checks import check_float, check_positive, to_plain
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.explain.selective import PADDINGS, check_sigma
 from motion_relevance.live.source import check_resize, check_source
 from motion_relevance.live.windows import POLICIES
 from motion_relevance.models.checkpoint import PREPROCESSING_KEYS, check_preprocessing
-from motion_relevance.utils.compose import CONFIG_DIR
 from motion_relevance.utils.validation import check_groups
 from motion_relevance.viz.colormaps import Mode
 from motion_relevance.viz.video_writer import SUPPORTED_EXTENSIONS
@@ -53,7 +53,7 @@ __all__ = [
     "resolve_device",
 ]
 
-#: Name of :class:`LiveConfig` in Hydra's ConfigStore (the first entry of ``conf/live.yaml``'s defaults).
+#: Name of :class:`LiveConfig` in Hydra's ConfigStore (the first entry of ``live.yaml``'s defaults).
 SCHEMA_NAME = "live_schema"
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 OVERLAY_MODES: tuple[str, ...] = get_args(Mode)
@@ -102,7 +102,7 @@ class OutputsConfig:
 
 @dataclass
 class LiveSettings:
-    """The keys ``mr-live`` reads itself (documented in ``conf/live.yaml``)."""
+    """The keys ``mr-live`` reads itself (documented in ``motion_relevance/conf/live.yaml``)."""
 
     source: Any = MISSING  # a video file path or a camera index
     ckpt_path: str = MISSING
@@ -131,7 +131,7 @@ def _data_keys() -> dict[str, Any]:
 
 @dataclass
 class LiveConfig(LiveSettings):
-    """Root schema of ``conf/live.yaml``: :class:`LiveSettings` plus the nodes composed from other config groups
+    """Root schema of ``live.yaml``: :class:`LiveSettings` plus the nodes composed from other config groups
     (explainer, logger, paths, extras), the run's names, and ``data.*``: the checkpoint's preprocessing, filled at
     start (explainer configs interpolate ``${data.mean}`` …); a value the user sets must agree with it."""
 
@@ -222,7 +222,7 @@ def _device(v: Any) -> bool:
 
 
 def _figure_suffixes() -> tuple[str, ...]:
-    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backend_bases import FigureCanvasBase  # deferred: matplotlib, slow to import
 
     return tuple(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes())
 
@@ -285,7 +285,7 @@ def _show(value: Any) -> str:
 def check_explainer(node: Any) -> None:
     """``explainer`` must be a config whose ``_target_`` imports as a subclass of
     :class:`motion_relevance.explain.Explainer`."""
-    from motion_relevance.explain import Explainer
+    from motion_relevance.explain import Explainer  # deferred: loads Captum
 
     options = "|".join(sorted(p.stem for p in (CONFIG_DIR / "explainer").glob("*.yaml")))
     if not isinstance(node, DictConfig) or "_target_" not in node:

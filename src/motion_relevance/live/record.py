@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from motion_relevance.checks import to_plain
+from motion_relevance.viz.plots import plot_timeline
 
 __all__ = ["CSV_COLUMNS", "WindowResult", "caption", "log_summary", "log_window", "summarise", "write_csv",
            "write_timeline"]
@@ -101,8 +102,6 @@ def summarise(rows: list[WindowResult], *, wall_s: float, work_s: float, fps: fl
 
 def write_timeline(path: Path, rows: list[WindowResult], title: str) -> Path | None:
     """``timeline.png``: confidence and selectivity_mass of the explained windows against time (None if none)."""
-    from motion_relevance.viz.plots import plot_timeline
-
     done = [r for r in rows if r.status == "explained"]
     if not done:
         return None

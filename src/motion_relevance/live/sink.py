@@ -13,7 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from motion_relevance.viz.overlay import iter_overlay_frames
+from motion_relevance.viz.video_writer import VideoWriter
 
 __all__ = ["OverlaySink", "check_display", "progress_bar"]
 
@@ -29,8 +34,6 @@ class OverlaySink:
     def __init__(self, path: Path | None, fps: float, labels: tuple[str, str], *, min_height: int, alpha: float,
                  mode: str, display: bool, window_title: str, background: bool = True,
                  queue_windows: int = 4) -> None:
-        from motion_relevance.viz.video_writer import VideoWriter
-
         self.labels = labels
         self.min_height, self.alpha, self.mode = int(min_height), float(alpha), mode
         self.writer = VideoWriter(path, fps) if path is not None else None
@@ -59,8 +62,6 @@ class OverlaySink:
             self._render(frames, maps, captions)
 
     def _render(self, frames: np.ndarray, maps: tuple[Any, Any], captions: list[str]) -> None:
-        from motion_relevance.viz.overlay import iter_overlay_frames
-
         composed = iter_overlay_frames(
             frames, dict(zip(self.labels, maps)), captions, mode=self.mode, alpha=self.alpha,
             min_height=self.min_height, show_frame_number=False,
@@ -82,8 +83,6 @@ class OverlaySink:
                     self._error = err
 
     def _show(self, image: np.ndarray) -> None:
-        import cv2
-
         cv2.imshow(self.title, np.ascontiguousarray(image[..., ::-1]))
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.stopped = True
@@ -97,8 +96,6 @@ class OverlaySink:
         if self.writer is not None:
             self.writer.close()
         if self.display:
-            import cv2
-
             cv2.destroyAllWindows()
         if self._error is not None:
             err, self._error = self._error, None
@@ -107,8 +104,6 @@ class OverlaySink:
 
 def check_display() -> None:
     """``display=true`` needs an OpenCV build with a GUI and a display; fail before any work otherwise."""
-    import cv2
-
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise RuntimeError("display=true but there is no display ($DISPLAY is not set); run with display=false "
                            "and watch overlay.mp4 in the run folder")
@@ -128,8 +123,6 @@ def progress_bar(enabled: bool, total: int | None, description: str) -> Iterator
     if not enabled:
         yield lambda: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=False) as bar:
         task = bar.add_task(description, total=total)

@@ -24,6 +24,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from motion_relevance.data.video import resolve_decoder
+
 __all__ = [
     "CameraSource",
     "FileSource",
@@ -216,13 +218,11 @@ class FileSource(FrameSource):
         self._reader.seek(0)
 
     def _open(self, size: tuple[int, int] | None) -> Any:
-        from motion_relevance.data.video import resolve_decoder
-
         kw = {"height": size[0], "width": size[1]} if size else {}
         try:
             if resolve_decoder("decord") == "opencv":  # no decord wheel on this platform
                 return _OpenCVReader(self.path)
-            import decord
+            import decord  # deferred: optional (no wheel on some platforms)
 
             return decord.VideoReader(str(self.path), num_threads=self.num_threads, **kw)
         except Exception as err:  # decord raises DECORDError / RuntimeError
@@ -290,8 +290,6 @@ class _OpenCVReader:
     read in order (a seek only when an index goes back or skips), RGB, at the native size."""
 
     def __init__(self, path: Path) -> None:
-        import cv2
-
         self._cv2 = cv2
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():

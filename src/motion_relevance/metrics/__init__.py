@@ -22,7 +22,6 @@ from motion_relevance.metrics.functional import (
     selectivity,
     spatial_bias,
 )
-from motion_relevance.metrics.timing import OverheadTimer, synchronize
 
 __all__ = [
     "Agreement",
@@ -30,7 +29,6 @@ __all__ = [
     "GroundTruthMetrics",
     "MotionPrecision",
     "Overhead",
-    "OverheadTimer",
     "Selectivity",
     "SpatialBias",
     "agreement",
@@ -45,5 +43,4 @@ __all__ = [
     "positive_relevance",
     "selectivity",
     "spatial_bias",
-    "synchronize",
 ]

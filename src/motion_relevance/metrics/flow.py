@@ -12,7 +12,7 @@ A clip with fewer than 2 frames has no flow: :func:`compute_flow` returns a ``(0
 is invalid (``valid.any() == False``), which callers use to skip the clip's flow metrics.
 
 Cache design: entries store the flow *magnitude* as float16 (``np.savez_compressed``), keyed
-(:func:`motion_relevance.keys.cache_key`) by a digest of the grey frames the flow is computed from, the method,
+(:func:`motion_relevance.digests.cache_key`) by a digest of the grey frames the flow is computed from, the method,
 its parameters and the OpenCV version: regenerated or differently preprocessed data can never reuse an entry.
 The threshold is not part of the key, so changing it reuses the cache. Fresh magnitudes are rounded to float16 as
 well, so a cache hit and a miss give bit-identical masks. An entry that does not match its key, shape or dtype is
@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from motion_relevance.keys import cache_key, tensor_digest
+from motion_relevance.digests import cache_key, tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class FlowEstimator:
 
     Hydra-friendly constructor.
 
-    Example config (``conf/flow/farneback.yaml``)::
+    Example config (``motion_relevance/conf/flow/farneback.yaml``)::
 
         _target_: motion_relevance.metrics.flow.FlowEstimator
         method: farneback

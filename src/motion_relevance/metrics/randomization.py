@@ -289,7 +289,7 @@ def cascading_randomization(
     plan += [(group[0], group) for group in stages]
     iterator: Any = plan
     if progress:
-        from rich.progress import track
+        from rich.progress import track  # deferred: only when a progress bar is shown
 
         iterator = track(plan, description="randomisation stages")
     base_rows, sel_rows = [], []

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from motion_relevance.checks import check_clips, check_pair, check_positive
+from motion_relevance.models.weights import load_weights
 
 #: Conv widths of the published C3D, in order (conv1, conv2, conv3a, conv3b, conv4a, conv4b, conv5a, conv5b).
 C3D_CONV_WIDTHS: tuple[int, ...] = (64, 128, 256, 256, 512, 512, 512, 512)
@@ -141,8 +142,6 @@ class C3D(nn.Sequential):
         if init == "kaiming":
             self.reset_parameters()
         if pretrained:
-            from motion_relevance.models.weights import load_weights
-
             load_weights(self, pretrained)
 
     @staticmethod

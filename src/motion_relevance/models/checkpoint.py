@@ -22,15 +22,17 @@ import torch
 from torch import nn
 
 from motion_relevance.checks import to_plain
-from motion_relevance.models.module import CHECKPOINT_KEY
 from motion_relevance.models.registry import build_registered, registered_target
 from motion_relevance.models.weights import check_alpha, check_description, check_finite, check_model_size
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PREPROCESSING_KEYS", "LoadedClassifier", "check_checkpoint", "check_classes", "check_preprocessing",
-           "load_classifier", "net_state", "read_checkpoint", "read_description"]
+__all__ = ["CHECKPOINT_KEY", "PREPROCESSING_KEYS", "LoadedClassifier", "check_checkpoint", "check_classes",
+           "check_preprocessing", "load_classifier", "net_state", "read_checkpoint", "read_description"]
 
+#: The checkpoint entry that holds the model description, preprocessing and class names (written by
+#: ``VideoClassifier.on_save_checkpoint``).
+CHECKPOINT_KEY = "motion_relevance"
 REQUIRED_KEYS = ("model", "preprocessing", "class_names")
 #: Every preprocessing field that changes the model's input tensor (recorded in checkpoints by mr-train).
 PREPROCESSING_KEYS = ("clip_len", "stride", "resize", "crop_size", "mean", "std", "scale", "channel_order",

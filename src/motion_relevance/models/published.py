@@ -24,8 +24,8 @@ from motion_relevance.models.weights import (
     resembled_layout,
 )
 
-__all__ = ["CONTAINER_KEYS", "PREFIXES", "describe_mismatch", "known_layouts", "load_published", "read_weights",
-           "resembled_layout"]
+__all__ = ["CONTAINER_KEYS", "PREFIXES", "describe_mismatch", "known_layouts", "load_model_weights", "load_published",
+           "read_weights", "resembled_layout"]
 
 
 def load_published(model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = True,
@@ -33,3 +33,13 @@ def load_published(model: nn.Module, source: str | os.PathLike[str] | Mapping[st
     """Copy the weights in ``source`` (a file or a state dict) into ``model`` (``model.pretrained``); see
     :func:`~motion_relevance.models.weights.load_weights`."""
     return load_weights(model, source, where="model.pretrained", strict=strict, head=head)
+
+
+def load_model_weights(net: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Published weights into ``net`` (``model.pretrained``): the model's own loader when it has one (VideoMAE: both
+    bias namings), else :func:`~motion_relevance.models.weights.load_weights` (read as data, finite, strict; a final
+    layer of another class count is re-initialised)."""
+    if callable(getattr(net, "load_pretrained", None)):
+        net.load_pretrained(path)
+        return
+    load_weights(net, path, where="model.pretrained")

@@ -3,7 +3,7 @@
 A checkpoint is data from someone else. Its model description (``{"_target_": ..., **kwargs}``) is therefore never
 handed to ``hydra.utils.instantiate`` (which calls whatever ``_target_`` names); :func:`build_registered` looks the
 target up in :data:`MODELS` and calls that constructor with plain keyword arguments, refusing anything else.
-Configs written by the user (``conf/model/*.yaml``) are code and may name any class.
+Configs written by the user (``motion_relevance/conf/model/*.yaml``) are code and may name any class.
 """
 
 from __future__ import annotations

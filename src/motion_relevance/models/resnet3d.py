@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from motion_relevance.checks import check_choice, check_clips, check_positive
 from motion_relevance.models.layers import Add
+from motion_relevance.models.weights import load_weights
 
 __all__ = [
     "BasicBlock",
@@ -287,8 +288,6 @@ class VideoResNet(nn.Module):
         if init == "kaiming":
             init_weights(self)
         if pretrained is not None:
-            from motion_relevance.models.weights import load_weights
-
             load_weights(self, pretrained)
 
     def _make_layer(self, conv_builder: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:

@@ -49,6 +49,7 @@ from motion_relevance.models.resnet3d import (
     init_weights,
     scaled,
 )
+from motion_relevance.models.weights import load_weights
 
 __all__ = ["SlowFast", "pack_pathways", "slowfast_r50"]
 
@@ -363,8 +364,6 @@ class SlowFast(nn.Module):
             final = [m.norm_c for m in self.modules() if isinstance(m, BottleneckBlock)]
             init_weights(self, zero_final_bn=final)
         if pretrained is not None:
-            from motion_relevance.models.weights import load_weights
-
             load_weights(self, pretrained)
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:

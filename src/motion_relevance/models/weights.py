@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.models.registry import MODELS, registered_targets
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ SHOW = 6
 StateDict = dict[str, Tensor]
 Signature = dict[str, tuple[int, ...]]
 
-_CONF_MODEL = Path(__file__).resolve().parents[3] / "conf" / "model"
+_CONF_MODEL = CONFIG_DIR / "model"
 
 
 def _name(source: Any) -> str:
@@ -574,7 +575,7 @@ def _arch(config: Mapping[str, Any]) -> str:
 def config_names_for(config: Mapping[str, Any], conf_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Names of the model configs (``conf/model/<name>.yaml``) whose net builds the model ``config`` describes:
     same registered class, and the most equal plain arguments (ties all listed)."""
-    import yaml  # PyYAML comes with omegaconf
+    import yaml  # deferred: only to name a model config in a message (PyYAML comes with omegaconf)
 
     folder = Path(conf_dir) if conf_dir is not None else _CONF_MODEL
     short = _short(config)

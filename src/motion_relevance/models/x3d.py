@@ -44,6 +44,7 @@ from motion_relevance.models.resnet3d import (
     conv_bn_pairs,
     init_weights,
 )
+from motion_relevance.models.weights import load_weights
 
 __all__ = ["X3D", "round_repeats", "round_width", "x3d_s", "x3d_xs"]
 
@@ -310,8 +311,6 @@ class X3D(nn.Module):
             final = [m.norm_c for m in self.modules() if isinstance(m, X3DBottleneck)]
             init_weights(self, zero_final_bn=final)
         if pretrained is not None:
-            from motion_relevance.models.weights import load_weights
-
             load_weights(self, pretrained)
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:

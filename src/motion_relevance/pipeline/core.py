@@ -27,11 +27,13 @@ from torch import Tensor, nn
 
 from motion_relevance.checks import check_choice
 from motion_relevance.data.transforms import ClipTransform
+from motion_relevance.digests import state_digest
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
+from motion_relevance.explain.explainers import GradCAM, GuidedGradCAM, _layer_name, _pathway
 from motion_relevance.explain.selective import DEFAULT_SIGMA, check_padding, check_sigma, selective_relevance
-from motion_relevance.keys import state_digest
+from motion_relevance.explain.timing import OverheadTimer
+from motion_relevance.explain.tracing import analyse_model
 from motion_relevance.metrics.suite import ExplanationMetrics
-from motion_relevance.metrics.timing import OverheadTimer
 from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
 from motion_relevance.pipeline.temporal import FrameRecorder
 
@@ -418,9 +420,6 @@ def check_explainer_input(key: str, explainer: Any, net: nn.Module, clips: Tenso
     SlowFast slow-pathway layer). The input is the one the explainer itself maps the layer to (its layer's pathway,
     or ``input_index``); ``key`` names the explainer's config node (``explainers.gradcam``, mr-live's
     ``explainer``). One-input models and explainers that map onto every input pass."""
-    from motion_relevance.explain.explainers import GradCAM, GuidedGradCAM, _layer_name, _pathway
-    from motion_relevance.explain.validation import analyse_model
-
     base = explainer.explainer if isinstance(explainer, CachedExplainer) else explainer
     if isinstance(clips, Tensor) or len(clips) < 2 or not isinstance(base, (GradCAM, GuidedGradCAM)):
         return

@@ -46,8 +46,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from motion_relevance.checks import check_int, check_positive, check_unique
+from motion_relevance.digests import tensor_digest
 from motion_relevance.explain.selective import selective_relevance
-from motion_relevance.keys import tensor_digest
 from motion_relevance.metrics import keys
 from motion_relevance.metrics.faithfulness import (
     DEFAULT_BATCH_SIZE,

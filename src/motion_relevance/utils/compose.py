@@ -10,14 +10,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-#: The repository's config folder (the package is installed in editable mode from the repository).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+from motion_relevance.conf import CONFIG_DIR
 
 
 def compose_config(
     name: str, overrides: Sequence[str] = (), output_dir: str | Path | None = None, quiet: bool = True
 ) -> DictConfig:
-    """``conf/<name>.yaml`` with command-line style ``overrides``, ready for ``train``/``explain``/``run``.
+    """``<name>.yaml`` of the package's configs with command-line style ``overrides``, ready for ``train``/``explain``.
 
     ``output_dir`` replaces the run folder Hydra would create (``paths.output_dir``); ``quiet`` turns off the
     printed config tree. The Hydra runtime is set as for a CLI run, so ``${hydra:...}`` interpolations resolve.

@@ -50,7 +50,7 @@ class SafeWandbLogger(WandbLogger):
         default_wandb_offline()
         if isinstance(init_timeout, bool) or not isinstance(init_timeout, (int, float)) or not 1 <= init_timeout <= 60:
             raise ValueError(f"logger.wandb.init_timeout={init_timeout!r}: allowed 1 to 60 seconds")
-        import wandb
+        import wandb  # deferred: W&B, slow to import
 
         settings = kwargs.pop("settings", None)
         settings = dict(settings) if isinstance(settings, dict) else {}

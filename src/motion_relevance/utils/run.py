@@ -114,7 +114,7 @@ def apply_extras(cfg: DictConfig) -> None:
 
 def print_config_tree(cfg: DictConfig, save_to: str | None = None) -> None:
     """Print the resolved config as a rich tree (and save it as ``config_tree.log``)."""
-    import rich
+    import rich  # deferred: only when the config is printed
     import rich.syntax
     import rich.tree
 
@@ -134,7 +134,7 @@ def print_config_tree(cfg: DictConfig, save_to: str | None = None) -> None:
 def finish_wandb() -> None:
     """Close the W&B run if one is open, so multirun jobs stay separate runs."""
     try:
-        import wandb
+        import wandb  # deferred: W&B, slow to import
     except ImportError:  # pragma: no cover - wandb is a dependency
         return
     if wandb.run is not None:

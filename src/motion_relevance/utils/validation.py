@@ -11,7 +11,9 @@ from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from motion_relevance.checks import check_positive, check_unique
+from motion_relevance.explain.selective import check_padding, check_sigma
 from motion_relevance.metrics.keys import NOT_EXPLAINERS
+from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
 
 
 def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
@@ -130,8 +132,6 @@ def check_groups(cfg: DictConfig) -> None:
 
 def check_explanation_settings(cfg: DictConfig) -> None:
     """``selective``, ``num_clips`` and ``target`` of the explanation runs."""
-    from motion_relevance.explain.selective import check_padding, check_sigma
-
     selective = _node(cfg, "selective")
     if selective is not None:
         sigma = selective.get("sigma")
@@ -148,8 +148,6 @@ def check_explanation_settings(cfg: DictConfig) -> None:
 
 def check_stages(cfg: DictConfig) -> None:
     """``faithfulness`` and ``randomization`` settings: the stages are built once (cheap) to check every value."""
-    from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
-
     explainers = list(_node(cfg, "explainers") or []) or ["explainer"]
     sigma = OmegaConf.select(cfg, "selective.sigma", default=4.0)
     sigmas = list(sigma) if isinstance(sigma, ListConfig) else [sigma]
@@ -161,7 +159,8 @@ def check_stages(cfg: DictConfig) -> None:
             continue
         settings = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         if not isinstance(settings, dict):
-            raise ValueError(f"{key}={settings!r}: expected a mapping of settings (see conf/{key}/default.yaml)")
+            raise ValueError(f"{key}={settings!r}: expected a mapping of settings "
+                             f"(see motion_relevance/conf/{key}/default.yaml)")
         build_stage(cls, settings, key, **fixed)
 
 

@@ -84,7 +84,7 @@ def normalize_relevance(relevance: Any, *, mode: Mode = "signed", vmax: float | 
 
 @lru_cache(maxsize=32)
 def _lut(cmap_name: str) -> np.ndarray:
-    import matplotlib
+    import matplotlib  # deferred: matplotlib, slow to import
 
     return _lut_for(matplotlib.colormaps[cmap_name])
 

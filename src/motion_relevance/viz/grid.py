@@ -88,7 +88,7 @@ def explanation_grid_figure(
 ) -> Any:
     """Build the grid as a ``matplotlib.figure.Figure`` (Agg canvas attached). Arguments as in
     :func:`render_explanation_grid`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib, slow to import
     from matplotlib.figure import Figure
 
     fr = to_numpy(frames)
@@ -199,7 +199,7 @@ def save_explanation_grid(
 ) -> Path:
     """Render the grid (see :func:`render_explanation_grid`) and write it to ``path`` (format from the extension,
     e.g. ``.png``; parent folders are created). Returns the path."""
-    from PIL import Image
+    from PIL import Image  # deferred: Pillow, only when a grid is saved
 
     img = render_explanation_grid(
         frames, columns, frame_index=frame_index, row_labels=row_labels, title=title, dpi=dpi, mode=mode,

@@ -27,7 +27,7 @@ _PRETTY = {
 
 
 def _new_figure(width: float, height: float, dpi: int) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib, slow to import
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=dpi, facecolor="white")

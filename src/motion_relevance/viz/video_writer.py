@@ -157,7 +157,7 @@ class VideoWriter:
                 f"{self._input_size[0]}x{self._input_size[1]}; all frames must have the same size"
             )
         if self.suffix == ".gif":
-            from PIL import Image
+            from PIL import Image  # deferred: Pillow, only for GIF output
 
             self._gif.append(Image.fromarray(np.ascontiguousarray(f)))
             self.frame_size = (h, w)

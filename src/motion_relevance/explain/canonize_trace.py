@@ -1,0 +1,647 @@
+"""Canonization by tracing: a user's model rewritten so that every operation that needs a relevance rule is a module.
+
+Deep Taylor, AttnLRP and Guided Backprop attach one rule to each module (``docs/method.md``, "Canonization"), so a
+ReLU written as ``F.relu(x)``, a residual sum ``out += identity`` or one ``nn.ReLU`` called at two places is
+invisible to them or ambiguous. :func:`canonize` rewrites a weight-sharing eval copy of the model
+(:func:`motion_relevance.explain._copy.eval_copy`: new module objects, the same parameter storage) one module at a
+time: each module's ``forward`` is traced with ``torch.fx`` with its children as opaque calls, the graph is
+rewritten, and the module gets the generated ``forward`` (its class becomes a subclass of its own class, so names,
+attributes, methods such as ``token_grid`` and the ``state_dict`` keys stay as they were). Rewrites:
+
+==========================================================  ==============================================
+written as                                                  becomes
+==========================================================  ==============================================
+``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_``,        a new ``nn.ReLU()`` (``nn.GELU``, ``nn.SiLU``,
+``inplace=True``; GELU, SiLU, sigmoid, tanh, ...            ``nn.Sigmoid``, ``nn.Tanh``, ...) at that place
+``a + b``, ``+=``, ``torch.add``, ``a.add_(b)`` (both       ``models.layers.Add`` (a sum with a constant or a
+input-dependent)                                            parameter stays: a bias)
+``a * g`` with ``g`` a sigmoid / softmax output (a gate)    ``models.layers.GateMul(a, g)``
+``a @ b``, ``torch.matmul``, ``torch.bmm`` (both            ``models.layers.MatMul``
+input-dependent)
+``torch.cat``                                               ``models.layers.Concat(dim)``
+``F.softmax`` / ``x.softmax(dim)``                          ``nn.Softmax(dim)``
+``F.adaptive_avg_pool3d`` / ``F.avg_pool3d`` /              the pooling module (1-D / 2-D too)
+``F.max_pool3d``
+one parameter-free module called at several places          one copy per place
+``nn.ReLU(inplace=True)``                                   ``inplace = False`` (on the copy)
+==========================================================  ==============================================
+
+Reshapes (``flatten``, ``view``, ``reshape``, ``permute``, indexing, ...), products and quotients by constants or
+parameters and sums with them stay as written. Any other operation on input-dependent tensors (a product of two
+same-sized activations, ``x.mean()``, ``torch.exp``, a functional convolution) is recorded with the source line it
+came from; :func:`require_rules_for_operations` refuses it for the rule-based explainers.
+
+A module whose ``forward`` cannot be traced (Python control flow on tensor values, checks on ``isinstance(x,
+Tensor)``) keeps its own ``forward`` (its children are still rewritten); the tracer's message, with the line it
+stopped at, is kept in :attr:`Canonized.notes` and added to any later refusal, or raised at once with
+``canonize(..., strict=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import linecache
+import operator
+import os
+import re
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from motion_relevance.explain._copy import eval_copy
+from motion_relevance.explain.canonize import lookup
+from motion_relevance.explain.propagation import call_model
+from motion_relevance.explain.rules import ATTNLRP, DTD
+from motion_relevance.explain.tracing import analyse_model
+from motion_relevance.models.layers import Add, Concat, GateMul, MatMul
+
+__all__ = [
+    "CanonizationError",
+    "Canonized",
+    "canonize",
+    "canonized",
+    "needs_canonization",
+    "require_rules_for_operations",
+]
+
+
+class CanonizationError(ValueError):
+    """A model cannot be rewritten so that every operation is a module (one line: what, where, how to fix)."""
+
+
+@dataclass
+class Canonized:
+    """What :func:`canonize` did to one model."""
+
+    model: nn.Module  #: the rewritten eval copy (shares the caller's parameter storage)
+    rewritten: list[str] = field(default_factory=list)  #: module paths whose forward was regenerated
+    added: dict[str, str] = field(default_factory=dict)  #: new module path -> "<op> at <file>:<line>"
+    unsupported: list[str] = field(default_factory=list)  #: "<op> at <file>:<line>" with no rule
+    notes: list[str] = field(default_factory=list)  #: modules kept as written (tracer messages)
+    out_of_place: list[str] = field(default_factory=list)  #: modules whose ``inplace=True`` was switched off
+    seconds: float = 0.0  #: wall time of the rewrite (and of the logits check)
+
+    @property
+    def changed(self) -> bool:
+        """Whether any module was added (an operation or a shared module made visible) or made out of place."""
+        return bool(self.added or self.out_of_place)
+
+
+# ----------------------------------------------------------------------------------------------- op tables
+
+_ACTIVATIONS: dict[Any, Callable[..., nn.Module]] = {}
+_ACTIVATION_METHODS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def _relu(*_: Any, **__: Any) -> nn.Module:
+    return nn.ReLU()
+
+
+def _gelu(x: Any, approximate: str = "none", **_: Any) -> nn.Module:
+    return nn.GELU(approximate=approximate)
+
+
+def _leaky(x: Any, negative_slope: float = 0.01, *_: Any, **__: Any) -> nn.Module:
+    return nn.LeakyReLU(negative_slope)
+
+
+def _elu(x: Any, alpha: float = 1.0, *_: Any, **__: Any) -> nn.Module:
+    return nn.ELU(alpha)
+
+
+def _hardtanh(x: Any, min_val: float = -1.0, max_val: float = 1.0, *_: Any, **__: Any) -> nn.Module:
+    return nn.Hardtanh(min_val, max_val)
+
+
+def _simple(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    def make(*_: Any, **__: Any) -> nn.Module:
+        return cls()
+
+    return make
+
+
+def _softmax(x: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None, **_: Any) -> nn.Module:
+    if dim is None or dtype is not None:
+        raise _NoRule("softmax without an explicit dim (or with a dtype)")
+    return nn.Softmax(dim=int(dim))
+
+
+for _fn in (F.relu, torch.relu, torch.relu_, F.relu_):
+    _ACTIVATIONS[_fn] = _relu
+for _fn, _make in (
+    (F.gelu, _gelu), (F.silu, _simple(nn.SiLU)), (torch.sigmoid, _simple(nn.Sigmoid)),
+    (F.sigmoid, _simple(nn.Sigmoid)), (torch.tanh, _simple(nn.Tanh)), (F.tanh, _simple(nn.Tanh)),
+    (F.leaky_relu, _leaky), (F.elu, _elu), (F.hardtanh, _hardtanh), (F.relu6, _simple(nn.ReLU6)),
+    (F.hardswish, _simple(nn.Hardswish)), (F.hardsigmoid, _simple(nn.Hardsigmoid)), (F.mish, _simple(nn.Mish)),
+    (F.softmax, _softmax), (torch.softmax, _softmax),
+):
+    _ACTIVATIONS[_fn] = _make
+for _name, _make in (
+    ("relu", _relu), ("relu_", _relu), ("sigmoid", _simple(nn.Sigmoid)), ("sigmoid_", _simple(nn.Sigmoid)),
+    ("tanh", _simple(nn.Tanh)), ("tanh_", _simple(nn.Tanh)), ("softmax", _softmax),
+):
+    _ACTIVATION_METHODS[_name] = _make
+
+_POOLS: dict[Any, tuple[type[nn.Module], tuple[str, ...]]] = {
+    F.adaptive_avg_pool1d: (nn.AdaptiveAvgPool1d, ("output_size",)),
+    F.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",)),
+    F.adaptive_avg_pool3d: (nn.AdaptiveAvgPool3d, ("output_size",)),
+    F.avg_pool3d: (nn.AvgPool3d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                  "divisor_override")),
+    F.avg_pool2d: (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                  "divisor_override")),
+    F.max_pool3d: (nn.MaxPool3d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+}
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+_ADD_METHODS = {"add", "add_", "__add__", "__iadd__"}
+_MULS = {operator.mul, operator.imul, torch.mul}
+_MUL_METHODS = {"mul", "mul_"}
+_MATMULS = {operator.matmul, torch.matmul, torch.bmm}
+_MATMUL_METHODS = {"matmul", "bmm"}
+_CATS = {torch.cat, torch.concat}
+_IN_PLACE_METHODS = {"relu_", "sigmoid_", "tanh_", "add_", "mul_"}
+
+#: Operations that only move, copy or select entries (relevance routed unchanged), or read shapes.
+_ROUTING_METHODS = frozenset({
+    "flatten", "view", "view_as", "reshape", "reshape_as", "permute", "transpose", "contiguous", "squeeze",
+    "unsqueeze", "size", "dim", "expand", "expand_as", "repeat", "chunk", "split", "unbind", "clone", "to", "type",
+    "float", "double", "half", "narrow", "select", "flip", "roll", "movedim", "t", "__getitem__", "unflatten",
+    "numel", "type_as", "cpu", "cuda",
+})
+_ROUTING_FUNCTIONS = frozenset({
+    operator.getitem, getattr, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
+    torch.unsqueeze, torch.stack, torch.chunk, torch.split, torch.unbind, torch.clone, torch.narrow, torch.flip,
+    torch.roll, torch.movedim, torch.t, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    F.feature_alpha_dropout, torch.numel,
+})
+#: With exactly one input-dependent operand (in the given positions) these stay plain operations: the propagation
+#: engine passes relevance through a bias added to, or a constant multiplying, one input-dependent tensor.
+_ONE_OPERAND = {
+    operator.add: (0, 1), operator.iadd: (0, 1), torch.add: (0, 1), operator.mul: (0, 1), operator.imul: (0, 1),
+    torch.mul: (0, 1), operator.sub: (0,), operator.isub: (0,), torch.sub: (0,), operator.truediv: (0,),
+    operator.itruediv: (0,), torch.div: (0,), operator.neg: (0,), torch.neg: (0,),
+}
+_ONE_OPERAND_METHODS = {"add": (0, 1), "add_": (0, 1), "mul": (0, 1), "mul_": (0, 1), "sub": (0,), "sub_": (0,),
+                        "div": (0,), "div_": (0,), "neg": (0,), "__add__": (0, 1), "__mul__": (0, 1)}
+_GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
+
+
+class _NoRule(Exception):
+    """An operation that cannot be made a module (message: what it is)."""
+
+
+# ----------------------------------------------------------------------------------------------- where from
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _user_frame(stack: str | None) -> str:
+    """``file:line (`code`)`` of the last frame of ``stack`` outside torch (the user's line)."""
+    found = [m for m in _FRAME.finditer(stack or "") if not m.group(1).startswith(_TORCH_DIR)]
+    if not found:
+        return "an unknown line"
+    path, line = found[-1].group(1), int(found[-1].group(2))
+    code = linecache.getline(path, line).strip()
+    return f"{path}:{line}" + (f" (`{code}`)" if code else "")
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    if node.op == "call_method":
+        return f"Tensor.{target}"
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    if module == "_operator":
+        return {"add": "+", "iadd": "+=", "mul": "*", "imul": "*=", "sub": "-", "truediv": "/", "matmul": "@",
+                "pow": "**"}.get(name, f"operator.{name}")
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    return f"torch.{name}" if module.startswith("torch") or module == "" else f"{module}.{name}"
+
+
+def _trace_error(err: BaseException, path: str, module: nn.Module) -> str:
+    """One line: the tracer's message, the user's line it stopped at, and what to change."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    where = ""
+    if frames:
+        f = frames[-1]
+        where = f" at {f.filename}:{f.lineno}" + (f" (`{f.line.strip()}`)" if f.line else "")
+    message = " ".join(str(err).split()) or type(err).__name__
+    return (f"torch.fx cannot trace {type(module).__name__} {path or '<model>'!r}{where}: {message[:300]}; write "
+            "that forward() without Python control flow on tensor values (torch.where; move checks out of "
+            "forward) or with modules (models.layers.Add, one nn.ReLU per place)")
+
+
+# ----------------------------------------------------------------------------------------------- tracing
+
+
+class _OneLevel(fx.Tracer):
+    """Traces one module's own ``forward``; every submodule call stays one ``call_module`` node."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_modules=())
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _has_rule(module: nn.Module) -> bool:
+    return lookup(DTD.rules, module) is not None or lookup(ATTNLRP.rules, module) is not None
+
+
+def _opaque(module: nn.Module) -> bool:
+    """A module kept as one call (a rule applies to it as a whole): torch.nn layers (not containers), layers with
+    parameters or buffers of their own and no children, and types with a rule."""
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    if isinstance(module, containers):
+        return False
+    if type(module).__module__.startswith("torch.nn") or _has_rule(module):
+        return True
+    has_children = any(True for _ in module.children())
+    own = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+    return own and not has_children
+
+
+def _parameter_free(module: nn.Module) -> bool:
+    return not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
+
+
+class _Rewriter:
+    def __init__(self, result: Canonized, strict: bool) -> None:
+        self.result, self.strict = result, strict
+        self.done: set[int] = set()  # modules whose forward was handled
+        self.placed: set[int] = set()  # parameter-free leaves already called at one place
+        self.classes: dict[tuple[type, str], type] = {}
+
+    def module(self, module: nn.Module, path: str) -> None:
+        if id(module) in self.done:
+            return
+        self.done.add(id(module))
+        if type(module).forward is nn.Sequential.forward:  # a plain chain: only one object per place is needed
+            for name, child in list(module._modules.items()):
+                if child is None:
+                    continue
+                if _parameter_free(child) and _opaque(child) and id(child) in self.placed:
+                    child = copy.deepcopy(child)
+                    module._modules[name] = child
+                    self.result.added[_join(path, name)] = f"another use of a module shared with {path!r}"
+                if _parameter_free(child) and _opaque(child):
+                    self.placed.add(id(child))
+                self._visit_child(child, _join(path, name))
+            return
+        try:
+            graph = _OneLevel().trace(module)
+        except Exception as err:  # noqa: BLE001 - any tracer failure: keep the module as written
+            note = _trace_error(err, path, module)
+            if self.strict:
+                raise CanonizationError(f"canonize: {note}") from err
+            self.result.notes.append(note)
+            for name, child in list(module._modules.items()):  # its children are still rewritten
+                if child is None:
+                    continue
+                self._visit_child(child, _join(path, name))
+            return
+        changed = self._rewrite(module, path, graph)
+        for node in graph.nodes:
+            if node.op == "call_module":
+                self._visit_child(module.get_submodule(node.target), _join(path, node.target))
+        if changed:
+            self._install(module, graph)
+            self.result.rewritten.append(path or "<model>")
+
+    def _visit_child(self, child: nn.Module, path: str) -> None:
+        if _opaque(child):
+            if getattr(child, "inplace", False) is True and not isinstance(child, (nn.Dropout, nn.Dropout1d,
+                                                                                 nn.Dropout2d, nn.Dropout3d)):
+                child.inplace = False  # the copy's own module object
+                self.result.out_of_place.append(path)
+            return
+        self.module(child, path)
+
+    # -- graph rewriting ------------------------------------------------------------------------------------
+
+    def _rewrite(self, root: nn.Module, path: str, graph: fx.Graph) -> bool:
+        self.root = root
+        dependent: set[fx.Node] = set()
+        changed = False
+        order = {node: i for i, node in enumerate(graph.nodes)}
+        for node in list(graph.nodes):
+            ins = [a for a in node.all_input_nodes]
+            if node.op == "placeholder":
+                dependent.add(node)
+                continue
+            if node.op in ("get_attr", "output"):
+                continue
+            if not any(a in dependent for a in ins):
+                continue
+            dependent.add(node)
+            if node.op == "call_module":
+                changed |= self._place(root, path, node)
+                continue
+            try:
+                made = self._convert(node, dependent)
+            except _NoRule as err:
+                self.result.unsupported.append(f"{err} at {_user_frame(node.stack_trace)}")
+                continue
+            if made is None:
+                continue
+            new_module, args, in_place = made
+            name = _fresh(root, _base_name(new_module))
+            root.add_module(name, new_module)
+            self.result.added[_join(path, name)] = f"{_op_name(node)} at {_user_frame(node.stack_trace)}"
+            with graph.inserting_before(node):
+                new = graph.call_module(name, args=args)
+            new.meta = dict(node.meta)
+            if in_place and isinstance(node.args[0], fx.Node):  # later reads of the written tensor see the result
+                written = node.args[0]
+                for user in list(written.users):
+                    if user is not node and order.get(user, -1) > order[node]:
+                        user.replace_input_with(written, new)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            order[new] = order[node]
+            dependent.add(new)
+            changed = True
+        return changed
+
+    def _place(self, root: nn.Module, path: str, node: fx.Node) -> bool:
+        """One object per place for parameter-free leaves: a second call gets a copy under a new name."""
+        target = root.get_submodule(str(node.target))
+        if not _parameter_free(target) or not _opaque(target):
+            return False
+        if id(target) not in self.placed:
+            self.placed.add(id(target))
+            return False
+        twin = copy.deepcopy(target)
+        name = _fresh(root, str(node.target).rsplit(".", 1)[-1])
+        root.add_module(name, twin)
+        self.placed.add(id(twin))
+        self.result.added[_join(path, name)] = (f"another call of module {_join(path, str(node.target))!r} at "
+                                                f"{_user_frame(node.stack_trace)}")
+        node.target = name
+        return True
+
+    def _convert(self, node: fx.Node, dependent: set[fx.Node]) -> tuple[nn.Module, tuple[Any, ...], bool] | None:
+        """The module replacing ``node``, its positional inputs and whether the op wrote in place; None: keep."""
+        target, args, kwargs = node.target, node.args, node.kwargs
+        live = [i for i, a in enumerate(args) if isinstance(a, fx.Node) and a in dependent]
+        is_method = node.op == "call_method"
+        in_place = (is_method and target in _IN_PLACE_METHODS) or bool(kwargs.get("inplace", False)) or (
+            target in (operator.iadd, operator.imul, torch.relu_, F.relu_))
+        if (target in _ACTIVATIONS) or (is_method and target in _ACTIVATION_METHODS):
+            make = _ACTIVATION_METHODS[target] if is_method else _ACTIVATIONS[target]
+            extra = {k: v for k, v in kwargs.items() if k != "inplace"}
+            return make(*args, **extra), (args[0],), in_place
+        if not is_method and target in _POOLS:
+            cls, names = _POOLS[target]
+            options = dict(zip(names, args[1:]), **kwargs)
+            if options.get("return_indices"):
+                raise _NoRule(f"{_op_name(node)} with return_indices=True")
+            return cls(**options), (args[0],), False
+        two = len(live) == 2 and len(args) == 2
+        if (target in _ADDS or (is_method and target in _ADD_METHODS)) and two:
+            if kwargs.get("alpha", 1) != 1:
+                raise _NoRule(f"{_op_name(node)} with alpha={kwargs['alpha']}")
+            return Add(), (args[0], args[1]), in_place
+        if (target in _MATMULS or (is_method and target in _MATMUL_METHODS)) and two:
+            return MatMul(), (args[0], args[1]), False
+        if (target in _MULS or (is_method and target in _MUL_METHODS)) and two:
+            gates = [i for i in (0, 1) if _is_gate(self.root, args[i])]
+            if len(gates) != 1:
+                raise _NoRule(f"product {_op_name(node)} of two input-dependent tensors, neither a sigmoid/softmax "
+                              "gate (write it with models.layers.GateMul(x, gate) or MatMul)")
+            gate = gates[0]
+            return GateMul(), (args[1 - gate], args[gate]), in_place
+        if not is_method and target in _CATS:
+            tensors = args[0] if args else kwargs.get("tensors")
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if isinstance(tensors, (list, tuple)) and all(isinstance(t, fx.Node) for t in tensors):
+                return Concat(int(dim)), tuple(tensors), False
+            raise _NoRule(f"{_op_name(node)} of a non-list")
+        if (is_method and target in _ROUTING_METHODS) or (not is_method and target in _ROUTING_FUNCTIONS):
+            return None
+        allowed = _ONE_OPERAND_METHODS.get(str(target)) if is_method else _ONE_OPERAND.get(target)
+        if allowed is not None and len(live) == 1 and live[0] in allowed:
+            return None
+        what = _op_name(node)
+        if allowed is not None and len(live) == 2:
+            what = f"{what} of two input-dependent tensors"
+        raise _NoRule(what)
+
+    # -- installing the generated forward --------------------------------------------------------------------
+
+    def _install(self, module: nn.Module, graph: fx.Graph) -> None:
+        graph.lint()
+        code = graph.python_code(root_module="self")
+        cls = type(module)
+        key = (cls, code.src)
+        new_cls = self.classes.get(key)
+        if new_cls is None:
+            filename = f"<canonized {cls.__qualname__} {next(_COUNTER)}>"
+            linecache.cache[filename] = (len(code.src), None, code.src.splitlines(True), filename)
+            scope = dict(code.globals)
+            exec(compile(code.src, filename, "exec"), scope)  # noqa: S102 - the tracer's generated forward
+            new_cls = type(cls.__name__, (cls,), {"forward": scope["forward"], "__module__": cls.__module__,
+                                                   "__qualname__": cls.__qualname__, "_canonized_from": cls})
+            self.classes[key] = new_cls
+        module.__class__ = new_cls
+
+
+_COUNTER = itertools.count()
+
+
+def _is_gate(root: nn.Module, value: Any) -> bool:
+    """``value`` comes from a sigmoid / softmax (through reshapes): a gate of a product."""
+    node = value
+    while isinstance(node, fx.Node):
+        if node.op == "call_module":
+            return isinstance(root.get_submodule(str(node.target)), _GATES)
+        if node.op == "call_method" and node.target in _ROUTING_METHODS and node.args:
+            node = node.args[0]
+            continue
+        return False
+    return False
+
+
+def _base_name(module: nn.Module) -> str:
+    return {Add: "add", GateMul: "gate_mul", MatMul: "matmul", Concat: "cat"}.get(type(module),
+                                                                                   type(module).__name__.lower())
+
+
+def _fresh(root: nn.Module, base: str) -> str:
+    name, k = base, 0
+    while hasattr(root, name):
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+# ----------------------------------------------------------------------------------------------- public API
+
+
+def _first_clip(clips: Tensor | Sequence[Tensor]) -> tuple[tuple[Tensor, ...], bool]:
+    if isinstance(clips, Tensor):
+        return (clips[:1].detach(),), False
+    return tuple(x[:1].detach() for x in clips), True
+
+
+def _check_logits(model: nn.Module, work: nn.Module, clips: Tensor | Sequence[Tensor]) -> None:
+    xs, multi = _first_clip(clips)
+    xs = tuple(x.clone() if x.is_inference() else x for x in xs)
+    reference = eval_copy(model)
+    with torch.no_grad():
+        want, got = call_model(reference, xs, multi), call_model(work, xs, multi)
+    if not isinstance(want, Tensor) or not isinstance(got, Tensor) or want.shape != got.shape:
+        raise CanonizationError(f"canonize: the rewritten {type(model).__name__} returns a different output "
+                                "structure; explain the model written with modules (models.layers.Add, nn.ReLU)")
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    if not torch.allclose(got, want, rtol=1e-5, atol=1e-6 * max(scale, 1.0)):
+        diff = float((got - want).abs().max())
+        raise CanonizationError(
+            f"canonize: the rewritten {type(model).__name__} gives other logits (max difference {diff:.3g}), e.g. an "
+            "in-place write into a view or an aliased tensor; write that step out of place or with modules")
+
+
+def canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None = None, *,
+             strict: bool = True) -> nn.Module:
+    """``model`` rewritten so every operation that needs a relevance rule is a module (see the module docstring).
+
+    Args:
+        model: any ``nn.Module`` returning logits; it is never modified (the rewrite is made on a weight-sharing
+            eval copy, so parameters are shared, not cloned).
+        example_clips: clips ``(B, C, T, H, W)`` (a list for a multi-input model): when given, the rewritten
+            model's logits on the first clip are checked against the model's own.
+        strict: raise :class:`CanonizationError` (the tracer's message and line) when a module's forward cannot be
+            traced; ``False`` keeps such a module as written and records the message in the result's ``notes``.
+
+    Returns:
+        The rewritten eval copy; :func:`canonized` gives the full record (added modules with their source lines,
+        operations without a rule, notes).
+    """
+    return _canonize(model, example_clips, strict).model
+
+
+def _canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None, strict: bool) -> Canonized:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"canonize needs a torch.nn.Module, got {type(model).__name__}")
+    start = time.perf_counter()
+    work = eval_copy(model)
+    result = Canonized(model=work)
+    _Rewriter(result, strict).module(work, "")
+    work.__dict__[_RECORD] = result
+    if example_clips is not None:
+        _check_logits(model, work, example_clips)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+_RECORD = "_mr_canonization"
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Canonized]] = weakref.WeakKeyDictionary()
+
+
+def _cache_key(model: nn.Module) -> tuple:
+    params = tuple((id(p), p._version) for p in model.parameters())
+    layout = tuple((name, id(m), getattr(m, "inplace", None))
+                   for name, m in model.named_modules(remove_duplicate=False))
+    return params, layout
+
+
+def canonized(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None = None) -> Canonized:
+    """The record of ``model``'s canonization, made once per model (cached by the model object, weakly, and its
+    parameters' versions and module layout); tracing failures are kept as notes (``strict=False``)."""
+    record = model.__dict__.get(_RECORD)
+    if isinstance(record, Canonized) and record.model is model:
+        return record
+    key = _cache_key(model)
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    result = _canonize(model, example_clips, strict=False)
+    _CACHE[model] = (key, result)
+    return result
+
+
+def needs_canonization(model: nn.Module, structure: Any) -> bool:
+    """Whether a traced :class:`~motion_relevance.explain.validation.ModelStructure` shows something canonization
+    fixes: functional activations, in-place or shared parameter-free modules, operations in forward() methods."""
+    if structure.functional_relus or structure.output_leaf is None:
+        return True
+    modules = dict(model.named_modules())
+    for name, count in structure.calls.items():
+        module = modules.get(name)
+        if module is not None and count > 1 and _parameter_free(module) and _opaque(module):
+            return True
+    for first in structure.aliases:
+        module = modules.get(first)
+        if module is not None and _parameter_free(module) and _opaque(module):
+            return True
+    if any(getattr(m, "inplace", False) is True for m in modules.values()):
+        return True
+    return any(consumer == "" for users in structure.consumers.values() for consumer, _ in users)
+
+
+def require_rules_for_operations(record: Canonized, composite: Any, method: str) -> None:
+    """Refuse, before any work, an operation the rewrite found no module for, or a module it added that
+    ``composite`` has no rule for, naming the operation and its source line."""
+    if record.unsupported:
+        raise TypeError(
+            f"{method} has no rule for the operation {record.unsupported[0]}"
+            + (f" (and {len(record.unsupported) - 1} more)" if len(record.unsupported) > 1 else "")
+            + "; write it with a module that has a rule (nn.ReLU, nn.AdaptiveAvgPool3d, models.layers.Add / "
+            "GateMul / MatMul) or register one (Composite.register)"
+        )
+    modules = dict(record.model.named_modules())
+    for name, origin in record.added.items():
+        module = modules.get(name)
+        if module is not None and composite.rule_for(module) is None:
+            raise TypeError(f"{method} has no rule for {type(module).__name__}, the operation {origin}; use an "
+                            "activation with a rule (ReLU, SiLU, GELU, Sigmoid) or register one (Composite.register)")
+
+
+def prepare(model: nn.Module, clips: Tensor | Sequence[Tensor], structure: Any, composite: Any, method: str
+            ) -> tuple[nn.Module, Any, Canonized | None]:
+    """The model an explainer that attaches rules to modules works on: ``model`` itself when its traced
+    ``structure`` shows nothing to canonize (or the rewrite changed nothing), else its canonized copy (made once per
+    model) and that copy's structure. With a ``composite``, operations without a rule are refused here."""
+
+    needed = structure.derived.get(_NEEDED)
+    if needed is None:
+        needed = structure.derived[_NEEDED] = needs_canonization(model, structure)
+    if not needed:
+        return model, structure, None
+    record = canonized(model)  # no logits check here: it would cost two forward passes of the full model
+    if composite is not None:
+        require_rules_for_operations(record, composite, method)
+    if not record.changed:
+        return model, structure, record
+    return record.model, analyse_model(record.model, clips), record
+
+
+_NEEDED = "canonize-needed"
+
+
+def with_notes(err: Exception, record: Canonized | None) -> Exception:
+    """``err`` with the modules canonization had to keep as written (the tracer's message) added, or ``err``."""
+    if record is None or not record.notes:
+        return err
+    try:
+        return type(err)(f"{err}; canonization kept a module as written: {record.notes[0]}")
+    except Exception:  # noqa: BLE001 - an exception type with another constructor: leave it
+        return err
