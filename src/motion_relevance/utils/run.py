@@ -108,13 +108,23 @@ def check_run_folder(run_dir: str | Path, log_dir: str | Path | None, key: str =
 
 class CheckRunFolder(Callback):
     """Hydra callback (``hydra.callbacks.run_folder``): checks that the run (or sweep) folder can be made before
-    Hydra makes it, so an unwritable ``paths.log_dir`` is one line naming the key, not a traceback of ``mkdir``."""
+    Hydra makes it, so an unwritable ``paths.log_dir`` is one line naming the key, not a traceback of ``mkdir``.
+
+    Hydra turns a callback's exceptions into warnings and goes on; the refusal is therefore a ``SystemExit`` with
+    the one-line message (exit status 1)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_run_folder(config.hydra.run.dir, OmegaConf.select(config, "paths.log_dir"), "hydra.run.dir")
+        self._check(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_run_folder(config.hydra.sweep.dir, OmegaConf.select(config, "paths.log_dir"), "hydra.sweep.dir")
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        try:
+            check_run_folder(OmegaConf.select(config, key), OmegaConf.select(config, "paths.log_dir"), key)
+        except OneLineError as err:
+            raise SystemExit(f"Error: {err}") from None
 
 
 def set_aside_earlier_record(output_dir: Path) -> None:
