@@ -262,3 +262,24 @@ def test_report_of_a_sweep_with_no_result_names_all_planned_jobs(tmp_path: Path)
     with pytest.raises(SystemExit) as exc:
         report_main([str(sweep)])
     assert exc.value.code == 2 and not (sweep / "sigma_report.md").exists()
+
+
+def test_a_full_disk_in_a_spawned_ddp_process_is_one_line_too(tmp_path: Path) -> None:
+    """Under ddp_spawn rank 0's error reaches the parent as the text of its traceback."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from motion_relevance.utils.run import run_and_record
+
+    line = "no space left on device writing the table /x/tables/t.csv; metrics.json holds the numbers; free space"
+
+    def task(cfg):
+        raise ProcessRaisedException(f"\n\n-- Process 0 terminated with the following error:\nTraceback (most recent "
+                                     f"call last):\n  File \"x.py\", line 1\nmotion_relevance.pipeline.record."
+                                     f"RunFolderFull: {line}\n", 0, 1234)
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "run")}, "extras": {}})
+    with pytest.raises(OneLineError) as exc:
+        run_and_record(cfg, task)
+    assert str(exc.value) == line
+    with pytest.raises(ProcessRaisedException):  # any other error of a spawned process stays as it is
+        run_and_record(cfg, lambda c: (_ for _ in ()).throw(ProcessRaisedException("boom", 0, 1)))

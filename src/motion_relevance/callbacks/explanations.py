@@ -249,10 +249,12 @@ class ExplanationCallback(pl.Callback):
         """The explanation grid and overlay videos of the kept clips, the faithfulness and randomisation curves."""
         from motion_relevance.callbacks.figures import save_faithfulness_figures, save_kept_figures
 
+        out = record.folder / "explanations"  # each file is guarded inside; this catches the drawing around them
         if self.pipeline.kept:
-            save_kept_figures(trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,
-                              class_names=getattr(pl_module.hparams, "class_names", None), record=record)
-        save_faithfulness_figures(trainer, metrics, prefix, record=record)
+            record.guard("explanation figures", out, lambda: save_kept_figures(
+                trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,
+                class_names=getattr(pl_module.hparams, "class_names", None), record=record))
+        record.guard("curve figures", out, lambda: save_faithfulness_figures(trainer, metrics, prefix, record=record))
 
 
 def _log_tables(trainer: pl.Trainer, tables: Mapping[str, list[dict[str, Any]]], key: str, record: RunRecord) -> None:

@@ -271,6 +271,17 @@ def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
     return float(to_python(metrics[name]))
 
 
+def _full_disk(failure: BaseException | None) -> str | None:
+    """The one-line message of a full disk: :class:`RunFolderFull` raised here, or in a spawned DDP process (whose
+    error reaches the parent as text)."""
+    if isinstance(failure, RunFolderFull):
+        return str(failure)
+    marker = f"{RunFolderFull.__name__}: "
+    if failure is not None and type(failure).__name__ == "ProcessRaisedException" and marker in str(failure):
+        return str(failure).split(marker, 1)[1].splitlines()[0]
+    return None
+
+
 def run_and_record(
     cfg: DictConfig,
     task: Callable[[DictConfig], tuple[dict[str, Any], dict[str, Any]]],
@@ -291,12 +302,12 @@ def run_and_record(
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the record is safe
         failure = err
     finish_wandb()
-    full: RunFolderFull | None = failure if isinstance(failure, RunFolderFull) else None
+    full = _full_disk(failure)
     if metrics:
         try:
             write_metrics(output_dir, metrics, merge=True)
         except RunFolderFull as err:
-            full = full or err
+            full = full or str(err)
         except OSError as err:
             if failure is None:
                 raise
@@ -305,7 +316,7 @@ def run_and_record(
         summary(metrics)
     print(f"Run folder: {output_dir}", flush=True)
     if full is not None:
-        raise OneLineError(str(full)) from None
+        raise OneLineError(full) from None
     if failure is not None:
         raise failure
     return metrics
