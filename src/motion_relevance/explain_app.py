@@ -1,9 +1,12 @@
 """Explain a trained checkpoint: ``python -m motion_relevance.explain_app ckpt_path=…`` (or ``mr-explain``).
 
-Runs the test loop with the attribution and selective-relevance callbacks, then writes into the run folder
-``metrics.json`` (every number), ``tables/table{1..4}_*.{md,csv}`` (the paper's Tables 1–4, plus the ground-truth
-table on synthetic data) and ``explanations/*.png`` (the Figure-3 grid) and logs the same to W&B (offline by
-default). The last line printed is ``Run folder: <path>``.
+Runs the test loop with the attribution and selective-relevance callbacks; at the end of the test stage the
+explanation callback writes the run folder (:mod:`motion_relevance.pipeline.record`): ``metrics.json`` (every
+number) first, then ``tables/table{1..7}_*.{md,csv}`` (the paper's Tables 1–4, the ground-truth table on synthetic
+data, the faithfulness and randomisation tables), ``explanations/`` (the Figure-3 grid, overlay videos, curves)
+and ``per_clip.csv`` (``per_clip=true``), and logs the same to W&B (offline by default). This entry point adds
+the checkpoint, data counts and sweep objective to ``metrics.json``. The last line printed is
+``Run folder: <path>``.
 
 Sweeps: ``mr-explain -m selective.sigma=1,2,3,4,5 ckpt_path=…`` runs one job (one W&B run, grouped by the
 multirun folder's name) per sigma; ``mr-report <multirun folder>`` compares them. ``selective.sigma=[1,2,3,4,5]``
@@ -31,7 +34,7 @@ from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.explain.selective import check_sigma
 from motion_relevance.metrics import keys
 from motion_relevance.models.checkpoint import check_classes, check_preprocessing, load_classifier
-from motion_relevance.report import write_csv, write_tables
+from motion_relevance.pipeline.record import METRICS_FILE, read_metrics_file
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
 from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record
@@ -182,7 +185,6 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     sigmas = sigmas_of(cfg.selective.sigma)
     validate_objective(cfg)
     _sweep_bookkeeping(cfg)
-    output_dir = Path(cfg.paths.output_dir)
     loaded = load_classifier(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -202,13 +204,10 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     for logger in loggers:
         logger.log_hyperparams(loggable_config(cfg))
     trainer.test(model=model, datamodule=datamodule)
-    metrics: dict[str, Any] = dict(trainer.callback_metrics)
-    for callback in callbacks:  # non-scalar results (faithfulness curves, randomisation stages) for metrics.json
-        metrics.update(getattr(callback, "artifacts", None) or {})
-        rows = getattr(callback, "clip_rows", None)
-        if rows:
-            name = "per_clip.csv" if trainer.world_size == 1 else f"per_clip_rank{trainer.global_rank}.csv"
-            write_csv(rows, output_dir / name)
+    # the run folder's record (written by the explanation callback, also under DDP: rank zero's process) holds the
+    # non-scalar results (faithfulness curves, randomisation stages) beside the logged numbers
+    metrics: dict[str, Any] = {**read_metrics_file(Path(trainer.default_root_dir) / METRICS_FILE),
+                               **trainer.callback_metrics}
     record_data_counts(datamodule, loggers, metrics)
     metrics["checkpoint"] = str(loaded.path)
     if cfg.get("objective") is not None:
@@ -222,15 +221,6 @@ def explain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             if cfg.get("optimized_metric") == "objective":
                 raise
             log.info("No sweep objective for this run: %s", err)
-    if trainer.is_global_zero:
-        tables = write_tables(to_plain(metrics), output_dir / "tables", stage="test")
-        for logger in loggers:
-            if hasattr(logger, "log_table"):
-                for name, rows in tables.items():
-                    if rows:
-                        columns = list(rows[0])
-                        logger.log_table(key=f"tables/{name}", columns=columns,
-                                         data=[[row[c] for c in columns] for row in rows])
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "loggers": loggers}
 
 

@@ -1,26 +1,21 @@
 """Paper-style tables from a run folder, and a sigma report from a multirun folder: ``mr-report <folder>``.
 
 A run folder (``mr-explain`` or ``mr-train`` with the explanation callbacks) holds ``metrics.json`` with flat keys
-``<stage>/<metric>/<method>`` (means) and ``<stage>/<metric>_std|_n|_n_undefined/<method>``. From these:
+``<stage>/<metric>/<method>`` (means) and ``<stage>/<metric>_std|_n|_n_undefined/<method>``; its tables (written by
+the run itself, see :mod:`motion_relevance.pipeline.tables`) are rebuilt from these into ``tables/``.
 
-- Table 1 ``table1_precision``: motion-selection precision against optical flow, per method (baseline and
-  selective);
-- Table 2 ``table2_agreement``: IoU of the positive-relevance voxels of every pair of methods;
-- Table 3 ``table3_selectivity``: area and mass ratio kept by selective relevance, per method;
-- Table 4 ``table4_overhead``: ms per clip of each explanation and of the selective step;
-- ``table5_ground_truth`` (synthetic data): ground-truth precision, recall, F1, motion share and spatial bias.
-
-Each is written as markdown and CSV. A multirun folder (jobs ``0/``, ``1/`` … each with ``metrics.json`` and
-``.hydra/config.yaml``) is aggregated into ``sigma_report.{md,csv}`` (one row per sigma and method: selective
-precision, ground-truth F1, selectivity, the job's objective), ``best_sigma.csv`` and ``sigma_report.png``
-(metrics against sigma); an Optuna multirun's ``optimization_results.yaml`` is appended. A run folder of a
-sigma-list job (``selective.sigma=[1,2,3]``) gets the same sigma report beside its tables.
+A multirun folder (jobs ``0/``, ``1/`` … each with ``metrics.json`` and ``.hydra/config.yaml``) is aggregated into
+``sigma_report.{md,csv}`` (one row per sigma and method: selective precision, ground-truth F1, selectivity, the
+job's objective), ``best_sigma.csv`` and ``sigma_report.png`` (metrics against sigma); an Optuna multirun's
+``optimization_results.yaml`` is appended. Every job the sweep planned (its ``multirun.yaml``) that has no readable
+result is named, also those that never started. A run folder of a sigma-list job (``selective.sigma=[1,2,3]``)
+gets the same sigma report beside its tables.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import itertools
 import json
 import math
 import sys
@@ -30,137 +25,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from motion_relevance.metrics import keys
-from motion_relevance.pipeline.results import REFERENCES, methods_of, randomization_rows
+from motion_relevance.pipeline.tables import (  # noqa: F401 - the table builders' former home re-exports them
+    REFERENCES,
+    TABLES,
+    faithfulness_rows,
+    methods_of,
+    randomization_rows,
+    table_rows,
+    to_markdown,
+    write_csv,
+    write_faithfulness_figures,
+    write_tables,
+)
 from motion_relevance.utils.mapping import flatten_mapping
 from motion_relevance.viz.plots import plot_metric_vs_sigma
 
 METRICS = "metrics.json"
-
-TABLES: dict[str, tuple[str, ...]] = {
-    "table1_precision": ("precision",),
-    "table2_agreement": ("agreement",),
-    "table3_selectivity": ("selectivity_area", "selectivity_mass"),
-    "table4_overhead": ("overhead_ms",),
-    "table5_ground_truth": ("gt_precision", "gt_recall", "gt_f1", "motion_share", "spatial_bias"),
-}
-_SUFFIXES = ("std", "n", "n_undefined")
-
-
-def table_rows(metrics: Mapping[str, Any], stage: str, metric_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per method with ``<metric>``, ``<metric>_std``, ``<metric>_n`` … columns (None where missing)."""
-    methods: list[str] = []
-    for metric in metric_names:
-        for method in methods_of(metrics, stage, metric):
-            if method not in methods:
-                methods.append(method)
-    rows = []
-    for method in methods:
-        row: dict[str, Any] = {"method": method}
-        for metric in metric_names:
-            row[metric] = metrics.get(keys.metric_key(stage, metric, method))
-            for suffix in _SUFFIXES:
-                row[f"{metric}_{suffix}"] = metrics.get(keys.metric_key(stage, metric, method, suffix))
-        rows.append(row)
-    return rows
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.0f}" if value.is_integer() and abs(value) >= 1 else f"{value:.4g}"
-    return str(value)
-
-
-def to_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> str:
-    """A GitHub markdown table; ``x`` with an ``x_std`` column is shown as ``mean ± std``."""
-    if not rows:
-        return f"### {title}\n\n(no data)\n" if title else "(no data)\n"
-    columns = [c for c in _columns(rows) if not c.endswith("_std")]
-    lines = [f"### {title}", ""] if title else []
-    lines.append("| " + " | ".join(columns) + " |")
-    lines.append("|" + "---|" * len(columns))
-    for row in rows:
-        cells = []
-        for column in columns:
-            cell = _fmt(row.get(column))
-            std = row.get(f"{column}_std")
-            if std is not None and row.get(column) is not None:
-                cell = f"{cell} ± {_fmt(std)}"
-            cells.append(cell)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Every row's columns, in order of first appearance (rows may have different columns)."""
-    return list(dict.fromkeys(c for row in rows for c in row))
-
-
-def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    columns = _columns(rows)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: row.get(c) for c in columns})
-
-
-def faithfulness_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str, Any]]:
-    """Table 6: one row per (method, reference) with the deletion/insertion AUC, the random floor and the
-    matched-budget drops of the selective map, the baseline's top-m voxels and m random voxels."""
-    rows = []
-    for ref in REFERENCES:
-        methods = [m for m in methods_of(metrics, stage, f"deletion_auc_{ref}") if m != "random"]
-        for method in methods:
-            row: dict[str, Any] = {"method": method, "reference": ref}
-            for column, metric, name in (
-                ("deletion_auc", f"deletion_auc_{ref}", method), ("insertion_auc", f"insertion_auc_{ref}", method),
-                ("deletion_auc_random", f"deletion_auc_{ref}", "random"),
-                ("insertion_auc_random", f"insertion_auc_{ref}", "random"),
-            ):
-                row[column] = metrics.get(keys.metric_key(stage, metric, name))
-                row[f"{column}_std"] = metrics.get(keys.metric_key(stage, metric, name, "std"))
-            for selective in [m for m in methods_of(metrics, stage, f"freeze_drop_{ref}")
-                              if (keys.split_selective(m) or ("",))[0] == method] or [None]:
-                full = dict(row)
-                if selective is not None:
-                    sigma = keys.split_selective(selective)[1]
-                    base = keys.at_sigma(method, sigma or 0.0, sigma is not None)
-                    full["selective_map"] = selective
-                    for column, metric, name in (
-                        ("drop_selective", f"freeze_drop_{ref}", selective), ("drop_topm", f"topm_drop_{ref}", base),
-                        ("drop_random", f"random_drop_{ref}", base),
-                        ("advantage_vs_random", f"drop_advantage_random_{ref}", base),
-                        ("budget_voxels", "drop_budget", base),
-                    ):
-                        full[column] = metrics.get(keys.metric_key(stage, metric, name))
-                        full[f"{column}_std"] = metrics.get(keys.metric_key(stage, metric, name, "std"))
-                rows.append(full)
-    return rows
-
-
-def write_tables(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test") -> dict[str, list[dict]]:
-    """Write Tables 1–7 (markdown + CSV) of ``stage`` into ``out_dir``; returns name -> rows."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = {name: table_rows(metrics, stage, names) for name, names in TABLES.items()}
-    tables["table6_faithfulness"] = faithfulness_rows(metrics, stage)
-    tables["table7_randomization"] = randomization_rows(metrics, stage)
-    markdown = []
-    for name, rows in tables.items():
-        if not rows:
-            continue
-        write_csv(rows, out / f"{name}.csv")
-        text = to_markdown(rows, title=name)
-        (out / f"{name}.md").write_text(text)
-        markdown.append(text)
-    (out / "tables.md").write_text("\n".join(markdown) if markdown else "(no explanation metrics in this run)\n")
-    return tables
 
 
 # ------------------------------------------------------------------ multirun
@@ -189,7 +72,7 @@ SIGMA_COLUMNS = (
 SIGMA_PLOT = ("precision_selective", "gt_f1_selective", "selectivity_area", "selectivity_mass")
 
 
-def _basemethods_of(metrics: Mapping[str, Any], stage: str) -> list[str]:
+def _base_methods(metrics: Mapping[str, Any], stage: str) -> list[str]:
     """Baseline explainer names: methods with metrics that are neither selective maps, pairs nor per-sigma stats."""
     names = set()
     for key in metrics:
@@ -231,7 +114,7 @@ def sigma_rows(metrics: Mapping[str, Any], config_sigma: Any, stage: str = "test
     multi = bool(_key_sigmas(metrics, stage))
     rows = []
     for sigma in sigmas:
-        for base in _basemethods_of(metrics, stage):
+        for base in _base_methods(metrics, stage):
             selective = keys.selective(base, sigma, multi)
             at_sigma = keys.at_sigma(base, sigma, multi)
             row: dict[str, Any] = {**(extra or {}), "sigma": sigma, "method": base}
@@ -283,11 +166,51 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return data
 
 
+def planned_jobs(folder: str | Path) -> list[list[str]] | None:
+    """The jobs a sweep planned, each as its overrides, from its ``multirun.yaml`` (Hydra's basic sweeper: the
+    product of the sweep overrides and ``hydra.sweeper.params``; an Optuna sweeper: ``n_trials`` jobs, overrides
+    unknown); ``None`` when the folder does not say."""
+    path = Path(folder) / "multirun.yaml"
+    if not path.exists():
+        return None
+    try:
+        hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra") or {}
+        sweeper = hydra.get("sweeper") or {}
+        if str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+            task = list((hydra.get("overrides") or {}).get("task") or [])
+            choices = []
+            for override in OverridesParser.create().parse_overrides(params + task):
+                key = override.get_key_element()
+                values = override.sweep_string_iterator() if override.is_sweep_override() else \
+                    [override.get_value_element_as_str()]
+                choices.append([f"{key}={v}" for v in values])
+            return [list(job) for job in itertools.product(*choices)]
+        trials = sweeper.get("n_trials")
+        if isinstance(trials, int) and not isinstance(trials, bool) and trials > 0:
+            return [[] for _ in range(trials)]
+    except Exception as err:  # noqa: BLE001 - a report of the jobs that exist is still worth writing
+        print(f"warning: {path} does not say which jobs the sweep planned ({type(err).__name__}: {err}); only the "
+              "job folders present are reported", file=sys.stderr)
+    return None
+
+
+def _sweep_overrides(job: list[str]) -> str:
+    return " ".join(job) if job else "overrides chosen by the sweeper"
+
+
 def multirun_rows(folder: str | Path, stage: str = "test") -> tuple[list[dict[str, Any]], list[JobProblem]]:
     """One row per (job, sigma, method) of a multirun folder, with the job's overrides (``sigma_rows``), and the
-    jobs whose results are missing or unreadable."""
+    jobs whose results are missing or unreadable, including the planned jobs (:func:`planned_jobs`) that never
+    started (no folder)."""
     rows, problems = [], []
-    for job in _job_dirs(Path(folder)):
+    folder = Path(folder)
+    present = {job.name for job in _job_dirs(folder)}
+    for number, overrides in enumerate(planned_jobs(folder) or []):
+        if str(number) not in present:
+            problems.append(JobProblem(str(number), f"no job folder: the job never started "
+                                                    f"({_sweep_overrides(overrides)})"))
+    for job in _job_dirs(folder):
         if not (job / METRICS).exists():
             problems.append(JobProblem(job.name, f"no {METRICS} (the job failed or is still running)"))
             continue
@@ -366,13 +289,15 @@ def write_multirun_report(folder: str | Path, stage: str = "test") -> Path:
     """
     folder = Path(folder).resolve()
     rows, problems = multirun_rows(folder, stage)
+    problems = sorted(problems, key=lambda p: (not p.job.isdigit(), int(p.job) if p.job.isdigit() else 0, p.job))
     for problem in problems:
         print(f"warning: job {problem.job} left out: {problem.problem}", file=sys.stderr)
     if not rows:
-        detail = "; ".join(f"job {p.job}: {p.problem}" for p in problems[:5]) or "no job folders"
+        detail = "; ".join(f"job {p.job}: {p.problem}" for p in problems) or "no job folders"
         raise FileNotFoundError(f"{folder} holds no readable job results ({detail})")
+    planned = len(planned_jobs(folder) or [])
     path = write_sigma_report(rows, folder, title=f"sigma sweep ({folder.name})", problems=problems,
-                              jobs=len(_job_dirs(folder)))
+                              jobs=max(planned, len(_job_dirs(folder))))
     results = folder / "optimization_results.yaml"
     if results.exists():
         with open(path, "a") as handle:

@@ -4,7 +4,8 @@ Everything comes from ``motion_relevance/conf/train.yaml``; override on the comm
 ``mr-train trainer.max_epochs=3 data.generator.videos_per_class=20 logger=csv``. Resume with ``ckpt_path=…/last.ckpt``.
 The last line printed is ``Run folder: <path>``; the run folder holds ``checkpoints/`` (best and ``last.ckpt``),
 ``csv/metrics.csv`` (per-epoch train/val/test metrics), ``metrics.json`` (final numbers) and ``wandb/`` (the offline
-W&B run).
+W&B run); with the explanation callbacks (``callbacks=explain``) also what ``mr-explain`` writes: ``tables/`` (a
+validation stage's in ``tables/val/``), ``explanations/`` and ``per_clip.csv`` (``per_clip=true``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from motion_relevance.conf import CONFIG_DIR
 from motion_relevance.models.checkpoint import check_checkpoint, check_preprocessing, read_checkpoint, read_description
 from motion_relevance.models.weights import check_run_model, check_same_model
+from motion_relevance.pipeline.record import METRICS_FILE, read_metrics_file
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
 from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record
@@ -155,6 +157,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(trainer.callback_metrics)
     record_data_counts(datamodule, loggers, metrics)
+    # what the explanation callback recorded in the run folder (faithfulness curves, randomisation stages) too
+    metrics = {**read_metrics_file(Path(trainer.default_root_dir) / METRICS_FILE), **metrics}
     return metrics, objects
 
 

@@ -6,19 +6,27 @@ process and epoch, every ``every_n_epochs`` epochs for validation) to an
 logs ``pipeline.results(stage)`` at the epoch's end: keys ``<stage>/<metric>/<method>`` (see
 :mod:`motion_relevance.metrics.keys`), e.g. ``test/precision/dtd``, ``test/precision/dtd_selective``,
 ``test/selectivity_area/dtd``, ``test/agreement/dtd~gradcam``, ``test/overhead_ms/selective``, each mean with
-``…_std``, ``…_n`` and ``…_n_undefined`` siblings. Figures (the explanation grid and overlay videos of the first
-``keep_clips`` clips) are drawn on rank zero.
+``…_std``, ``…_n`` and ``…_n_undefined`` siblings.
+
+At the end of each explained stage the callback writes the run folder (``trainer.default_root_dir``) through a
+:class:`~motion_relevance.pipeline.record.RunRecord`, for ``mr-explain`` and ``mr-train`` alike: on rank zero
+``metrics.json`` first (the stage's logged numbers and the non-scalar results: mean faithfulness curves,
+randomisation stage names), then the tables (``tables/``; a validation stage's in ``tables/val/``) and the figures
+(the explanation grid and overlay videos of the first ``keep_clips`` clips, the faithfulness and randomisation
+curves under ``explanations/``); on every rank its per-clip values (``record_clips``: ``per_clip.csv``, see
+:func:`~motion_relevance.pipeline.record.clip_file`). A failing writer is reported and the others still run; a
+full disk ends the run (:class:`~motion_relevance.pipeline.record.RunFolderFull`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_only
 
 from motion_relevance.callbacks.figures import save_faithfulness_figures, save_kept_figures
 from motion_relevance.checks import check_unique, to_plain
@@ -26,6 +34,8 @@ from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.explain.cache import AttributionCache
 from motion_relevance.metrics.keys import stage_prefix
 from motion_relevance.pipeline import ExplanationPipeline
+from motion_relevance.pipeline.record import RunRecord, clip_file
+from motion_relevance.pipeline.tables import write_csv, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +65,7 @@ class ExplanationCallback(pl.Callback):
             (:class:`~motion_relevance.pipeline.FaithfulnessStage`; ``enabled: false`` or None: off).
         randomization: settings of the cascading randomisation check
             (:class:`~motion_relevance.pipeline.RandomizationStage`; ``enabled: false`` or None: off).
-        record_clips: keep every per-clip value; after each explained epoch :attr:`clip_rows` holds them (the
-            entry points write ``per_clip.csv``).
-
-    After each explained epoch :attr:`artifacts` holds the non-scalar results (mean faithfulness curves,
-    randomisation stage names) that the entry points add to ``metrics.json``.
+        record_clips: keep every per-clip value and write them into the run folder (``per_clip.csv``).
     """
 
     def __init__(
@@ -108,8 +114,7 @@ class ExplanationCallback(pl.Callback):
         self.overlay_videos = int(overlay_videos)
         self._active = False
         self._seen = 0
-        self.artifacts: dict[str, Any] = {}
-        self.clip_rows: list[dict[str, Any]] = []
+        self._values: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- set-up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -161,6 +166,13 @@ class ExplanationCallback(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, pl_module, "test")
 
+    # the stage's logged numbers are in trainer.callback_metrics from here on
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_record(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_record(trainer, pl_module, "test")
+
     # --------------------------------------------------------------- batches
     def _explain(self, pl_module: pl.LightningModule, batch: Mapping[str, Any], stage: str, outputs: Any) -> None:
         clips = batch.get("clip") if self._active else None
@@ -192,29 +204,61 @@ class ExplanationCallback(pl.Callback):
         if not self._active:
             return
         values = self.pipeline.results(stage)
-        prefix = stage_prefix(stage)
-        self.artifacts = {f"{prefix}/{k}": v for k, v in self.pipeline.artifacts().items()}
-        self.clip_rows = [{"stage": prefix, **row} for row in self.pipeline.clip_rows()]
         skipped = values.get(f"{stage_prefix(stage)}/flow_skipped_clips")
         if skipped:
             log.warning("%d clips have fewer than 2 frames: flow metrics skipped for them", int(skipped))
         # already reduced over processes (identical on every rank): NaN included, an undefined mean stays visible
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
-        if self.figures:
-            self._draw(trainer, pl_module, prefix, {**values, **self.artifacts})
+        self._values = values
 
-    @rank_zero_only
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str, metrics: dict[str, Any]
-              ) -> None:
-        """The explanation grid and overlay videos of the kept clips; a failure never loses the numbers."""
-        try:
-            if self.pipeline.kept:
-                save_kept_figures(trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,
-                                  class_names=getattr(pl_module.hparams, "class_names", None))
-            save_faithfulness_figures(trainer, metrics, prefix)
-        except Exception as err:  # noqa: BLE001 - figures are a convenience, the metrics are the record
-            log.error("Could not draw the explanation figures: %s: %s", type(err).__name__, err)
+    def _write_record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """The stage's run folder (see the module docstring): ``metrics.json`` first, then per-clip values, tables
+        and figures, each writer isolated."""
+        if not self._active:
+            return
+        self._active = False
+        prefix = stage_prefix(stage)
+        artifacts = {f"{prefix}/{k}": v for k, v in self.pipeline.artifacts().items()}
+        record = RunRecord(trainer.default_root_dir)
+        metrics = {**dict(trainer.callback_metrics), **artifacts}
+        if trainer.is_global_zero:
+            record.write_metrics(metrics)
+        rows = self.pipeline.clip_rows()
+        if rows:
+            path = record.folder / clip_file(prefix, trainer.world_size, trainer.global_rank)
+            record.guard("per-clip values", path, lambda: write_csv([{"stage": prefix, **r} for r in rows], path))
+        if trainer.is_global_zero:
+            tables_dir = record.folder / "tables" / ("" if prefix == "test" else prefix)
+            tables = write_tables(to_plain(metrics), tables_dir, stage=prefix, guard=record.guard)
+            _log_tables(trainer, tables, "tables" if prefix == "test" else f"tables/{prefix}", record)
+            if self.figures:
+                self._draw(trainer, pl_module, prefix, {**self._values, **artifacts}, record)
+        record.close()
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str, metrics: dict[str, Any],
+              record: RunRecord) -> None:
+        """The explanation grid and overlay videos of the kept clips, the faithfulness and randomisation curves."""
+        out = record.folder / "explanations"  # each file is guarded inside; this catches the drawing around them
+        if self.pipeline.kept:
+            record.guard("explanation figures", out, lambda: save_kept_figures(
+                trainer, self.pipeline, prefix, overlay_videos=self.overlay_videos,
+                class_names=getattr(pl_module.hparams, "class_names", None), record=record))
+        record.guard("curve figures", out, lambda: save_faithfulness_figures(trainer, metrics, prefix, record=record))
+
+
+def _log_tables(trainer: pl.Trainer, tables: Mapping[str, list[dict[str, Any]]], key: str, record: RunRecord) -> None:
+    """The tables to loggers that take tables (W&B); a logger that fails is reported like a writer."""
+    for logger in trainer.loggers:
+        if not hasattr(logger, "log_table"):
+            continue
+        for name, rows in tables.items():
+            if not rows:
+                continue
+            columns = list(rows[0])
+            data = [[row[c] for c in columns] for row in rows]
+            record.guard("logged table", f"{key}/{name}", functools.partial(
+                logger.log_table, key=f"{key}/{name}", columns=columns, data=data))
 
 
 def _net(pl_module: pl.LightningModule) -> torch.nn.Module:

@@ -1,4 +1,5 @@
-"""Figures of an explained epoch: the Figure-3 grid (PNG) and per-clip overlay videos, saved and logged."""
+"""Figures of an explained epoch: the Figure-3 grid (PNG), per-clip overlay videos and the faithfulness curves,
+saved (each file through a :class:`~motion_relevance.pipeline.record.RunRecord`) and logged."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytorch_lightning as pl
 import torch
 
 from motion_relevance.metrics.keys import split_selective
-from motion_relevance.pipeline.results import write_faithfulness_figures
+from motion_relevance.pipeline.record import RunRecord
+from motion_relevance.pipeline.tables import write_faithfulness_figures
 from motion_relevance.viz import render_explanation_grid, save_explanation_grid, write_overlay_video
 
 log = logging.getLogger(__name__)
@@ -49,31 +51,40 @@ def save_epoch_figures(
     overlay_videos: int = 2,
     fps: float = 8.0,
     captions: Sequence[str] | None = None,
+    record: RunRecord | None = None,
 ) -> list[Path]:
-    """Save the grid and overlay videos under ``<run folder>/explanations`` and log them to loggers that can."""
+    """Save the grid and overlay videos under ``<run folder>/explanations`` and log them to loggers that can.
+
+    Each file goes through ``record`` (a failing one is reported, the others are still written)."""
+    record = record or RunRecord(trainer.default_root_dir)
     out = Path(trainer.default_root_dir) / "explanations"
-    out.mkdir(parents=True, exist_ok=True)
+    record.guard("figures folder", out, lambda: out.mkdir(parents=True, exist_ok=True))
     tag = f"{prefix}_epoch{trainer.current_epoch:03d}"
     modes = {name: _mode(name) for name in columns}
     frames_np = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     cols_np = {k: v.float().numpy() for k, v in columns.items()}
-    paths: list[Path] = []
-    grid_path = save_explanation_grid(frames_np, cols_np, out / f"{tag}_grid.png", row_labels=captions, mode=modes)
-    paths.append(grid_path)
+    grid = out / f"{tag}_grid.png"
+    grid_path = record.guard("explanation grid", grid, lambda: save_explanation_grid(
+        frames_np, cols_np, grid, row_labels=captions, mode=modes))
+    videos: list[Path] = []
     for i in range(min(overlay_videos, frames_np.shape[0])):
         maps = {k: v[i] for k, v in cols_np.items()}
-        paths.append(write_overlay_video(frames_np[i], maps, out / f"{tag}_clip{i}.mp4", fps=fps, mode=modes))
-    image = None
+        path = out / f"{tag}_clip{i}.mp4"
+        written = record.guard("overlay video", path, lambda maps=maps, i=i, path=path: write_overlay_video(
+            frames_np[i], maps, path, fps=fps, mode=modes))
+        if written is not None:
+            videos.append(Path(written))
     for logger in trainer.loggers:
-        if hasattr(logger, "log_image"):
-            if image is None:
-                image = render_explanation_grid(frames_np, cols_np, row_labels=captions, mode=modes)
-            logger.log_image(key=f"{prefix}/explanation_grid", images=[image], step=trainer.global_step)
-        if hasattr(logger, "log_video") and len(paths) > 1:
-            logger.log_video(key=f"{prefix}/explanation_video", videos=[str(p) for p in paths[1:]],
-                             step=trainer.global_step)
+        if hasattr(logger, "log_image") and grid_path is not None:
+            record.guard("logged explanation grid", f"{prefix}/explanation_grid", lambda logger=logger: (
+                logger.log_image(key=f"{prefix}/explanation_grid", step=trainer.global_step, images=[
+                    render_explanation_grid(frames_np, cols_np, row_labels=captions, mode=modes)])))
+        if hasattr(logger, "log_video") and videos:
+            record.guard("logged overlay video", f"{prefix}/explanation_video", lambda logger=logger: (
+                logger.log_video(key=f"{prefix}/explanation_video", videos=[str(p) for p in videos],
+                                 step=trainer.global_step)))
     log.info("Explanation figures written to %s", out)
-    return paths
+    return ([Path(grid_path)] if grid_path is not None else []) + videos
 
 
 def describe_rows(labels: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str] | None) -> list[str]:
@@ -95,23 +106,27 @@ def concat_kept(batches: Sequence[Any], limit: int) -> dict[str, Any]:
 
 
 def save_kept_figures(trainer: pl.Trainer, pipeline: Any, prefix: str, *, overlay_videos: int = 2,
-                      class_names: Sequence[str] | None = None) -> list[Path]:
+                      class_names: Sequence[str] | None = None, record: RunRecord | None = None) -> list[Path]:
     """The grid and overlay videos of the clips an :class:`~motion_relevance.pipeline.ExplanationPipeline` kept."""
     if not pipeline.kept or pipeline.kept[0].frames is None:
         return []
     kept = concat_kept(pipeline.kept, pipeline.keep_clips)
     columns = grid_columns(kept["relevance"], kept["selective"], pipeline.names)
     return save_epoch_figures(trainer, kept["frames"], columns, prefix, overlay_videos=overlay_videos,
-                              captions=describe_rows(kept["labels"], kept["targets"], class_names))
+                              captions=describe_rows(kept["labels"], kept["targets"], class_names), record=record)
 
 
-def save_faithfulness_figures(trainer: pl.Trainer, metrics: dict[str, Any], prefix: str) -> list[Path]:
+def save_faithfulness_figures(trainer: pl.Trainer, metrics: dict[str, Any], prefix: str,
+                              record: RunRecord | None = None) -> list[Path]:
     """Deletion/insertion and randomisation curves of an explained epoch under ``<run folder>/explanations``,
     also logged to loggers that take images."""
-    paths = write_faithfulness_figures(metrics, Path(trainer.default_root_dir) / "explanations", stage=prefix)
+    record = record or RunRecord(trainer.default_root_dir)
+    paths = write_faithfulness_figures(metrics, Path(trainer.default_root_dir) / "explanations", stage=prefix,
+                                       guard=record.guard)
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):
             for path in paths:
-                logger.log_image(key=f"{prefix}/{path.stem.removeprefix(prefix + '_')}", images=[str(path)],
-                                 step=trainer.global_step)
+                key = f"{prefix}/{path.stem.removeprefix(prefix + '_')}"
+                record.guard("logged figure", key, lambda logger=logger, key=key, path=path: logger.log_image(
+                    key=key, images=[str(path)], step=trainer.global_step))
     return paths

@@ -1,8 +1,12 @@
-"""Run-folder bookkeeping: the local record of every run, printing the config, closing W&B."""
+"""Run-folder bookkeeping: the local record of every run, printing the config, closing W&B, one-line errors.
+
+Errors a user fixes with one setting (an unwritable ``paths.log_dir``, a full disk, an interpolation to a key that
+does not exist) end the run with one line (:class:`OneLineError`: Hydra prints its message without a traceback;
+``HYDRA_FULL_ERROR=1`` shows the traceback).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -11,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from motion_relevance.checks import to_plain
+from motion_relevance.pipeline import record as run_record
+from motion_relevance.pipeline.record import RunFolderFull
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +33,93 @@ METRICS_FILE = "metrics.json"
 to_python = to_plain
 
 
-def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str = METRICS_FILE) -> Path:
-    """Write ``metrics`` as JSON into the run folder (atomic: a crash never leaves half a file)."""
-    path = Path(output_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_plain(dict(metrics)), indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
+def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str = METRICS_FILE,
+                  merge: bool = False) -> Path:
+    """Write ``metrics`` as JSON into the run folder (atomic: a crash never leaves half a file); ``merge`` keeps the
+    keys this run's record already holds (see :func:`motion_relevance.pipeline.record.write_metrics`)."""
+    return run_record.write_metrics(output_dir, metrics, merge=merge, name=name)
+
+
+class OneLineError(CompactHydraException):
+    """An error the user fixes with one setting: Hydra prints its message alone, without a traceback."""
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """Resolve every value once before any work: an interpolation that fails (``data.clip_len=${oops}``) is one
+    line naming the key, not a traceback from wherever the value is first read."""
+    for key in cfg:
+        if key == "hydra":
+            continue
+        try:
+            node = cfg[key]
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as err:
+            where = getattr(err, "full_key", None) or key
+            message = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+            raise OneLineError(f"{where}: {message}; give {where} a plain value or an interpolation ${{...}} of a "
+                               "key that exists") from None
+
+
+def _writable(folder: Path) -> str | None:
+    """``None`` if ``folder`` can be created and written to, else the reason."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+def check_run_folder(run_dir: str | Path, log_dir: str | Path | None, key: str = "hydra.run.dir") -> None:
+    """Refuse, before Hydra makes the run folder ``run_dir``, a ``paths.log_dir`` (or ``key``, when the run folder
+    lies elsewhere) that cannot be written to: one line naming the key and the fix."""
+    run_dir = Path(run_dir).absolute()
+    logs = Path(log_dir).absolute() if log_dir is not None else None
+    if logs is not None and (run_dir == logs or logs in run_dir.parents):
+        problem = _writable(logs)
+        if problem:
+            raise OneLineError(f"paths.log_dir={log_dir} is not writable ({problem}); the run folder {run_dir} cannot "
+                               "be made there; set paths.log_dir to a folder you can write to, e.g. "
+                               "paths.log_dir=/tmp/motion_relevance/logs")
+        return
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("/"))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not a folder" if not existing.is_dir() else "not writable"
+        raise OneLineError(f"{key}={run_dir} cannot be made: {existing} is {reason}; set {key} (or paths.log_dir) to "
+                           "a folder you can write to")
+
+
+class CheckRunFolder(Callback):
+    """Hydra callback (``hydra.callbacks.run_folder``): checks that the run (or sweep) folder can be made before
+    Hydra makes it, so an unwritable ``paths.log_dir`` is one line naming the key, not a traceback of ``mkdir``.
+
+    Hydra turns a callback's exceptions into warnings and goes on; the refusal is therefore a ``SystemExit`` with
+    the one-line message (exit status 1)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        try:
+            check_run_folder(OmegaConf.select(config, key), OmegaConf.select(config, "paths.log_dir"), key)
+        except OneLineError as err:
+            raise SystemExit(f"Error: {err}") from None
+
+
+def set_aside_earlier_record(output_dir: Path) -> None:
+    """A ``metrics.json`` in the run folder before the run starts is another run's (the folder was reused): it is
+    renamed ``metrics.previous.json`` so that this run's record never merges with it."""
+    path = output_dir / METRICS_FILE
+    if path.exists():
+        path.replace(output_dir / "metrics.previous.json")
+        log.warning("%s held an earlier run's metrics: renamed metrics.previous.json", path)
 
 
 def loggable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -169,23 +257,52 @@ def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
     return float(to_plain(metrics[name]))
 
 
+def _full_disk(failure: BaseException | None) -> str | None:
+    """The one-line message of a full disk: :class:`RunFolderFull` raised here, or in a spawned DDP process (whose
+    error reaches the parent as text)."""
+    if isinstance(failure, RunFolderFull):
+        return str(failure)
+    marker = f"{RunFolderFull.__name__}: "
+    if failure is not None and type(failure).__name__ == "ProcessRaisedException" and marker in str(failure):
+        return str(failure).split(marker, 1)[1].splitlines()[0]
+    return None
+
+
 def run_and_record(
     cfg: DictConfig,
     task: Callable[[DictConfig], tuple[dict[str, Any], dict[str, Any]]],
     summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run an entry point's ``task(cfg)`` so that nothing is lost when it fails: W&B is finished, the metrics
-    gathered so far go to ``metrics.json`` and ``Run folder: <path>`` is always the last line printed."""
+    gathered so far go to ``metrics.json`` (merged with what the run's explanation callback recorded there) and
+    ``Run folder: <path>`` is always the last line printed. A config interpolation that fails and a full disk end
+    the run with one line (:class:`OneLineError`)."""
     output_dir = Path(cfg.paths.output_dir)
+    check_interpolations(cfg)
+    set_aside_earlier_record(output_dir)
     apply_extras(cfg)
     metrics: dict[str, Any] = {}
+    failure: BaseException | None = None
     try:
         metrics, _ = task(cfg)
-    finally:
-        finish_wandb()
-        if metrics:
-            write_metrics(output_dir, metrics)
-        if summary is not None:
-            summary(metrics)
-        print(f"Run folder: {output_dir}", flush=True)
+    except BaseException as err:  # noqa: BLE001 - re-raised below, after the record is safe
+        failure = err
+    finish_wandb()
+    full = _full_disk(failure)
+    if metrics:
+        try:
+            write_metrics(output_dir, metrics, merge=True)
+        except RunFolderFull as err:
+            full = full or str(err)
+        except OSError as err:
+            if failure is None:
+                raise
+            log.error("Could not write %s: %s", output_dir / METRICS_FILE, err)
+    if summary is not None:
+        summary(metrics)
+    print(f"Run folder: {output_dir}", flush=True)
+    if full is not None:
+        raise OneLineError(full) from None
+    if failure is not None:
+        raise failure
     return metrics

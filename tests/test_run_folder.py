@@ -1,0 +1,86 @@
+"""One run folder, whoever runs the pipeline: mr-train with the explanation callbacks writes what mr-explain writes
+(metrics.json, tables, figures, per-clip values), the tables equal mr-report's rebuild from metrics.json, and a
+run folder's earlier record is set aside, never merged."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from motion_relevance.report import main as report_main
+from motion_relevance.train import train
+from motion_relevance.utils.run import run_and_record
+
+FEW_EXPLAINERS = ["~explainer@explainers.gbp", "~explainer@explainers.guided_gradcam"]
+
+
+def test_train_with_explain_callbacks_writes_the_run_folder(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("callbacks=explain", "trainer.fast_dev_run=true", "num_clips=2", "+per_clip=true",
+                    "callbacks.explanations.stages=[validate,test]", "faithfulness.num_clips=1",
+                    "faithfulness.references=[freeze]", "faithfulness.steps=2", *FEW_EXPLAINERS)
+    metrics = run_and_record(cfg, train)
+    run = Path(cfg.paths.output_dir)
+    record = json.loads((run / "metrics.json").read_text())
+    for stage in ("val", "test"):
+        assert f"{stage}/precision/dtd" in record and f"{stage}/faithfulness_curves" in record, stage
+        assert record[f"{stage}/faithfulness_steps"] == 2
+    assert "test/faithfulness_curves" in metrics  # the entry point's return value holds the record too
+    assert "failed_writers" not in record
+    for folder in ("tables", "tables/val"):
+        for name in ("table1_precision", "table2_agreement", "table3_selectivity", "table6_faithfulness"):
+            assert (run / folder / f"{name}.csv").exists() and (run / folder / f"{name}.md").exists(), (folder, name)
+    assert list((run / "explanations").glob("test_*_grid.png")) and list((run / "explanations").glob("val_*_grid.png"))
+    assert (run / "explanations" / "test_faithfulness_freeze.png").exists()
+    for name, stage in (("per_clip.csv", "test"), ("per_clip_val.csv", "val")):
+        rows = list(csv.DictReader((run / name).open()))
+        assert rows and {r["stage"] for r in rows} == {stage}, name
+        assert {r["clip"] for r in rows} == {"0", "1"}, name  # num_clips=2 clips, every metric of each
+
+    # the tables the run wrote are exactly what mr-report rebuilds from its metrics.json
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    shutil.copy(run / "metrics.json", rebuilt / "metrics.json")
+    report_main([str(rebuilt)])
+    written = sorted(p.name for p in (run / "tables").glob("*.*"))
+    assert written == sorted(p.name for p in (rebuilt / "tables").glob("*.*"))
+    for name in written:
+        assert (run / "tables" / name).read_bytes() == (rebuilt / "tables" / name).read_bytes(), name
+
+
+def test_callback_hands_nothing_back_through_attributes(train_cfg) -> None:
+    """The entry points read the run folder; the callback keeps no result attributes for them to collect."""
+    from hydra.utils import instantiate
+
+    cfg = train_cfg("callbacks=explain", *FEW_EXPLAINERS)
+    callback = instantiate(cfg.callbacks.explanations)
+    assert not hasattr(callback, "artifacts") and not hasattr(callback, "clip_rows")
+
+
+def test_an_earlier_runs_metrics_are_set_aside_not_merged(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"test/precision/old": 0.9, "shared": 1}))
+    cfg = OmegaConf.create({"paths": {"output_dir": str(run)}, "extras": {}})
+    run_and_record(cfg, lambda c: ({"shared": 2, "test/acc": 0.5}, {}))
+    assert json.loads((run / "metrics.json").read_text()) == {"shared": 2, "test/acc": 0.5}
+    assert json.loads((run / "metrics.previous.json").read_text())["test/precision/old"] == 0.9
+
+
+def test_the_final_record_merges_with_what_the_run_wrote(tmp_path: Path) -> None:
+    """A stage's record (non-scalar results) written during the task survives the entry point's final write."""
+    from motion_relevance.pipeline.record import write_metrics
+
+    run = tmp_path / "run"
+
+    def task(cfg):
+        write_metrics(run, {"test/faithfulness_curves": {"dtd/freeze/deletion": [1.0, 0.5]}, "test/acc": 0.1})
+        return {"test/acc": 0.5, "checkpoint": "x.ckpt"}, {}
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(run)}, "extras": {}})
+    run_and_record(cfg, task)
+    assert json.loads((run / "metrics.json").read_text()) == {
+        "test/faithfulness_curves": {"dtd/freeze/deletion": [1.0, 0.5]}, "test/acc": 0.5, "checkpoint": "x.ckpt"}
