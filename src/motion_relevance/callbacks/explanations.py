@@ -12,9 +12,11 @@ At the end of each explained stage the callback writes the run folder (``trainer
 :class:`~motion_relevance.pipeline.record.RunRecord`, for ``mr-explain`` and ``mr-train`` alike: on rank zero
 ``metrics.json`` first (the stage's logged numbers and the non-scalar results: mean faithfulness curves,
 randomisation stage names), then the tables (``tables/``; a validation stage's in ``tables/val/``) and the figures
-(the explanation grid and overlay videos of the first ``keep_clips`` clips, the faithfulness and randomisation
-curves under ``explanations/``); on every rank its per-clip values (``record_clips``: ``per_clip.csv``, see
-:func:`~motion_relevance.pipeline.record.clip_file`). A failing writer is reported and the others still run; a
+(the explanation grid and overlay videos of the first ``keep_clips`` clips with their per-frame relevance strip,
+the faithfulness, randomisation and per-frame relevance curves under ``explanations/``) and the per-frame curves as
+W&B line plots; on every rank its per-clip values (``record_clips``: ``per_clip.csv``, see
+:func:`~motion_relevance.pipeline.record.clip_file`) and the per-frame relevance shares of its clips
+(``temporal.csv``, :mod:`motion_relevance.pipeline.temporal`). A failing writer is reported and the others still run; a
 full disk ends the run (:class:`~motion_relevance.pipeline.record.RunFolderFull`).
 """
 
@@ -36,6 +38,7 @@ from motion_relevance.metrics.keys import stage_prefix
 from motion_relevance.pipeline import ExplanationPipeline
 from motion_relevance.pipeline.record import RunRecord, clip_file
 from motion_relevance.pipeline.tables import write_csv, write_tables
+from motion_relevance.pipeline.temporal import log_temporal_curves, temporal_file, write_temporal_csv
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +231,18 @@ class ExplanationCallback(pl.Callback):
         if rows:
             path = record.folder / clip_file(prefix, trainer.world_size, trainer.global_rank)
             record.guard("per-clip values", path, lambda: write_csv([{"stage": prefix, **r} for r in rows], path))
+        frame_rows = self.pipeline.temporal_rows(stage)
+        if frame_rows:
+            path = record.folder / temporal_file(trainer.world_size, trainer.global_rank)
+            record.guard("per-frame relevance", path, lambda: write_temporal_csv(frame_rows, path))
         if trainer.is_global_zero:
             tables_dir = record.folder / "tables" / ("" if prefix == "test" else prefix)
             tables = write_tables(to_plain(metrics), tables_dir, stage=prefix, guard=record.guard)
             _log_tables(trainer, tables, "tables" if prefix == "test" else f"tables/{prefix}", record)
+            curves = artifacts.get(f"{prefix}/temporal_curves")
+            if curves:
+                record.guard("logged per-frame curves", f"{prefix}/temporal",
+                             lambda: log_temporal_curves(trainer.loggers, to_plain(curves), prefix))
             if self.figures:
                 self._draw(trainer, pl_module, prefix, {**self._values, **artifacts}, record)
         record.close()

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from motion_relevance.metrics.keys import split_selective
+from motion_relevance.metrics.temporal import frame_shares
 from motion_relevance.pipeline.record import RunRecord
 from motion_relevance.pipeline.tables import write_faithfulness_figures
 from motion_relevance.viz import render_explanation_grid, save_explanation_grid, write_overlay_video
@@ -52,10 +53,13 @@ def save_epoch_figures(
     fps: float = 8.0,
     captions: Sequence[str] | None = None,
     record: RunRecord | None = None,
+    mask: torch.Tensor | None = None,
 ) -> list[Path]:
     """Save the grid and overlay videos under ``<run folder>/explanations`` and log them to loggers that can.
 
-    Each file goes through ``record`` (a failing one is reported, the others are still written)."""
+    Each overlay video has a strip under its frames with the clip's per-frame relevance share of every column (and,
+    with the ground-truth ``mask`` ``(B, T, H, W)``, its motion frames shaded). Each file goes through ``record`` (a
+    failing one is reported, the others are still written)."""
     record = record or RunRecord(trainer.default_root_dir)
     out = Path(trainer.default_root_dir) / "explanations"
     record.guard("figures folder", out, lambda: out.mkdir(parents=True, exist_ok=True))
@@ -69,9 +73,12 @@ def save_epoch_figures(
     videos: list[Path] = []
     for i in range(min(overlay_videos, frames_np.shape[0])):
         maps = {k: v[i] for k, v in cols_np.items()}
+        curves = {k: frame_shares(v[i : i + 1].float())[0].tolist() for k, v in columns.items()}
+        motion = None if mask is None else mask[i].flatten(1).any(1).tolist()
         path = out / f"{tag}_clip{i}.mp4"
-        written = record.guard("overlay video", path, lambda maps=maps, i=i, path=path: write_overlay_video(
-            frames_np[i], maps, path, fps=fps, mode=modes))
+        written = record.guard("overlay video", path, lambda maps=maps, curves=curves, motion=motion, i=i, path=path:
+                               write_overlay_video(frames_np[i], maps, path, fps=fps, mode=modes, curves=curves,
+                                                   motion=motion))
         if written is not None:
             videos.append(Path(written))
     for logger in trainer.loggers:
@@ -102,7 +109,9 @@ def concat_kept(batches: Sequence[Any], limit: int) -> dict[str, Any]:
     targets = torch.cat([b.targets for b in batches])[:limit]
     relevance = {k: torch.cat([b.relevance[k] for b in batches])[:limit] for k in batches[0].relevance}
     selective = {k: torch.cat([b.selective[k] for b in batches])[:limit] for k in batches[0].selective}
-    return {"frames": frames, "labels": labels, "targets": targets, "relevance": relevance, "selective": selective}
+    mask = torch.cat([b.mask for b in batches])[:limit] if all(b.mask is not None for b in batches) else None
+    return {"frames": frames, "labels": labels, "targets": targets, "relevance": relevance, "selective": selective,
+            "mask": mask}
 
 
 def save_kept_figures(trainer: pl.Trainer, pipeline: Any, prefix: str, *, overlay_videos: int = 2,
@@ -113,7 +122,8 @@ def save_kept_figures(trainer: pl.Trainer, pipeline: Any, prefix: str, *, overla
     kept = concat_kept(pipeline.kept, pipeline.keep_clips)
     columns = grid_columns(kept["relevance"], kept["selective"], pipeline.names)
     return save_epoch_figures(trainer, kept["frames"], columns, prefix, overlay_videos=overlay_videos,
-                              captions=describe_rows(kept["labels"], kept["targets"], class_names), record=record)
+                              captions=describe_rows(kept["labels"], kept["targets"], class_names), record=record,
+                              mask=kept["mask"])
 
 
 def save_faithfulness_figures(trainer: pl.Trainer, metrics: dict[str, Any], prefix: str,

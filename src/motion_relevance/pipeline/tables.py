@@ -1,9 +1,10 @@
 """Paper-style tables and curve figures from a run's flat metrics (``<stage>/<metric>[_<stat>]/<method>`` keys).
 
 The builders turn the metrics of one stage into rows (one per method, or per method and reference / stage) and
-write them as markdown and CSV; :func:`write_tables` writes Tables 1-7 into a run folder's ``tables/``,
-:func:`write_faithfulness_figures` the deletion/insertion and randomisation curves. The explanation callback
-writes them at the end of each explained stage (``mr-explain`` and ``mr-train callbacks=explain`` alike);
+write them as markdown and CSV; :func:`write_tables` writes Tables 1-8 into a run folder's ``tables/``,
+:func:`write_faithfulness_figures` the deletion/insertion, randomisation and per-frame relevance curves. The
+explanation callback writes them at the end of each explained stage (``mr-explain`` and ``mr-train
+callbacks=explain`` alike);
 ``mr-report`` rebuilds them from a run folder's ``metrics.json``. Plain code: no Lightning or Hydra.
 
 - Table 1 ``table1_precision``: motion-selection precision against optical flow, per method (baseline and
@@ -13,7 +14,9 @@ writes them at the end of each explained stage (``mr-explain`` and ``mr-train ca
 - Table 4 ``table4_overhead``: ms per clip of each explanation and of the selective step;
 - ``table5_ground_truth`` (synthetic data): ground-truth precision, recall, F1, motion share and spatial bias;
 - ``table6_faithfulness``: deletion/insertion AUCs and matched-budget drops; ``table7_randomization``: Spearman
-  correlations of the cascading randomisation check.
+  correlations of the cascading randomisation check;
+- ``table8_temporal``: the temporal-window drops (selective, baseline, random top frame) and the selective - random
+  advantage (:mod:`motion_relevance.pipeline.temporal`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from motion_relevance.metrics import keys
+from motion_relevance.pipeline.temporal import TABLE, temporal_rows, write_temporal_figure
 from motion_relevance.viz.plots import plot_faithfulness_curves, plot_randomization
 
 __all__ = ["REFERENCES", "TABLES", "build_tables", "faithfulness_rows", "randomization_rows", "table_rows",
@@ -179,8 +183,9 @@ def randomization_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str,
 
 def write_faithfulness_figures(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test",
                                guard: Guard = _call) -> list[Path]:
-    """The deletion/insertion curves (one figure per reference, random floor dashed) and the randomisation curves
-    of ``stage`` from a run's metrics (``<stage>/faithfulness_curves``, ``<stage>/randomization_s<k>/…``); returns
+    """The deletion/insertion curves (one figure per reference, random floor dashed), the randomisation curves and
+    the per-frame relevance curves (``<stage>_temporal.png``) of ``stage`` from a run's metrics
+    (``<stage>/faithfulness_curves``, ``<stage>/randomization_s<k>/…``, ``<stage>/temporal_curves``); returns
     the figures written (a figure whose ``guard`` reports a failure is left out)."""
     out = Path(out_dir)
     paths: list[Path] = []
@@ -208,20 +213,24 @@ def write_faithfulness_figures(metrics: Mapping[str, Any], out_dir: str | Path, 
         path = out / f"{stage}_randomization.png"
         draw("randomisation figure", path, lambda: plot_randomization(layers, by_method, path,
                                                                       title="cascading model randomisation"))
+    if metrics.get(f"{stage}/temporal_curves"):
+        draw("per-frame relevance figure", out / f"{stage}_temporal.png",
+             lambda: write_temporal_figure(metrics, out, stage))
     return paths
 
 
 def build_tables(metrics: Mapping[str, Any], stage: str = "test") -> dict[str, list[dict[str, Any]]]:
-    """Tables 1–7 of ``stage``: name -> rows (empty where the run has no such metrics)."""
+    """Tables 1–8 of ``stage``: name -> rows (empty where the run has no such metrics)."""
     tables = {name: table_rows(metrics, stage, names) for name, names in TABLES.items()}
     tables["table6_faithfulness"] = faithfulness_rows(metrics, stage)
     tables["table7_randomization"] = randomization_rows(metrics, stage)
+    tables[TABLE] = temporal_rows(metrics, stage)
     return tables
 
 
 def write_tables(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test",
                  guard: Guard = _call) -> dict[str, list[dict]]:
-    """Write Tables 1–7 (markdown + CSV) of ``stage`` into ``out_dir``, and all of them in ``tables.md``; returns
+    """Write Tables 1–8 (markdown + CSV) of ``stage`` into ``out_dir``, and all of them in ``tables.md``; returns
     name -> rows. Each file is written through ``guard`` (one failing file leaves the others written)."""
     out = Path(out_dir)
     guard("tables folder", out, lambda: out.mkdir(parents=True, exist_ok=True))

@@ -108,7 +108,7 @@ def curve_strip(
     """A ``uint8`` ``(height, width, 3)`` RGB strip: each curve (per-frame shares of one clip) as a polyline over
     the clip's frames, a cursor at ``frame`` and, with ``motion`` (bool per frame), the ground-truth motion
     frames shaded. Curves share one y scale (0 to the largest share); NaN values (no positive relevance) are not
-    drawn. Names are written at the left in their colours."""
+    drawn. Names are written side by side at the top, in their colours."""
     if width < 8 or height < 8:
         raise ValueError(f"curve strip needs at least 8x8 px, got {width}x{height}")
     strip = np.full((height, width, 3), 24, np.uint8)
@@ -133,6 +133,7 @@ def curve_strip(
     cv2.line(strip, (xs[frame], top), (xs[frame], bottom), (255, 255, 255), 1)
     scale = max(0.35, height / 150.0)
     line = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][1] + 4
+    x_text, y_text = pad + 2, top + line
     for i, (name, ys) in enumerate(zip(curves, values)):
         colour = _STRIP_COLOURS[i % len(_STRIP_COLOURS)]
         points = [(xs[t], round(bottom - (bottom - top) * v / peak)) for t, v in enumerate(ys) if math.isfinite(v)]
@@ -141,6 +142,9 @@ def curve_strip(
         for p in points:
             cv2.circle(strip, p, max(1, height // 40), colour, -1, cv2.LINE_AA)
         text = name.encode("ascii", "replace").decode("ascii")
-        cv2.putText(strip, text, (pad + 2, top + (i + 1) * line), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1,
-                    cv2.LINE_AA)
+        text_w = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+        if x_text > pad + 2 and x_text + text_w > width - pad:  # names side by side, wrapped at the strip's width
+            x_text, y_text = pad + 2, y_text + line
+        cv2.putText(strip, text, (x_text, y_text), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+        x_text += text_w + 3 * pad
     return strip
