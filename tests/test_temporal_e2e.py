@@ -53,7 +53,8 @@ def test_explain_run_folder_holds_the_temporal_record(tmp_path: Path, data_root:
     with open(table, newline="") as handle:
         trows = list(csv.DictReader(handle))
     assert [r["method"] for r in trows] == ["dtd", "gradcam"]
-    assert {"drop_selective", "drop_baseline", "drop_random", "advantage", "advantage_n"} <= set(trows[0])
+    assert {"temporal_drop_selective", "temporal_drop_baseline", "temporal_drop_random", "temporal_advantage",
+            "temporal_advantage_n", "temporal_advantage_n_undefined"} <= set(trows[0])
     saved = json.loads((run / "metrics.json").read_text())
     for method in ("dtd", "gradcam"):
         for name in ("temporal_drop_selective", "temporal_drop_baseline", "temporal_drop_random",

@@ -203,9 +203,11 @@ def test_table8_rows_from_metric_keys() -> None:
     rows = temporal_rows(metrics, "test")
     assert len(rows) == 1
     row = rows[0]
-    assert row["method"] == "dtd" and row["advantage"] == 0.2 and row["advantage_std"] == 0.1
-    assert (row["drop_selective"], row["drop_baseline"], row["drop_random"]) == (0.5, 0.4, 0.3)
-    assert row["advantage_n"] == 7.0 and row["advantage_n_undefined"] == 1.0 and row["drop_random_n"] is None
+    assert row["method"] == "dtd" and row["temporal_advantage"] == 0.2 and row["temporal_advantage_std"] == 0.1
+    assert (row["temporal_drop_selective"], row["temporal_drop_baseline"], row["temporal_drop_random"]) == (0.5, 0.4,
+                                                                                                            0.3)
+    assert row["temporal_advantage_n"] == 7.0 and row["temporal_advantage_n_undefined"] == 1.0
+    assert row["temporal_drop_random_n"] is None
     assert [r["method"] for r in temporal_rows(metrics, "validate")] == ["gbp"]
 
 

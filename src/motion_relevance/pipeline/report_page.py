@@ -117,6 +117,13 @@ COLUMN_HELP: dict[str, str] = {
     # Table 7
     "spearman": "Spearman correlation of the baseline map with the map of the unchanged model at this stage",
     "spearman_selective": "Spearman correlation of the selective map with that of the unchanged model",
+    # Table 8
+    "temporal_drop_selective": "score drop when w frames around the selective map's top frame are frozen (each "
+                               "replaced by the clip's temporal mean)",
+    "temporal_drop_baseline": "score drop when w frames around the baseline map's top frame are frozen",
+    "temporal_drop_random": "score drop when w frames around a seeded random frame are frozen",
+    "temporal_advantage": "temporal_drop_selective - temporal_drop_random, paired per clip",
+    "frame_share_peak": "largest per-frame share of positive relevance of a clip (1/T: even, 1: one frame)",
     # sigma report
     "precision_selective": "flow precision of the selective map",
     "gt_f1_selective": "ground-truth Dice of the selective map",
@@ -140,6 +147,7 @@ TABLE_TITLES: dict[str, str] = {
     "table5_ground_truth": "Table 5 · ground truth",
     "table6_faithfulness": "Table 6 · faithfulness",
     "table7_randomization": "Table 7 · cascading randomisation",
+    "table8_temporal": "Table 8 · temporal window",
     "sigma_report": "Sigma report",
     "best_sigma": "Best sigma per method",
     "per_clip": "Per-clip values",

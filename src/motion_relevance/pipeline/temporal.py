@@ -297,8 +297,9 @@ def read_temporal_csv(path: str | Path) -> list[dict[str, Any]]:
 
 def temporal_rows(metrics: Mapping[str, Any], stage: str = "test") -> list[dict[str, Any]]:
     """Table 8: one row per method (``dtd``, ``dtd@s2`` with several sigmas) with the three window drops and the
-    selective - random advantage: columns ``drop_selective``, ``drop_baseline``, ``drop_random``, ``advantage``,
-    each with ``_std``, ``_n``, ``_n_undefined``."""
+    selective - random advantage: columns named as the metrics (``temporal_drop_selective``,
+    ``temporal_drop_baseline``, ``temporal_drop_random``, ``temporal_advantage``; Table 6 has matched-budget
+    ``drop_*`` columns), each with ``_std``, ``_n``, ``_n_undefined``."""
     prefix = keys.stage_prefix(stage)
     first = keys.TEMPORAL_METRICS["advantage"]
     methods = []
@@ -309,11 +310,10 @@ def temporal_rows(metrics: Mapping[str, Any], stage: str = "test") -> list[dict[
     rows = []
     for method in methods:
         row: dict[str, Any] = {"method": method}
-        for quantity, metric in keys.TEMPORAL_METRICS.items():
-            column = "advantage" if quantity == "advantage" else f"drop_{quantity}"
-            row[column] = metrics.get(keys.metric_key(prefix, metric, method))
+        for metric in keys.TEMPORAL_METRICS.values():
+            row[metric] = metrics.get(keys.metric_key(prefix, metric, method))
             for stat in keys.STATS[1:]:
-                row[f"{column}_{stat}"] = metrics.get(keys.metric_key(prefix, metric, method, stat))
+                row[f"{metric}_{stat}"] = metrics.get(keys.metric_key(prefix, metric, method, stat))
         rows.append(row)
     return rows
 
