@@ -101,6 +101,9 @@ class FrameRecorder:
             return
         first = next(iter(maps.values()))
         b, t = int(first.shape[0]), int(first.shape[2])
+        ids = list(range(self._seen, self._seen + b)) if clips is None else [int(c) for c in clips]
+        if len(ids) != b:
+            raise ValueError(f"clips: expected {b} clip indices (one per clip), got {len(ids)}")
         shares = {name: frame_shares(m) for name, m in maps.items()}
         if mask is not None:
             if mask.dim() != 4 or tuple(mask.shape[:2]) != (b, t):
@@ -121,9 +124,6 @@ class FrameRecorder:
         if mask is not None:
             motion = self.collection["motion"]
             motion.update(mask.flatten(2).any(-1).to(motion.total.device, torch.float32))
-        ids = list(range(self._seen, self._seen + b)) if clips is None else [int(c) for c in clips]
-        if len(ids) != b:
-            raise ValueError(f"clips: expected {b} clip indices (one per clip), got {len(ids)}")
         self._seen += b
         if self.keep_rows:
             names = [str(v) for v in videos][:b]
@@ -189,7 +189,7 @@ class TemporalWindowTest:
 
     def __init__(self, methods: Sequence[str], sigmas: Sequence[float], *, window: int | None = None,
                  batch_size: int = 16) -> None:
-        self.methods, self.sigmas = list(methods), list(sigmas)
+        self.methods, self.sigmas = list(methods), [float(s) for s in sigmas if s is not None]
         if not self.sigmas:
             raise ValueError("faithfulness.temporal needs selective maps: set selective.sigma, or "
                              "faithfulness.temporal=false")
