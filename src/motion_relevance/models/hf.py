@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from motion_relevance.checks import check_clips, check_positive, resolve_inside
+from motion_relevance.checks import check_clips, check_positive, resolve_inside, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ class HFVideoClassifier(nn.Module):
     def __init__(self, architecture: str, config: Mapping[str, Any], num_classes: int | None = None) -> None:
         super().__init__()
         spec = _spec(architecture, "architecture")
+        config = to_plain(config)  # Hydra passes config nodes; transformers' configs check plain types
         if not isinstance(config, Mapping):
             raise ValueError(f"config must be a mapping of transformers config fields, got {type(config).__name__}")
         _check_no_remote_code(config, "config")
