@@ -417,8 +417,10 @@ def test_bad_clips_targets_and_layers_raise(no_copy) -> None:  # type: ignore[no
         explainer(model, clips, target=torch.tensor([1, 2, 3]))
     with pytest.raises(TypeError, match="integer"):
         explainer(model, clips, target=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"layer=None but .* has no explain_layer attribute"):
+        GradCAM()(model, clips)  # no default layer of its own: refused (no global fallback layer)
     with pytest.raises(ValueError, match=r"no layer 'conv5b'.*conv1"):
-        GradCAM()(model, clips)
+        GradCAM(layer="conv5b")(model, clips)
     with pytest.raises(ValueError, match="3-D convolutional"):
         GradCAM(layer="fc1")(model, clips)
     with pytest.raises(TypeError, match="Module"):

@@ -239,8 +239,8 @@ def test_configs_declare_layer_and_preprocessing(name: str, tmp_path: Path) -> N
     with torch.device("meta"):
         net = hydra.utils.instantiate(cfg.model.net)
     assert isinstance(net, VideoResNet) and net.num_classes == 4
-    assert cfg.model.explain_layer == net.explain_layer
-    net.get_submodule(cfg.model.explain_layer)
+    assert cfg.model.explain_layer is None and net.explain_layer == "layer4"  # the class's own default
+    net.get_submodule(net.explain_layer)
     assert cfg.model.pretrained is None
     if name.endswith("_small"):
         pre = cfg.model.preprocessing  # the data's own normalisation; at most a training augmentation

@@ -214,7 +214,7 @@ def test_configs_declare_layer_and_preprocessing(name: str, tmp_path: Path) -> N
     with torch.device("meta"):
         net = hydra.utils.instantiate(cfg.model.net)
     assert isinstance(net, SlowFast) and net.num_classes == 4
-    assert cfg.model.explain_layer == net.explain_layers["fast"]
+    assert cfg.model.explain_layer is None and net.explain_layer == net.explain_layers["fast"]  # the class's
     assert cfg.model.pretrained is None
     assert set(net.state_dict()) == set(L.slowfast_layout())  # small variants keep the keys
     pre = cfg.model.preprocessing

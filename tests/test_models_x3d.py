@@ -180,7 +180,7 @@ def test_configs_declare_layer_and_preprocessing(name: str, tmp_path: Path) -> N
     with torch.device("meta"):
         net = hydra.utils.instantiate(cfg.model.net)
     assert isinstance(net, X3D) and net.num_classes == 4
-    assert cfg.model.explain_layer == net.explain_layer
+    assert cfg.model.explain_layer is None and net.explain_layer == "blocks.4"  # the class's own default
     assert cfg.model.pretrained is None
     if name == "x3d_small":  # shallower: the published key names for the blocks it has
         assert set(net.state_dict()) < set(L.x3d_layout()) and net.stage_depths == (1, 2, 5, 3)

@@ -399,7 +399,7 @@ def test_model_configs_build_the_net(option: str, tmp_path: Path) -> None:
     with torch.device("meta"):
         net = hydra.utils.instantiate(cfg.model.net)
     assert isinstance(net, VideoMAE) and net.num_classes == 5
-    assert cfg.model.explain_layer == net.explain_layer
+    assert cfg.model.explain_layer is None and net.explain_layer == net.block_names[-1]  # the model's own default
     assert cfg.model.pretrained is None
     if option == "videomae_base":
         prep = cfg.model.preprocessing

@@ -18,8 +18,8 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from motion_relevance.models.checkpoint import check_preprocessing, read_checkpoint, read_description
-from motion_relevance.models.registry import registered_target
+from motion_relevance.models.checkpoint import check_checkpoint, check_preprocessing, read_checkpoint, read_description
+from motion_relevance.models.weights import check_run_model, check_same_model
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
 from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record
@@ -82,6 +82,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
             "set model.net.num_classes=null to take the class count from the data"
         )
     net_config = OmegaConf.to_container(model_cfg.net, resolve=True)
+    check_run_model(net_config, datamodule.transform_config())  # size and pathways, before anything is allocated
     log.info("Instantiating model <%s> with net <%s>", model_cfg._target_, model_cfg.net._target_)
     # Instantiate as a partial so that the plain dicts below are not themselves instantiated by Hydra.
     build = hydra.utils.instantiate(model_cfg, _partial_=True)
@@ -92,13 +93,18 @@ def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
     )
 
 
-def check_resume(ckpt_path: str, datamodule: Any) -> dict[str, Any]:
-    """Hold a checkpoint to resume from (or test) against this run before any work: read as data, its model one
-    of the project's classes, its classes and preprocessing those of the data. Returns its description."""
+def check_resume(ckpt_path: str, datamodule: Any, net: Any = None) -> dict[str, Any]:
+    """Hold a checkpoint to resume from (or test) against this run before any work: read as data, its weights
+    those its description gives (``models.checkpoint.check_checkpoint``), its model the one ``net`` (the run's
+    ``model.net``) builds, its classes and preprocessing those of the data. Returns its description."""
     path = Path(ckpt_path)
     checkpoint = read_checkpoint(path)
     meta = read_description(checkpoint, path)
-    registered_target(dict(meta["model"]).get("_target_"), where=f"ckpt_path={str(path)!r}")
+    stored = check_checkpoint(checkpoint, meta, path)
+    if net is not None:
+        run = dict(OmegaConf.to_container(net, resolve=True) if isinstance(net, DictConfig) else net)
+        run["num_classes"] = run.get("num_classes") or int(datamodule.num_classes)
+        check_same_model(stored, run, f"ckpt_path={str(path)!r}")
     names = list(datamodule.class_names)
     if list(meta["class_names"]) != names:
         raise ValueError(f"ckpt_path={str(path)!r} was trained on other classes ({len(meta['class_names'])}: "
@@ -124,7 +130,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = build_datamodule(cfg)
     resume = cfg.get("ckpt_path")
     if resume:
-        check_resume(resume, datamodule)
+        check_resume(resume, datamodule, cfg.model.get("net"))
         log.info("Continuing from %s (its run folder: %s); this run's record goes to %s", resume,
                  Path(resume).resolve().parent.parent, cfg.paths.output_dir)
     model = build_model(cfg, datamodule)

@@ -88,18 +88,22 @@ class VideoDecoder:
         self._readers: OrderedDict[str, Any] = OrderedDict()
         self._pid = os.getpid()
         self._orphans: list[Any] = []
+        self._opencv_paths: set[str] = set()  # files decord could not decode, read with OpenCV instead
 
     # -- public API ---------------------------------------------------------------------------------------
     def meta(self, path: str | Path) -> VideoMeta:
         """Frame count, fps and native size of ``path`` (opens the file; raises ``VideoDecodeError``)."""
         path = str(path)
         try:
-            if self.backend == "decord":
+            if self.backend == "decord" and path not in self._opencv_paths:
                 import decord
 
-                vr = decord.VideoReader(path, num_threads=max(self.num_threads, 1))
-                h, w = vr[0].shape[:2]
-                return VideoMeta(len(vr), float(vr.get_avg_fps()), int(h), int(w))
+                try:
+                    vr = decord.VideoReader(path, num_threads=max(self.num_threads, 1))
+                    h, w = vr[0].shape[:2]
+                    return VideoMeta(len(vr), float(vr.get_avg_fps()), int(h), int(w))
+                except Exception as exc:  # decord raises its own DECORDError / RuntimeError
+                    self._fall_back(path, exc)
             import cv2
 
             cap = cv2.VideoCapture(path)
@@ -122,8 +126,14 @@ class VideoDecoder:
         path = str(path)
         idx = np.asarray(indices, dtype=np.int64)
         try:
-            if self.backend == "decord":
-                return self._read_decord(path, idx)
+            if self.backend == "decord" and path not in self._opencv_paths:
+                try:
+                    return self._read_decord(path, idx)
+                except VideoDecodeError:
+                    raise
+                except Exception as exc:  # decord raises its own DECORDError / RuntimeError
+                    self.close(path)
+                    self._fall_back(path, exc)
             return self._read_opencv(path, idx)
         except VideoDecodeError:
             self.close(path)
@@ -131,6 +141,13 @@ class VideoDecoder:
         except Exception as exc:
             self.close(path)
             raise VideoDecodeError(f"cannot decode {path}: {exc}") from exc
+
+    def _fall_back(self, path: str, exc: Exception) -> None:
+        """Read ``path`` with OpenCV from now on (decord2 cannot decode some frame widths, e.g. 16, 32, 48, 96 px);
+        one warning per file. The caller's OpenCV attempt raises ``VideoDecodeError`` if OpenCV fails too."""
+        self._opencv_paths.add(path)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("decord cannot decode %s (%s); reading it with OpenCV", path, first[:200])
 
     def read_all(self, path: str | Path, num_frames: int) -> np.ndarray:
         """All ``num_frames`` frames of a video, decoded once in order: ``(num_frames, H, W, 3)``."""
@@ -141,7 +158,7 @@ class VideoDecoder:
         keys = list(self._readers) if path is None else [path]
         for key in keys:
             reader = self._readers.pop(key, None)
-            if reader is not None and self.backend == "opencv":
+            if isinstance(reader, list):  # an OpenCV capture
                 reader[0].release()
 
     def __getstate__(self) -> dict[str, Any]:  # never pickle open readers into DataLoader workers
@@ -163,11 +180,10 @@ class VideoDecoder:
         if reader is not None:
             self._readers.move_to_end(path)
             return reader
-        if self.backend == "decord":
+        if self.backend == "decord" and path not in self._opencv_paths:
             import decord
 
-            kw = {"height": self.resize[0], "width": self.resize[1]} if self.resize else {}
-            reader = decord.VideoReader(path, num_threads=self.num_threads, **kw)
+            reader = decord.VideoReader(path, num_threads=self.num_threads)
         else:
             import cv2
 
@@ -185,8 +201,18 @@ class VideoDecoder:
         uniq, inverse = np.unique(idx, return_inverse=True)
         if len(uniq) and (uniq[0] < 0 or uniq[-1] >= len(vr)):
             raise VideoDecodeError(f"frame index out of range [0, {len(vr)}) in {path}")
-        frames = vr.get_batch(uniq.tolist()).asnumpy()
+        frames = self._resized(vr.get_batch(uniq.tolist()).asnumpy())
         return frames if len(uniq) == len(idx) and (uniq == idx).all() else frames[inverse]
+
+    def _resized(self, frames: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` frames at ``resize`` with OpenCV's bilinear filter, the same for every decoder (decord2's
+        own resize refuses some small widths and differs from decord 0.6's)."""
+        if self.resize is None or frames.shape[1:3] == tuple(self.resize):
+            return frames
+        import cv2
+
+        size = (self.resize[1], self.resize[0])
+        return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
 
     def _read_opencv(self, path: str, idx: np.ndarray) -> np.ndarray:
         import cv2

@@ -77,8 +77,6 @@ __all__ = [
 ]
 
 _UPSAMPLE_MODES = ("trilinear", "nearest", "area")
-#: Grad-CAM layer of models without an ``explain_layer`` attribute (C3D's last conv layer)
-DEFAULT_LAYER = "conv5b"
 
 
 class Explainer:
@@ -160,10 +158,14 @@ def _check_upsample(mode: str) -> str:
 
 
 def _layer_name(model: nn.Module, layer: str | None) -> str:
-    """``layer``, else the model's ``explain_layer`` attribute, else ``conv5b``."""
+    """``layer``, else the model's ``explain_layer`` attribute (the one source of a model's default layer)."""
     if layer is not None:
         return layer
-    return str(getattr(model, "explain_layer", None) or DEFAULT_LAYER)
+    default = getattr(model, "explain_layer", None)
+    if not default:
+        raise ValueError(f"layer=None but {type(model).__name__} has no explain_layer attribute; pass a module path "
+                         "(explainer.layer=<name>, e.g. conv5b or layer4) or give the model class an explain_layer")
+    return str(default)
 
 
 def to_input_frames(maps: Tensor, size: Sequence[int], mode: str = "trilinear") -> Tensor:
@@ -258,7 +260,7 @@ class GradCAM(Explainer):
         layer: module path of a layer or block with a 5-D output (``"conv5b"``, ``"layer4"``, ``"blocks.4"``,
             ``"blocks.4.multipathway_blocks.1"``), or of a transformer block of a tubelet model (VideoMAE), whose
             tokens are explained as by :class:`~motion_relevance.explain.transformer.TokenGradCAM`; ``None`` = the
-            model's ``explain_layer`` attribute (``"conv5b"`` when it has none).
+            model's ``explain_layer`` attribute (refused when it has none).
         upsample: ``"trilinear"`` (default; ``align_corners=False``), ``"nearest"`` or ``"area"``: see
             :func:`to_input_frames` (frame-aligned with the layer's stride).
         input_index: for a multi-input model, the input the map is mapped back to (default: the pathway the layer

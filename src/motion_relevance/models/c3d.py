@@ -80,11 +80,15 @@ class C3D(nn.Sequential):
         init: ``"kaiming"`` (Kaiming-normal weights, zero biases; trains from scratch) or ``"default"``
             (PyTorch's default initialisation).
         pretrained: path to weights in the C3D port's layout (Sports-1M ``c3d.pickle``); fc8 is re-initialised
-            when its class count differs. See :mod:`motion_relevance.models.pretrained`.
+            when its class count differs. See :mod:`motion_relevance.models.weights`.
     """
 
     #: The layer Grad-CAM explains by default: the last conv layer (2x7x7 for 16x112x112 clips).
     explain_layer = "conv5b"
+    #: The final linear layer, re-initialised when published weights have another class count.
+    head_name = "fc8"
+    #: What published weights for this class look like (for load errors).
+    layout_hint = "the C3D port's layout (conv1.weight … fc8.bias) at width 1.0, clip_len 16, crop 112"
 
     def __init__(
         self,
@@ -149,9 +153,9 @@ class C3D(nn.Sequential):
         if init == "kaiming":
             self.reset_parameters()
         if pretrained:
-            from motion_relevance.models.pretrained import load_pretrained
+            from motion_relevance.models.weights import load_weights
 
-            load_pretrained(self, pretrained)
+            load_weights(self, pretrained)
 
     @staticmethod
     def feature_shape(clip_len: int, crop_size: tuple[int, int]) -> tuple[int, int, int]:

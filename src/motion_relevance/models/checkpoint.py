@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from motion_relevance.models.module import CHECKPOINT_KEY
-from motion_relevance.models.registry import build_registered
+from motion_relevance.models.registry import build_registered, registered_target
+from motion_relevance.models.weights import check_alpha, check_description, check_finite, check_model_size
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PREPROCESSING_KEYS", "LoadedClassifier", "check_classes", "check_preprocessing", "load_classifier",
-           "read_checkpoint", "read_description"]
+__all__ = ["PREPROCESSING_KEYS", "LoadedClassifier", "check_checkpoint", "check_classes", "check_preprocessing",
+           "load_classifier", "net_state", "read_checkpoint", "read_description"]
 
 REQUIRED_KEYS = ("model", "preprocessing", "class_names")
 #: Every preprocessing field that changes the model's input tensor (recorded in checkpoints by mr-train).
@@ -87,15 +88,49 @@ def read_description(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]
     return dict(meta)
 
 
-def load_classifier(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> LoadedClassifier:
-    """Rebuild the trained network from ``path``; errors name the missing keys, a foreign model class or the
-    mismatching layers."""
-    checkpoint = read_checkpoint(path)
-    meta = read_description(checkpoint, path)
+def net_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's tensors of a Lightning checkpoint (``state_dict`` keys under ``net.``, prefix removed)."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping):
+        return {}
+    return {k[len("net."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("net.")}
+
+
+def check_checkpoint(checkpoint: Mapping[str, Any], meta: Mapping[str, Any], path: str | os.PathLike[str]
+                     ) -> dict[str, Any]:
+    """Hold a checkpoint's weights against its own description before anything is built; returns its model config.
+
+    Refused, each naming ``ckpt_path`` and the key: a model class outside the registry; a description whose
+    parameters cannot fit in the memory available (e.g. ``model.width=1000``); non-finite tensors (the first one);
+    tensors whose shapes the description does not give (``model.num_classes=7 gives fc.weight (7, 512)…``); a
+    stored class count that disagrees with the class names; a two-pathway model whose stored preprocessing feeds
+    another ``alpha``.
+    """
+    label = f"ckpt_path={str(path)!r}"
     net_config = dict(meta["model"])
     net_config.pop("pretrained", None)  # the checkpoint holds the trained weights
+    registered_target(net_config.get("_target_"), where=f"{label} (checkpoint['{CHECKPOINT_KEY}']['model'])")
+    check_model_size(net_config, "model", label=label)
+    state_dict = checkpoint.get("state_dict")
+    check_finite(state_dict if isinstance(state_dict, Mapping) else {}, label)
+    check_description(net_config, net_state(checkpoint), "model", label)
+    stored = net_config.get("num_classes")
+    names = list(meta.get("class_names") or [])
+    if stored is not None and names and stored != len(names):
+        raise ValueError(f"{label}: model.num_classes={stored!r} but class_names lists {len(names)} classes; the "
+                         "description contradicts itself: re-save the checkpoint with mr-train")
+    check_alpha(net_config, meta.get("preprocessing"), "model.alpha", "preprocessing.pathways.alpha", label)
+    return net_config
+
+
+def load_classifier(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> LoadedClassifier:
+    """Rebuild the trained network from ``path`` after :func:`check_checkpoint`; errors name the file, the key and
+    the value."""
+    checkpoint = read_checkpoint(path)
+    meta = read_description(checkpoint, path)
+    net_config = check_checkpoint(checkpoint, meta, path)
     net = build_registered(net_config, where=f"ckpt_path={str(path)!r} (checkpoint['{CHECKPOINT_KEY}']['model'])")
-    state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+    state = net_state(checkpoint)
     result = net.load_state_dict(state, strict=False)
     mismatched = [k for k, v in state.items() if k in net.state_dict() and net.state_dict()[k].shape != v.shape]
     if result.missing_keys or result.unexpected_keys or mismatched:

@@ -35,21 +35,15 @@ def _plain(value: Any) -> Any:
 
 
 def load_weights(net: nn.Module, path: str) -> None:
-    """Published weights into ``net`` (read as data): the model's own loader (VideoMAE: both bias namings), the C3D
-    port's loader, or the strict layout loader of :mod:`motion_relevance.models.published` (torchvision and
-    pytorchvideo layouts); a final layer of another class count is re-initialised."""
-    from motion_relevance.models.c3d import C3D
-
+    """Published weights into ``net`` (``model.pretrained``): the model's own loader when it has one, else
+    :func:`motion_relevance.models.weights.load_weights` (read as data, finite, strict; a final layer of another
+    class count is re-initialised)."""
     if callable(getattr(net, "load_pretrained", None)):
         net.load_pretrained(path)
-    elif isinstance(net, C3D):
-        from motion_relevance.models.pretrained import load_pretrained
+        return
+    from motion_relevance.models.weights import load_weights as load
 
-        load_pretrained(net, path)
-    else:
-        from motion_relevance.models.published import load_published
-
-        load_published(net, path)
+    load(net, path, where="model.pretrained")
 
 
 class VideoClassifier(pl.LightningModule):

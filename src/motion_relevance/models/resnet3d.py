@@ -240,7 +240,7 @@ class VideoResNet(nn.Module):
         init: ``"kaiming"`` (torchvision's initialisation: Kaiming-normal convs, BN 1/0, fc N(0, 0.01)) or
             ``"default"`` (PyTorch's per-layer defaults).
         pretrained: weights file (or state dict) in this layout, loaded with
-            :func:`~motion_relevance.models.published.load_published`; ``fc`` is re-initialised when its class
+            :func:`~motion_relevance.models.weights.load_weights`; ``fc`` is re-initialised when its class
             count differs.
 
     Any clip size works (adaptive pooling); the Kinetics weights were trained on 16x112x112.
@@ -303,9 +303,9 @@ class VideoResNet(nn.Module):
         if init == "kaiming":
             init_weights(self)
         if pretrained is not None:
-            from motion_relevance.models.published import load_published
+            from motion_relevance.models.weights import load_weights
 
-            load_published(self, pretrained)
+            load_weights(self, pretrained)
 
     def _make_layer(self, conv_builder: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

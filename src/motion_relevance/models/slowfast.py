@@ -364,9 +364,9 @@ class SlowFast(nn.Module):
             final = [m.norm_c for m in self.modules() if isinstance(m, BottleneckBlock)]
             init_weights(self, zero_final_bn=final)
         if pretrained is not None:
-            from motion_relevance.models.published import load_published
+            from motion_relevance.models.weights import load_weights
 
-            load_published(self, pretrained)
+            load_weights(self, pretrained)
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:
         """``(conv, BatchNorm)`` module paths of every BatchNorm and the conv it follows."""

@@ -41,13 +41,10 @@ input is exactly ``qk_matmul``'s output.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +52,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from motion_relevance.models.layers import Add, MatMul
+from motion_relevance.models.weights import load_weights, read_weights
 
 __all__ = [
     "TokenPool",
@@ -69,11 +67,8 @@ log = logging.getLogger(__name__)
 
 #: ``hidden_act`` values -> the GELU they mean in transformers (``gelu`` is the exact, erf-based GELU).
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
-#: Key prefixes wrappers add around a state dict (Lightning's ``net.``, DataParallel's ``module.``).
-_PREFIXES = ("net.", "module.", "model.")
 _V4_BIAS = re.compile(r"^(.*attention\.attention\.)(q|v)_bias$")
 _V5_BIAS = re.compile(r"^(.*attention\.attention\.)(query|value)\.bias$")
-_SHOWN_KEYS = 5
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -533,37 +528,19 @@ class VideoMAE(nn.Module):
                 nn.init.zeros_(module.bias)
 
     # ----------------------------------------------------------------- weights
-    def check_layout(self, state: Mapping[str, Tensor], *, allow_head: bool = False) -> None:
-        """``ValueError`` listing (the first few) missing keys, unexpected keys and shape mismatches of ``state``
-        against this model's layout (either attention-bias naming). ``allow_head``: the classifier may differ in
-        its class count."""
-        state = self._normalise(state)
-        own = self.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        mismatched = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in own
-            if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-            and not (allow_head and k.startswith("classifier."))
-        ]
-        if not (missing or unexpected or mismatched):
-            return
-        parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("shape mismatches", mismatched)):
-            if keys:
-                more = f", … ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
-                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:_SHOWN_KEYS])}{more}")
-        raise ValueError(
-            "the weights do not fit this VideoMAE — " + " | ".join(parts) + ". Expected transformers' "
-            "VideoMAEForVideoClassification layout (videomae.embeddings.patch_embeddings.projection.weight, "
-            "videomae.encoder.layer.{i}.attention.attention.query.weight … classifier.bias) with "
-            f"hidden_size={self.hidden_size}, {len(self.block_names)} layers, patch {self.patch_size}, tubelet "
-            f"{self.tubelet_size}, use_mean_pooling={self.use_mean_pooling}, qv_bias={self.qv_bias}"
-        )
+    #: The final linear layer, re-initialised (normal, std :attr:`head_std`) when the class count differs.
+    head_name = "classifier"
+    head_std = 0.02
 
-    def _normalise(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    @property
+    def layout_hint(self) -> str:
+        """What weights for this model look like (for load errors)."""
+        return ("transformers' VideoMAEForVideoClassification layout (videomae.embeddings.patch_embeddings."
+                "projection.weight, videomae.encoder.layer.{i}.attention.attention.query.weight … classifier.bias) "
+                f"with hidden_size={self.hidden_size}, {len(self.block_names)} layers, patch {self.patch_size}, "
+                f"tubelet {self.tubelet_size}, use_mean_pooling={self.use_mean_pooling}, qv_bias={self.qv_bias}")
+
+    def adapt_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``state`` with 4.x bias names renamed where this model has those biases (as on load)."""
         out = dict(state)
         if not self.qv_bias:
@@ -575,107 +552,12 @@ class VideoMAE(nn.Module):
         return out
 
     def load_pretrained(self, source: str | os.PathLike[str] | Mapping[str, Tensor]) -> VideoMAE:
-        """Load weights in transformers' layout from a file or a state dict (either attention-bias naming).
+        """Load weights in transformers' layout from a file or a state dict (either attention-bias naming), through
+        :func:`~motion_relevance.models.weights.load_weights`.
 
         Every key must match in name and shape, else a ``ValueError`` lists the first missing/unexpected/mismatched
         keys. When only the classifier's class count differs (Kinetics-400 weights for another data set), the
         classifier is re-initialised (normal, std 0.02, zero bias) and everything else is loaded.
         """
-        state = read_weights(source) if not isinstance(source, Mapping) else dict(source)
-        self.check_layout(state, allow_head=True)
-        state = self._normalise(state)
-        own = self.state_dict()
-        head_fits = all(tuple(state[k].shape) == tuple(own[k].shape) for k in own if k.startswith("classifier."))
-        if head_fits:
-            self.load_state_dict(state, strict=True)
-            log.info("Loaded VideoMAE weights (%d tensors)", len(state))
-            return self
-        body = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        result = self.load_state_dict(body, strict=False)
-        if result.unexpected_keys or set(result.missing_keys) != {k for k in own if k.startswith("classifier.")}:
-            raise ValueError(f"VideoMAE weights did not load: {result}")
-        nn.init.normal_(self.classifier.weight, std=0.02)
-        nn.init.zeros_(self.classifier.bias)
-        log.info("Loaded VideoMAE weights; classifier re-initialised for %d classes", self.num_classes)
+        load_weights(self, source, where="model.pretrained")
         return self
-
-
-# --------------------------------------------------------------------- files
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def _read_safetensors(file: Path) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file, parsed here (8-byte little-endian header length, JSON header, data):
-    no dependency and no code execution. Dtypes: float64/32/16, bfloat16, int64/32/16/8, uint8, bool."""
-    raw = bytearray(file.read_bytes())
-    if len(raw) < 8:
-        raise ValueError(f"{str(file)!r} is too short to be a safetensors file")
-    header_len = int.from_bytes(raw[:8], "little")
-    if header_len <= 0 or header_len > min(_MAX_HEADER, len(raw) - 8):
-        raise ValueError(f"{str(file)!r} is not a safetensors file (header length {header_len})")
-    try:
-        header = json.loads(raw[8:8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(file)!r} has an unreadable safetensors header: {err}") from err
-    if not isinstance(header, dict):
-        raise ValueError(f"{str(file)!r} has a safetensors header that is not a JSON object")
-    data = memoryview(raw)[8 + header_len:]
-    tensors: dict[str, Tensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{str(file)!r}: tensor {name!r} has an unsupported or broken entry {info!r}") from err
-        count = math.prod(shape)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if not 0 <= begin <= end <= len(data) or end - begin != count * itemsize:
-            raise ValueError(f"{str(file)!r}: tensor {name!r} has offsets {begin}..{end} that do not fit its shape")
-        flat = torch.frombuffer(data[begin:end], dtype=dtype) if count else torch.empty(0, dtype=dtype)
-        tensors[name] = flat.reshape(shape).clone()
-    return tensors
-
-
-def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """A state dict from ``path``: ``.safetensors`` (parsed here), else ``torch.load(weights_only=True)``.
-
-    A Lightning checkpoint's ``state_dict`` entry is unwrapped and a prefix every key shares (``net.``,
-    ``module.``, ``model.``) is removed.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"model.pretrained={str(file)!r} does not exist; point it to VideoMAE weights in transformers' layout "
-            "(pytorch_model.bin or model.safetensors of a VideoMAEForVideoClassification), or set it to null"
-        )
-    if file.suffix == ".safetensors":
-        obj: Any = _read_safetensors(file)
-    else:
-        try:
-            obj = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-            raise ValueError(f"model.pretrained={str(file)!r} is not a readable PyTorch state dict: {err}") from err
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"model.pretrained={str(file)!r} does not hold a state dict (name -> tensor)")
-    state = {str(k): v for k, v in obj.items()}
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
