@@ -372,14 +372,17 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _read_weights(files: Sequence[Path]) -> dict[str, Tensor]:
-    from motion_relevance.models.videomae import _read_safetensors
+    """The tensors of the folder's safetensors files (the project's own reader: no code runs), all finite."""
+    from motion_relevance.models.weights import check_finite, read_safetensors
 
     state: dict[str, Tensor] = {}
     for file in files:
-        for key, value in _read_safetensors(file).items():
+        for key, value in read_safetensors(file, where="model.path").items():
             if key in state:
-                raise ValueError(f"{str(file)!r} repeats the tensor {key!r} of another shard")
+                raise ValueError(f"{str(file)!r} repeats the tensor {key!r} of another shard; re-save the folder "
+                                 "with save_pretrained")
             state[key] = value
+        check_finite(state, f"model.path={str(file)!r}")
     return state
 
 
