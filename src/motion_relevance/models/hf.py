@@ -130,7 +130,17 @@ def _plain_config(config: Any) -> dict[str, Any]:
     data = json.loads(config.to_json_string(use_diff=False))
     for key in ("id2label", "label2id", "_name_or_path", "transformers_version", "architectures"):
         data.pop(key, None)
+    data["num_labels"] = int(config.num_labels)
     return data
+
+
+def _num_labels(config: Mapping[str, Any]) -> int | None:
+    """The class count a config.json gives: ``num_labels``, else the length of ``id2label`` (transformers writes
+    only the latter), else None (transformers' default)."""
+    if config.get("num_labels") is not None:
+        return int(config["num_labels"])
+    labels = config.get("id2label")
+    return len(labels) if isinstance(labels, Mapping) and labels else None
 
 
 def _check_no_remote_code(config: Mapping[str, Any], where: str) -> None:
@@ -200,7 +210,9 @@ class HFVideoClassifier(nn.Module):
                              f"{architecture} (model_type {spec.model_type!r})")
         tf = _transformers()
         cls = getattr(tf, architecture)
-        fields = {k: v for k, v in config.items() if k not in ("id2label", "label2id", "model_type")}
+        fields = {k: v for k, v in config.items() if k not in ("id2label", "label2id", "model_type", "num_labels")}
+        if _num_labels(config) is not None:
+            fields["num_labels"] = _num_labels(config)
         hf_config = cls.config_class(**fields)
         if num_classes is not None:
             hf_config.num_labels = check_positive("num_classes", num_classes, integer=True)
@@ -326,7 +338,7 @@ def read_folder_config(path: Any) -> tuple[str, dict[str, Any]]:
         raise FileNotFoundError(f"{str(file)!r} does not exist; model.path must be a folder written by "
                                 "save_pretrained (config.json and model.safetensors)")
     config = _read_json(file)
-    _check_no_remote_code(config, str(file))
+    _check_no_remote_code(config, repr(str(file)))
     architectures = config.get("architectures")
     model_type = config.get("model_type")
     if architectures is not None:
@@ -386,6 +398,28 @@ def _read_weights(files: Sequence[Path]) -> dict[str, Tensor]:
     return state
 
 
+def _current_names(model: nn.Module, state: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+    """``state`` with the keys save_pretrained wrote in the published (legacy) naming renamed to the model's own,
+    by transformers' conversion table for the class (renamings only; a key that needs a tensor converter is
+    refused)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # another transformers layout: keys are taken as they are
+        return dict(state)
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        new, converter = rename_source_key(key, renamings, converters)
+        if converter is not None:
+            raise ValueError(f"{where}: tensor {key!r} needs transformers' weight converter {converter!r}, which is "
+                             "not supported here; re-save the folder with this transformers version")
+        out[new] = value
+    return out
+
+
 def from_folder(path: str | os.PathLike[str], num_classes: int | None = None) -> HFVideoClassifier:
     """The adapter built from a ``save_pretrained`` folder: ``config.json`` + ``*.safetensors`` only.
 
@@ -396,9 +430,9 @@ def from_folder(path: str | os.PathLike[str], num_classes: int | None = None) ->
     folder = _folder(path)
     architecture, config = read_folder_config(folder)
     state = _read_weights(_weight_files(folder))
-    keep = num_classes is None or int(num_classes) == int(config.get("num_labels", len(config.get("id2label") or {})
-                                                                      or 2))
+    keep = num_classes is None or int(num_classes) == (_num_labels(config) or 2)
     net = HFVideoClassifier(architecture, config, None if keep else num_classes)
+    state = _current_names(net.hf, state, f"model.path={str(folder)!r}")
     if not keep:
         dropped = [k for k in state if k.startswith("classifier.")]
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
@@ -428,7 +462,7 @@ def folder_preprocessing(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not file.is_file():
             continue
         proc = _read_json(file)
-        _check_no_remote_code(proc, str(file))
+        _check_no_remote_code(proc, repr(str(file)))
         base_mean = [float(v) for v in proc.get("image_mean", mean if spec.model_type != "vivit" else (0.5,) * 3)]
         std = [float(v) for v in proc.get("image_std", std)]
         if proc.get("do_normalize", True) is False:
