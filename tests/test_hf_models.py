@@ -267,3 +267,106 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"pip install 'motion_relevance\[transformers\]'"):
         hf._transformers()
+
+
+# ------------------------------------------------------------------------------------------------ mr-train, mr-explain
+EXPLAIN_FAST = ["~explainers.dtd", "~explainers.guided_gradcam", "~explainers.gbp", "objective.method=gradcam",
+                "faithfulness=none", "randomization=none", "flow=none", "num_clips=2", "logger=csv",
+                "~callbacks.progress_bar"]
+
+
+def _train_then_explain(tmp_path: Path, data_root: Path, model: list[str], explain_extra: list[str]) -> dict:
+    from motion_relevance.explain_app import explain
+    from motion_relevance.train import train
+    from tests.conftest import TINY_DATA, compose_config
+
+    data = [f"paths.data_dir={data_root}", f"paths.cache_dir={data_root}/cache", *TINY_DATA]
+    cfg = compose_config("train", [*model, "trainer.max_epochs=1", "test=false", "logger=csv", "callbacks=default",
+                                   "~callbacks.progress_bar", *data], tmp_path / "train")
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    cfg = compose_config("explain", [f"ckpt_path={ckpt}", *EXPLAIN_FAST, *explain_extra, *data], tmp_path / "explain")
+    metrics, _ = explain(cfg)
+    return {"ckpt": ckpt, "metrics": metrics}
+
+
+def test_train_and_explain_hf_timesformer_tiny(tmp_path: Path, data_root: Path) -> None:
+    """mr-train and mr-explain (Grad-CAM on token views) in process, on the tiny data."""
+    out = _train_then_explain(tmp_path, data_root, ["model=hf_timesformer_tiny"], [])
+    meta = torch.load(out["ckpt"], weights_only=True)["motion_relevance"]
+    assert meta["model"]["architecture"] == "TimesformerForVideoClassification"
+    assert meta["explain_layer"] == "token_views.0"
+    assert float(out["metrics"]["test/explained_clips"]) == 2
+    assert "test/gt_precision/gradcam" in out["metrics"]
+
+
+def test_train_from_a_save_pretrained_folder_records_its_preprocessing(tmp_path: Path, data_root: Path) -> None:
+    """model=hf model.path=<folder>: the folder's mean/std reach the data and the checkpoint; the checkpoint
+    describes the model by its config (no folder path) and explains."""
+    config = transformers.VideoMAEConfig(image_size=32, patch_size=8, num_frames=16, tubelet_size=4,
+                                         intermediate_size=64, **COMMON)
+    folder = tmp_path / "folder"
+    transformers.VideoMAEForVideoClassification(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.4, 0.4, 0.4], "image_std": [0.2, 0.2, 0.2], "rescale_factor": 1 / 255}))
+    out = _train_then_explain(tmp_path, data_root, ["model=hf", f"model.path={folder}"],
+                              ["data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]"])
+    meta = torch.load(out["ckpt"], weights_only=True)["motion_relevance"]
+    assert meta["preprocessing"]["mean"] == [0.4, 0.4, 0.4] and meta["preprocessing"]["std"] == [0.2, 0.2, 0.2]
+    assert meta["model"]["_target_"] == "motion_relevance.models.hf.HFVideoClassifier"
+    assert str(folder) not in json.dumps(meta["model"])
+    assert meta["model"]["num_classes"] == 2  # the head was replaced for the tiny data's 2 classes
+    assert float(out["metrics"]["test/explained_clips"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_train_and_explain_hf_timesformer_tiny(tmp_path: Path) -> None:
+    """The entry points as a user runs them (python -m ...), with Grad-CAM, Guided Backprop and Integrated
+    Gradients."""
+    import subprocess
+
+    from tests.conftest import TINY_DATA
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src")}
+    common = [f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache", f"paths.log_dir={tmp_path}/logs",
+              *TINY_DATA]
+    run = subprocess.run([sys.executable, "-m", "motion_relevance.train", "model=hf_timesformer_tiny",
+                          "trainer.max_epochs=1", "test=false", "logger=csv", "callbacks=default",
+                          "~callbacks.progress_bar", *common], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ckpt = next((tmp_path / "logs").rglob("last.ckpt"))
+    run = subprocess.run([sys.executable, "-m", "motion_relevance.explain_app", f"ckpt_path={ckpt}",
+                          "~explainers.dtd", "~explainers.guided_gradcam", "+explainer@explainers.ig=integrated_gradients",
+                          "objective.method=gradcam", "faithfulness=none", "randomization=none", "num_clips=2",
+                          "logger=csv", "~callbacks.progress_bar", *common], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads(next((tmp_path / "logs" / "explain").rglob("metrics.json")).read_text())
+    for method in ("gradcam", "gbp", "ig"):
+        assert f"test/precision/{method}" in metrics, method
+
+
+def test_core_package_does_not_need_transformers() -> None:
+    """transformers is imported only inside functions of models/hf.py, and importing the entry points does not load
+    that module (torchmetrics may import transformers itself when it is installed: not ours to test)."""
+    import ast
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    package = root / "src" / "motion_relevance"
+    for file in package.rglob("*.py"):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "transformers" or n.startswith("transformers.") for n in names):
+                where = f"{file.relative_to(root)}:{node.lineno}"
+                assert file == package / "models" / "hf.py" and id(node) not in top_level, where
+    code = ("import sys, motion_relevance.models, motion_relevance.train, motion_relevance.explain_app; "
+            "motion_relevance.models.C3D(num_classes=2); sys.exit('motion_relevance.models.hf' in sys.modules)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src")}
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, env=env, timeout=120).returncode == 0
