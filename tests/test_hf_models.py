@@ -117,6 +117,16 @@ def test_gradcam_gives_token_maps_on_the_default_block(arch: str) -> None:
     assert torch.equal(cam[:, :, :tubelet, :8, :8], cam[:, :, :1, :1, :1].expand(-1, -1, tubelet, 8, 8))
 
 
+@pytest.mark.parametrize("method", ["captum.attr.IntegratedGradients", "captum.attr.Saliency"])
+def test_captum_attributions_run_on_the_adapter(method: str) -> None:
+    from motion_relevance.explain import CaptumExplainer
+
+    net = from_transformers(tiny_hf("VivitForVideoClassification"))
+    kwargs = {"n_steps": 4} if method.endswith("IntegratedGradients") else {}
+    maps = CaptumExplainer(method=method, attribute_kwargs=kwargs)(net, clips())
+    assert maps.shape == (2, 3, FRAMES, SIZE, SIZE) and bool(maps.abs().sum() > 0)
+
+
 # ------------------------------------------------------------------------------------------------ folders
 @pytest.mark.parametrize("arch", ARCHS)
 def test_folder_gives_the_saved_models_logits(tmp_path: Path, arch: str) -> None:
@@ -339,7 +349,8 @@ def test_cli_train_and_explain_hf_timesformer_tiny(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     ckpt = next((tmp_path / "logs").rglob("last.ckpt"))
     run = subprocess.run([sys.executable, "-m", "motion_relevance.explain_app", f"ckpt_path={ckpt}",
-                          "~explainers.dtd", "~explainers.guided_gradcam", "+explainer@explainers.ig=integrated_gradients",
+                          "~explainers.dtd", "~explainers.guided_gradcam",
+                          "+explainer@explainers.ig=integrated_gradients",
                           "objective.method=gradcam", "faithfulness=none", "randomization=none", "num_clips=2",
                           "logger=csv", "~callbacks.progress_bar", *common], cwd=root, env=env, capture_output=True,
                          text=True, timeout=600)
