@@ -140,14 +140,31 @@ def test_folder_gives_the_saved_models_logits(tmp_path: Path, arch: str) -> None
         assert torch.equal(net(x), hf_logits(reference, arch, x))
 
 
-def test_folder_head_is_replaced_for_the_data_classes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("classes", [5, CLASSES])
+def test_folder_head_is_replaced_for_the_data_classes(tmp_path: Path, classes: int) -> None:
     arch = "VideoMAEForVideoClassification"
-    net = from_folder(saved(tmp_path, arch), num_classes=5)
-    assert net.num_classes == 5 and net.hf.classifier.out_features == 5
+    net = from_folder(saved(tmp_path, arch), num_classes=classes)
+    assert net.num_classes == classes and net.hf.classifier.out_features == classes
     reference = tiny_hf(arch).state_dict()
     for key, value in net.hf.state_dict().items():
         if not key.startswith("classifier."):
             assert torch.equal(value, reference[key]), key
+    assert not torch.equal(net.hf.classifier.weight, reference["classifier.weight"]) if classes == CLASSES else True
+
+
+def test_wrapping_twice_keeps_one_view_per_block() -> None:
+    from motion_relevance.explain.transformer import TokenGradCAM
+
+    model = tiny_hf("VideoMAEForVideoClassification")
+    first, second = from_transformers(model), from_transformers(model)
+    assert all(a is b for a, b in zip(first.token_views, second.token_views))
+    calls = []
+    handle = second.token_views[1].register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        second(clips())
+    handle.remove()
+    assert len(calls) == 1  # one view call per forward pass
+    TokenGradCAM()(second, clips())  # refuses a layer that runs more than once
 
 
 def test_pickle_weights_are_refused_never_unpickled(tmp_path: Path) -> None:

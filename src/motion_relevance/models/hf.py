@@ -215,7 +215,7 @@ class HFVideoClassifier(nn.Module):
             fields["num_labels"] = _num_labels(config)
         hf_config = cls.config_class(**fields)
         if num_classes is not None:
-            hf_config.num_labels = check_positive("num_classes", num_classes, integer=True)
+            hf_config.num_labels = int(check_positive("num_classes", num_classes, integer=True))
         hf_config._attn_implementation = "eager"
         self._setup(architecture, cls(hf_config))
 
@@ -243,11 +243,15 @@ class HFVideoClassifier(nn.Module):
         blocks = model.get_submodule(spec.blocks)
         # Registered before ``hf``: the views' module paths are ``token_views.<i>`` (each is also the child
         # ``token_view`` of its block, so that model copies that copy children keep block and view together).
-        self.token_views = nn.ModuleList(TokenView(spec.prefix_tokens, spec.order) for _ in blocks)
+        # A model wrapped before keeps its views and hooks (a second hook would run each view twice).
+        views = [block._modules.get("token_view") for block in blocks]
+        self.token_views = nn.ModuleList(v if isinstance(v, TokenView) else TokenView(spec.prefix_tokens, spec.order)
+                                         for v in views)
         self.hf = model
-        for block, view in zip(blocks, self.token_views):
-            block.add_module("token_view", view)
-            block.register_forward_hook(_view_hook)
+        for block, old, view in zip(blocks, views, self.token_views):
+            if old is not view:
+                block.add_module("token_view", view)
+                block.register_forward_hook(_view_hook)
         frames, size, tubelet, patch, channels = _geometry(spec, model.config)
         self.num_frames, self.image_size, self.tubelet_size, self.patch_size = frames, size, tubelet, patch
         self.num_channels = channels
@@ -424,13 +428,14 @@ def from_folder(path: str | os.PathLike[str], num_classes: int | None = None) ->
     """The adapter built from a ``save_pretrained`` folder: ``config.json`` + ``*.safetensors`` only.
 
     The architecture is transformers' class named in ``config.json`` (never remote code); the weights are loaded
-    strictly. ``num_classes`` (from the data) different from the folder's ``num_labels`` replaces the head (a freshly
-    initialised classifier); ``None`` keeps the folder's head.
+    strictly. ``num_classes`` (from the data; ``mr-train`` always gives it) replaces the head by a freshly initialised
+    classifier for that many classes, even of the folder's size (its classes are another set's); ``None`` keeps the
+    folder's head.
     """
     folder = _folder(path)
     architecture, config = read_folder_config(folder)
     state = _read_weights(_weight_files(folder))
-    keep = num_classes is None or int(num_classes) == (_num_labels(config) or 2)
+    keep = num_classes is None
     net = HFVideoClassifier(architecture, config, None if keep else num_classes)
     state = _current_names(net.hf, state, f"model.path={str(folder)!r}")
     if not keep:
