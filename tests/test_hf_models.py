@@ -398,3 +398,45 @@ def test_core_package_does_not_need_transformers() -> None:
             "motion_relevance.models.C3D(num_classes=2); sys.exit('motion_relevance.models.hf' in sys.modules)")
     env = {**__import__("os").environ, "PYTHONPATH": str(root / "src")}
     assert subprocess.run([sys.executable, "-c", code], cwd=root, env=env, timeout=120).returncode == 0
+
+
+def _index(folder: Path, weight_map: object) -> None:
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+@pytest.mark.parametrize(("damage", "error", "message"), [
+    (lambda f: _index(f, None), ValueError, r"model\.safetensors\.index\.json' has no weight_map"),
+    (lambda f: _index(f, {"w": "gone.safetensors"}), FileNotFoundError,
+     r"names missing shards \[.gone\.safetensors.\]"),
+    (lambda f: _index(f, {"w": "../outside.safetensors"}), ValueError, "outside"),
+    (lambda f: (_index(f, {"w": "w.bin"}), (f / "w.bin").write_bytes(b"x")), ValueError,
+     "names files that are not .safetensors"),
+    (lambda f: (f / "config.json").write_text("{not json"), ValueError, r"config\.json' is not readable JSON"),
+    (lambda f: (f / "config.json").write_text("[1, 2]"), ValueError, r"config\.json' holds a list"),
+    (lambda f: (f / "extra.safetensors").write_bytes((f / "model.safetensors").read_bytes()), ValueError,
+     "repeats the tensor"),
+])
+def test_damaged_folders_are_refused_naming_the_file(tmp_path: Path, damage, error: type, message: str) -> None:
+    folder = saved(tmp_path, "VideoMAEForVideoClassification")
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    damage(folder)
+    with pytest.raises(error, match=message):
+        from_folder(folder)
+
+
+def test_bad_paths_configs_and_channels_are_refused(tmp_path: Path) -> None:
+    folder = saved(tmp_path, "VideoMAEForVideoClassification",
+                   architectures=["VideoMAEForVideoClassification", "VivitForVideoClassification"])
+    with pytest.raises(ValueError, match="field architectures=.* must name one class"):
+        from_folder(folder)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        from_folder(folder / "config.json")
+    with pytest.raises(ValueError, match="config must be a mapping"):
+        HFVideoClassifier("VideoMAEForVideoClassification", [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="config.model_type='vivit' does not match architecture"):
+        HFVideoClassifier("VideoMAEForVideoClassification", {"model_type": "vivit"})
+    with pytest.raises(ValueError, match="architecture='Nope' is not a supported video classifier"):
+        HFVideoClassifier("Nope", {})
+    net = from_transformers(tiny_hf("VideoMAEForVideoClassification"))
+    with pytest.raises(ValueError, match=r"built for 3 channels, got clips \(2, 1, 4, 16, 16\)"):
+        net(clips()[:, :1])
