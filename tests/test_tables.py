@@ -53,3 +53,15 @@ def test_write_tables_writes_the_wide_table7_and_the_long_csv(tmp_path) -> None:
     with open(tmp_path / "table7_randomization.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["method"], r["stage"]) for r in rows][:2] == [("dtd", "0"), ("dtd", "1")]
+
+
+def test_every_column_is_defined_once_in_docs_method() -> None:
+    """docs/method.md's column reference is the page's hover text, word for word (regenerate with
+    ``columns_markdown()`` when a column is added)."""
+    from pathlib import Path
+
+    from motion_relevance.pipeline.report_page import columns_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    assert columns_markdown() in text
+    assert text.count("| column | definition |") == 1

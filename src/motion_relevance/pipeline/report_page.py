@@ -172,6 +172,15 @@ def column_help(name: str) -> str:
     return ""
 
 
+def columns_markdown() -> str:
+    """The column reference of docs/method.md ("Columns"): every column of every table with its definition, from
+    :data:`COLUMN_HELP` and :data:`SUFFIX_HELP` (the one home of these definitions; a test keeps the page in sync)."""
+    lines = ["| column | definition |", "|---|---|"]
+    lines += [f"| `{name}` | {text.replace('|', '∣')} |" for name, text in COLUMN_HELP.items()]
+    lines += [f"| `<x>{suffix}` | {text.format(base='x').replace('|', '∣')} |" for suffix, text in SUFFIX_HELP.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _to_number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
