@@ -16,10 +16,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first (a CPU build from local disk here), then the project with its dev extras beside it (pure Python).
+# torch first (a CPU build from local disk here), then the project with its dev and transformers extras beside it.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,transformers]"
 	@$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; \
 	  sys.exit(0 if v == '$(TORCH_VERSION)' else 'torch was replaced: ' + torch.__version__)"
 	@! $(BIN)/python -c "import torchvision" 2>/dev/null || (echo "torchvision got installed; remove it" && false)

@@ -4,7 +4,6 @@ real browser (headless Chromium driven by Playwright; skipped where either is mi
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -12,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from motion_relevance import report
 from motion_relevance.metrics import keys
+from motion_relevance.metrics.temporal import frame_shares
 from motion_relevance.pipeline.report_page import (
     ASSETS_DIR,
     COLUMN_HELP,
     column_help,
     format_number,
-    frame_shares,
     main,
     write_clip_frames,
     write_report_page,
@@ -70,28 +70,6 @@ def test_every_column_of_the_tables_is_explained(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ per-frame shares
-def test_frame_shares_against_a_loop() -> None:
-    rng = np.random.default_rng(0)
-    rel = rng.normal(size=(2, 3, 5, 4, 6)).astype(np.float32)  # (N, C, T, H, W)
-    rel[1] = 0.0
-    shares = frame_shares(rel)
-    expected = np.zeros((2, 5))
-    for n in range(2):
-        per = [sum(abs(float(rel[n, c, t, y, x])) for c in range(3) for y in range(4) for x in range(6))
-               for t in range(5)]
-        total = sum(per)
-        expected[n] = [p / total for p in per] if total else [math.nan] * 5
-    np.testing.assert_allclose(shares[0], expected[0], rtol=1e-6)
-    assert math.isclose(shares[0].sum(), 1.0, rel_tol=1e-9)
-    assert np.isnan(shares[1]).all()  # an all-zero clip: undefined, not 0 or 1/T
-    opposite = np.zeros((1, 2, 2, 1, 1))
-    opposite[0, 0, 0], opposite[0, 1, 0] = 1.0, -1.0  # channels cancel in a signed sum, not in |R|
-    opposite[0, 0, 1] = 2.0
-    np.testing.assert_allclose(frame_shares(opposite)[0], [0.5, 0.5])
-    with pytest.raises(ValueError, match="expected"):
-        frame_shares(np.zeros((3, 4)))
-
-
 # ------------------------------------------------------------------ clip sprites
 def _clips(n: int = 2, t: int = 6, h: int = 12, w: int = 16) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Clips with a bright square moving right; a signed map that follows it, its selective map, a static
@@ -130,7 +108,9 @@ def test_clip_frames_write_sprites_and_index(tmp_path: Path) -> None:
         expected = grey_frames(frames[i], fade=0.15)  # zero relevance: the greyed frame, no colour
         np.testing.assert_array_equal(zero, np.concatenate(list(expected), axis=1))
         share = clip["views"]["dtd"]["share"]
-        np.testing.assert_allclose(share, frame_shares(maps["dtd"])[i], atol=1e-6)
+        dtd = torch.as_tensor(np.asarray(maps["dtd"], dtype=np.float32))
+        expected_share = frame_shares(dtd if dtd.dim() == 5 else dtd.unsqueeze(1))[i]
+        np.testing.assert_allclose(share, expected_share.double().numpy(), atol=1e-6)
         assert clip["views"]["zero"]["share"] == [None] * t
         overlay = np.asarray(Image.open(tmp_path / clip["views"]["dtd"]["sprite"]).convert("RGB")).astype(int)
         first, last = overlay[:, :w], overlay[:, (t - 1) * w:]

@@ -47,19 +47,3 @@ def test_draining_queue_never_blocks_a_large_sender() -> None:
         child.kill()
     assert not alive, "the child blocked on a full pipe"
     assert queue.get() == b"x" * (1 << 20)
-
-
-def test_callback_results_travel_back_from_the_spawned_rank_zero() -> None:
-    """Under ddp_spawn the parent's callbacks are copies that never ran: the launcher sends rank 0's artifacts
-    (faithfulness curves, randomisation stage names) and per-clip rows back with the callback metrics."""
-    from types import SimpleNamespace
-
-    from motion_relevance.utils.strategies import _DrainingLauncher
-
-    launcher = _DrainingLauncher.__new__(_DrainingLauncher)  # the two hooks use no launcher state
-    worker = SimpleNamespace(callback_metrics={}, callbacks=[SimpleNamespace(), SimpleNamespace(
-        artifacts={"test/randomization_stages": ["original", "fc"]}, clip_rows=[{"clip": 0}])])
-    parent = SimpleNamespace(callback_metrics={}, callbacks=[SimpleNamespace(), SimpleNamespace(artifacts={})])
-    launcher.update_main_process_results(parent, launcher.get_extra_results(worker))
-    assert parent.callbacks[1].artifacts == {"test/randomization_stages": ["original", "fc"]}
-    assert parent.callbacks[1].clip_rows == [{"clip": 0}] and not vars(parent.callbacks[0])

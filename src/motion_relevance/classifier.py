@@ -189,7 +189,9 @@ class VideoClassifier(pl.LightningModule):
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "model": to_plain(self.hparams.net_config or {}),
+            # A net that describes itself (models.hf: the transformers config as JSON) replaces the build recipe.
+            "model": self.net.config_dict() if callable(getattr(self.net, "config_dict", None))
+            else to_plain(self.hparams.net_config or {}),
             "preprocessing": to_plain(self.hparams.preprocessing or {}),
             "class_names": list(to_plain(self.hparams.class_names or [])),
             "num_classes": self.num_classes,

@@ -28,6 +28,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from motion_relevance.metrics import keys
+from motion_relevance.pipeline.report_page import write_report_page
 from motion_relevance.pipeline.tables import (  # noqa: F401 - the table builders' former home re-exports them
     REFERENCES,
     TABLES,
@@ -344,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             path = write_multirun_report(folder, stage=args.stage)
             print(path.read_text())
             print(f"Report written to {path.parent}")
+        print(f"Report page: {write_report_page(folder)}")
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"mr-report: error: {err}\n")
 

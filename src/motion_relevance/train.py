@@ -41,6 +41,8 @@ def apply_model_preprocessing(cfg: DictConfig) -> dict[str, Any]:
     """Copy ``model.preprocessing`` (mean, std, scale, channel order, pathways) into ``cfg.data``, except keys the
     command line sets (``data.mean=...``); returns what was applied (logged)."""
     declared = (cfg.get("model") or {}).get("preprocessing") or {}
+    if "_target_" in declared:  # computed from files (model=hf: the folder's preprocessor_config.json)
+        declared = hydra.utils.instantiate(declared, _convert_="all")
     given: set[str] = set()
     if HydraConfig.initialized():
         for override in HydraConfig.get().overrides.task:
@@ -71,6 +73,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
     model_cfg = cfg.model.copy()
     with open_dict(model_cfg):
         model_cfg.pop("preprocessing", None)
+        model_cfg.pop("path", None)  # model=hf: the folder, read by the net's own config
     num_classes = int(datamodule.num_classes)
     with open_dict(model_cfg):
         if model_cfg.net.get("num_classes") is None:

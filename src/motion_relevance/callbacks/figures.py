@@ -15,6 +15,7 @@ import torch
 from motion_relevance.metrics.keys import split_selective
 from motion_relevance.metrics.temporal import frame_shares
 from motion_relevance.pipeline.record import RunRecord
+from motion_relevance.pipeline.report_page import ASSETS_DIR, write_clip_frames
 from motion_relevance.pipeline.tables import write_faithfulness_figures
 from motion_relevance.viz import render_explanation_grid, save_explanation_grid, write_overlay_video
 
@@ -121,9 +122,15 @@ def save_kept_figures(trainer: pl.Trainer, pipeline: Any, prefix: str, *, overla
         return []
     kept = concat_kept(pipeline.kept, pipeline.keep_clips)
     columns = grid_columns(kept["relevance"], kept["selective"], pipeline.names)
+    captions = describe_rows(kept["labels"], kept["targets"], class_names)
+    record = record or RunRecord(trainer.default_root_dir)
+    assets = Path(trainer.default_root_dir) / ASSETS_DIR
+    record.guard("report clip frames", assets, lambda: write_clip_frames(
+        assets, kept["frames"], {k: v.float() for k, v in columns.items()}, prefix=prefix, captions=captions,
+        mode={name: _mode(name) for name in columns},
+        curves={k: frame_shares(v.float()) for k, v in columns.items()}))  # the documented a_t (positive part)
     return save_epoch_figures(trainer, kept["frames"], columns, prefix, overlay_videos=overlay_videos,
-                              captions=describe_rows(kept["labels"], kept["targets"], class_names), record=record,
-                              mask=kept["mask"])
+                              captions=captions, record=record, mask=kept["mask"])
 
 
 def save_faithfulness_figures(trainer: pl.Trainer, metrics: dict[str, Any], prefix: str,

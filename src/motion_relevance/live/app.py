@@ -155,6 +155,6 @@ def _write_outputs(output_dir: Path, out: OutputsConfig, rows: list[WindowResult
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="live")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the measured windows/s."""
-    metrics = run_and_record(cfg, run)
+    metrics = run_and_record(cfg, run, page=False)
     value = metrics.get("live/windows_per_s")
     return None if value is None or not math.isfinite(value) else float(value)

@@ -30,6 +30,7 @@ MODELS: dict[str, str] = {
     "x3d_xs": "motion_relevance.models.x3d:x3d_xs",
     "x3d_s": "motion_relevance.models.x3d:x3d_s",
     "videomae": "motion_relevance.models.videomae:VideoMAE",
+    "hf": "motion_relevance.models.hf:HFVideoClassifier",
 }
 
 _PACKAGE = "motion_relevance.models"

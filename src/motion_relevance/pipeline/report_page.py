@@ -37,12 +37,14 @@ from typing import Any
 import cv2
 import jinja2
 import numpy as np
+import torch
 import yaml
 from markupsafe import Markup
 from PIL import Image
 
 from motion_relevance.checks import check_choice, check_float, check_int, check_unique
 from motion_relevance.metrics.keys import split_selective
+from motion_relevance.metrics.temporal import frame_shares
 from motion_relevance.viz.colormaps import DEFAULT_CMAPS, blend, colorize, grey_frames, normalize_relevance, to_numpy
 
 __all__ = [
@@ -51,7 +53,6 @@ __all__ = [
     "PAGE_NAME",
     "column_help",
     "format_number",
-    "frame_shares",
     "write_clip_frames",
     "write_report_page",
 ]
@@ -88,7 +89,8 @@ COLUMN_HELP: dict[str, str] = {
     "label": "true class index of the clip",
     "target": "class the explanation explains (the label or the prediction, conf target)",
     "frame": "frame index t within the clip (0 = first)",
-    "share": "share of the clip's absolute relevance in this frame: sum|R| over C,H,W at t / sum|R| (sums to 1)",
+    "share": "share of the clip's positive relevance in this frame: sum over H,W of R+ at t / sum R+, "
+             "R+ = max(R.sum(C), 0) (sums to 1)",
     "key": "metrics.json key: <stage>/<metric>[_std|_n|_n_undefined]/<method>",
     # Tables 1-5
     "precision": "flow precision: |P(R) and moves| / |P(R)| over the frames with optical flow (Table 1)",
@@ -178,6 +180,15 @@ def column_help(name: str) -> str:
     return ""
 
 
+def columns_markdown() -> str:
+    """The column reference of docs/method.md ("Columns"): every column of every table with its definition, from
+    :data:`COLUMN_HELP` and :data:`SUFFIX_HELP` (the one home of these definitions; a test keeps the page in sync)."""
+    lines = ["| column | definition |", "|---|---|"]
+    lines += [f"| `{name}` | {text.replace('|', '∣')} |" for name, text in COLUMN_HELP.items()]
+    lines += [f"| `<x>{suffix}` | {text.format(base='x').replace('|', '∣')} |" for suffix, text in SUFFIX_HELP.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _to_number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -237,21 +248,13 @@ def _check_maps(frames: np.ndarray, maps: Mapping[str, Any]) -> dict[str, np.nda
     return out
 
 
-def frame_shares(relevance: Any) -> np.ndarray:
-    """Share of each frame in a clip's absolute relevance: ``Σ_{C,H,W} |R|[t] / Σ |R|`` per clip.
-
-    ``relevance``: ``(N, T, H, W)`` or ``(N, C, T, H, W)``. Returns float64 ``(N, T)``; each row sums to 1, or is
-    NaN where the clip's relevance is all zero (undefined).
-    """
-    r = np.abs(np.asarray(to_numpy(relevance), dtype=np.float64))
-    if r.ndim == 5:
-        r = r.sum(axis=1)
-    if r.ndim != 4:
-        raise ValueError(f"relevance has shape {r.shape}: expected (N, T, H, W) or (N, C, T, H, W)")
-    per_frame = r.sum(axis=(2, 3))
-    total = per_frame.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, per_frame / np.where(total > 0, total, 1.0), np.nan)
+def _frame_shares(relevance: Any) -> np.ndarray:
+    """Per-frame relevance ``(N, T)`` of maps ``(N, T, H, W)`` or ``(N, C, T, H, W)``: the share of positive relevance
+    in each frame, by :func:`motion_relevance.metrics.temporal.frame_shares` (NaN rows where undefined)."""
+    r = torch.as_tensor(np.asarray(to_numpy(relevance), dtype=np.float32))
+    if r.dim() == 4:
+        r = r.unsqueeze(1)
+    return frame_shares(r).double().numpy()
 
 
 def _overlay(frames: np.ndarray, rel: np.ndarray, mode: str, alpha: float, gamma: float) -> np.ndarray:
@@ -347,7 +350,7 @@ def write_clip_frames(
                 raise ValueError(f"curves[{name!r}] has shape {c.shape}: expected (N, T) = ({n}, {t})")
             shares[name] = c
         else:
-            shares[name] = frame_shares(r)
+            shares[name] = _frame_shares(r)
 
     fmt = ("png" if h * w <= 96 * 96 else "jpg") if image_format == "auto" else image_format
     scale = max(1, math.ceil(t * w / MAX_SPRITE_WIDTH))

@@ -82,13 +82,26 @@ def table_rows(metrics: Mapping[str, Any], stage: str, metric_names: Sequence[st
     return rows
 
 
+#: Significant figures of the numbers in markdown tables (the CSVs keep full precision).
+SIGNIFICANT_FIGURES = 3
+
+
 def _fmt(value: Any) -> str:
+    """A cell of a markdown table: counts as integers, other numbers to three significant figures."""
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
-        return f"{value:.0f}" if value.is_integer() and abs(value) >= 1 else f"{value:.4g}"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value.is_integer() and abs(value) < 10**SIGNIFICANT_FIGURES:
+            return f"{value:.0f}"
+        return f"{value:.{SIGNIFICANT_FIGURES}g}"
     return str(value)
 
 
@@ -181,6 +194,32 @@ def randomization_rows(metrics: Mapping[str, Any], stage: str) -> list[dict[str,
     return rows
 
 
+def randomization_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> str:
+    """Table 7 for reading: one row per randomisation stage (and the layer randomised last), one column per map
+    (each baseline and its selective map), ``mean ± std`` of the Spearman correlation. The CSV keeps the long rows
+    of :func:`randomization_rows`."""
+    stages: dict[Any, dict[str, Any]] = {}
+    columns: list[str] = []
+    for row in rows:
+        line = stages.setdefault(row["stage"], {"stage": row["stage"], "layer": row.get("layer")})
+        for column, suffix in (("spearman", ""), ("spearman_selective", "_selective")):
+            name = f"{row['method']}{suffix}"
+            if row.get(column) is None:
+                continue
+            line[name] = row[column]
+            line[f"{name}_std"] = row.get(f"{column}_std")
+            if name not in columns:
+                columns.append(name)
+    wide = []
+    for line in stages.values():
+        cells: dict[str, Any] = {"stage": line["stage"], "layer": line["layer"]}
+        for name in columns:
+            cells[name] = line.get(name)
+            cells[f"{name}_std"] = line.get(f"{name}_std")
+        wide.append(cells)
+    return to_markdown(wide, title=title)
+
+
 def write_faithfulness_figures(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test",
                                guard: Guard = _call) -> list[Path]:
     """The deletion/insertion curves (one figure per reference, random floor dashed), the randomisation curves and
@@ -240,7 +279,8 @@ def write_tables(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "
         if not rows:
             continue
         guard("table", out / f"{name}.csv", lambda rows=rows, name=name: write_csv(rows, out / f"{name}.csv"))
-        text = to_markdown(rows, title=name)
+        text = (randomization_markdown(rows, title=name) if name == "table7_randomization"
+                else to_markdown(rows, title=name))
         guard("table", out / f"{name}.md", lambda text=text, name=name: (out / f"{name}.md").write_text(text))
         markdown.append(text)
     summary = "\n".join(markdown) if markdown else "(no explanation metrics in this run)\n"

@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from motion_relevance.checks import to_plain
 from motion_relevance.pipeline import record as run_record
 from motion_relevance.pipeline.record import RunFolderFull
+from motion_relevance.pipeline.report_page import write_report_page
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +269,21 @@ def _full_disk(failure: BaseException | None) -> str | None:
     return None
 
 
+def write_page(output_dir: Path) -> Path | None:
+    """``report.html`` of the run folder (:func:`motion_relevance.pipeline.report_page.write_report_page`); a failure
+    is one warning, never the end of a run whose numbers are already written."""
+    try:
+        return write_report_page(output_dir)
+    except Exception as err:  # noqa: BLE001 - the page is a view of files that are already safe
+        log.warning("Could not write %s: %s: %s", output_dir / "report.html", type(err).__name__, err)
+        return None
+
+
 def run_and_record(
     cfg: DictConfig,
     task: Callable[[DictConfig], tuple[dict[str, Any], dict[str, Any]]],
     summary: Callable[[dict[str, Any]], None] | None = None,
+    page: bool = True,
 ) -> dict[str, Any]:
     """Run an entry point's ``task(cfg)`` so that nothing is lost when it fails: W&B is finished, the metrics
     gathered so far go to ``metrics.json`` (merged with what the run's explanation callback recorded there) and
@@ -298,6 +310,8 @@ def run_and_record(
             if failure is None:
                 raise
             log.error("Could not write %s: %s", output_dir / METRICS_FILE, err)
+    if page and full is None and (output_dir / METRICS_FILE).exists():
+        write_page(output_dir)
     if summary is not None:
         summary(metrics)
     print(f"Run folder: {output_dir}", flush=True)

@@ -7,8 +7,8 @@ the parent blocks in ``join`` and the run hangs after testing. :class:`DDPSpawnS
 queue that the parent drains on a thread while it joins. Before each launch it also prepares the loggers in the
 parent: a CSV logger learns the header of its existing ``metrics.csv`` (else testing after fitting, a second spawn,
 fails to rewrite it: Lightning's writer in the fresh child knows only its own keys) and a W&B logger starts its run,
-so that the children attach to it instead of opening one run per launch, and rank 0's callbacks send their plain
-results (``CALLBACK_RESULTS``) back to the parent's copies with the callback metrics. Everything else is Lightning's
+so that the children attach to it instead of opening one run per launch (rank 0's explanation callback writes the
+run folder itself, so no callback state has to travel back). Everything else is Lightning's
 ``DDPStrategy(start_method="spawn")``: no re-launch of the script (so Hydra makes no extra run folders), gloo on
 CPUs, NCCL on GPUs.
 
@@ -37,7 +37,7 @@ from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CALLBACK_RESULTS", "DDPSpawnStrategy", "DrainingQueue", "prepare_loggers"]
+__all__ = ["DDPSpawnStrategy", "DrainingQueue", "prepare_loggers"]
 
 
 def prepare_loggers(trainer: Any) -> None:
@@ -87,32 +87,14 @@ def _draining_queues(start_method: str) -> Iterator[None]:
         del context.SimpleQueue  # back to the class's method
 
 
-#: Plain results that callbacks compute on rank 0 and the parent reads after testing (``ExplanationCallback``: the
-#: faithfulness curves and randomisation stage names for ``metrics.json``, rank 0's per-clip rows).
-CALLBACK_RESULTS = ("artifacts", "clip_rows")
-
-
 class _DrainingLauncher(_MultiProcessingLauncher):
-    """Lightning's launcher with loggers prepared in the parent, results drained while the workers run, and the
-    callbacks' :data:`CALLBACK_RESULTS` sent back with ``callback_metrics``."""
+    """Lightning's launcher with loggers prepared in the parent and results drained while the workers run."""
 
     def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
         if trainer is not None:
             prepare_loggers(trainer)
         with _draining_queues(self._start_method):
             return super().launch(function, *args, trainer=trainer, **kwargs)
-
-    def get_extra_results(self, trainer: Any) -> dict[str, Any]:
-        extra = super().get_extra_results(trainer)
-        extra["callback_results"] = [{k: getattr(cb, k) for k in CALLBACK_RESULTS if getattr(cb, k, None)}
-                                     for cb in trainer.callbacks]
-        return extra
-
-    def update_main_process_results(self, trainer: Any, extra: dict[str, Any]) -> None:
-        super().update_main_process_results(trainer, extra)
-        for callback, results in zip(trainer.callbacks, extra.get("callback_results") or []):
-            for name, value in results.items():
-                setattr(callback, name, value)
 
 
 class DDPSpawnStrategy(DDPStrategy):
