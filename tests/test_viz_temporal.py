@@ -15,7 +15,9 @@ from motion_relevance.viz.temporal import curve_strip, plot_temporal_curves
 def test_figure_has_one_panel_per_method_and_shades_motion(tmp_path: Path) -> None:
     curves = {"dtd": [0.1, 0.2, 0.3, 0.4], "dtd_selective": [0.0, None, 0.5, 0.5], "gbp": [0.25] * 4,
               "ground_truth": [0.0, 0.5, 0.5, 0.0]}
-    path = plot_temporal_curves(curves, tmp_path / "test_temporal.png", std={"dtd": [0.01] * 4},
+    groups = {"dtd": ["dtd", "dtd_selective"], "gbp": ["gbp"]}
+    path = plot_temporal_curves(curves, tmp_path / "test_temporal.png", groups=groups, reference="ground_truth",
+                                std={"dtd": [0.01] * 4},
                                 motion=[0.0, 1.0, 1.0, 0.0], counts={"dtd": 3}, title="per-frame relevance")
     image = np.asarray(Image.open(path).convert("RGB"))
     assert image.shape[1] > image.shape[0]  # two panels side by side
@@ -29,7 +31,9 @@ def test_figure_refuses_ragged_or_empty_curves(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="do not have 3 frames"):
         plot_temporal_curves({"dtd": [0.1, 0.2, 0.7], "gbp": [1.0]}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="no explainer's curve"):
-        plot_temporal_curves({"ground_truth": [1.0]}, tmp_path / "x.png")
+        plot_temporal_curves({"ground_truth": [1.0]}, tmp_path / "x.png", reference="ground_truth")
+    with pytest.raises(ValueError, match="not in curves"):
+        plot_temporal_curves({"dtd": [1.0]}, tmp_path / "x.png", groups={"dtd": ["dtd", "dtd_selective"]})
     with pytest.raises(ValueError, match="motion has 1 frames"):
         plot_temporal_curves({"dtd": [0.5, 0.5]}, tmp_path / "x.png", motion=[1.0])
 

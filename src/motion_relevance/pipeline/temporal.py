@@ -32,6 +32,7 @@ from motion_relevance.checks import check_int
 from motion_relevance.metrics import keys
 from motion_relevance.metrics.stats import MeanStdMetric
 from motion_relevance.metrics.temporal import FrameShareCurve, TemporalWindowDrop, frame_shares, temporal_window_test
+from motion_relevance.viz.temporal import plot_temporal_curves
 
 log = logging.getLogger(__name__)
 
@@ -270,13 +271,13 @@ def temporal_file(world_size: int = 1, rank: int = 0) -> str:
 def write_temporal_figure(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test") -> Path | None:
     """``<out_dir>/<stage>_temporal.png`` from a run's metrics (``<stage>/temporal_curves``, ``_std``, ``_n``,
     ``<stage>/temporal_motion_frames``); None when the stage has no curves."""
-    from motion_relevance.viz.temporal import plot_temporal_curves
-
     prefix = keys.stage_prefix(stage)
     curves = metrics.get(f"{prefix}/temporal_curves") or {}
-    if not curve_groups(curves):
+    groups = curve_groups(curves)
+    if not groups:
         return None
-    return plot_temporal_curves(curves, Path(out_dir) / f"{prefix}_temporal.png",
+    return plot_temporal_curves(curves, Path(out_dir) / f"{prefix}_temporal.png", groups=groups,
+                                reference=keys.GROUND_TRUTH,
                                 std=metrics.get(f"{prefix}/temporal_curves_std"),
                                 motion=metrics.get(f"{prefix}/temporal_motion_frames"),
                                 counts=metrics.get(f"{prefix}/temporal_curves_n"),
@@ -329,7 +330,7 @@ def log_temporal_curves(loggers: Sequence[Any], curves: Mapping[str, Sequence[fl
     if not targets or not curves:
         return 0
     try:
-        import wandb
+        import wandb  # deferred: only when a W&B run takes the line plots
     except ImportError:
         return 0
     groups = curve_groups(curves)

@@ -15,7 +15,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from motion_relevance.metrics.keys import GROUND_TRUTH, split_selective
 from motion_relevance.viz.plots import _float, _new_figure, _save
 
 __all__ = ["curve_strip", "plot_temporal_curves"]
@@ -24,20 +23,12 @@ __all__ = ["curve_strip", "plot_temporal_curves"]
 _STRIP_COLOURS = ((90, 170, 255), (255, 120, 60), (120, 220, 120), (230, 90, 200), (240, 220, 80))
 
 
-def _groups(names: Sequence[str]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        split = split_selective(name)
-        base = split[0] if split else name
-        if base != GROUND_TRUTH:
-            groups.setdefault(base, []).append(name)
-    return groups
-
-
 def plot_temporal_curves(
     curves: Mapping[str, Sequence[Any]],
     path: str | Path,
     *,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    reference: str | None = None,
     std: Mapping[str, Sequence[Any]] | None = None,
     motion: Sequence[float] | None = None,
     counts: Mapping[str, int] | None = None,
@@ -49,12 +40,20 @@ def plot_temporal_curves(
 
     Args:
         curves: map name (``dtd``, ``dtd_selective`` …) -> mean share per frame (None/NaN where undefined).
+        groups: panel title (a baseline method) -> the curves drawn in it, the baseline first (solid) and its
+            selective maps after it (dashed); default: one panel per curve other than ``reference``.
+        reference: the name of a curve drawn grey in every panel (the ground-truth mask's own shares).
         std: map name -> std per frame, drawn as a band.
         motion: per frame, the fraction of clips whose ground-truth mask moves there (synthetic data): frames
-            shaded with that opacity; the ground truth's own curve (``ground_truth`` in ``curves``) is drawn grey.
+            shaded with that opacity.
         counts: map name -> clips with a curve (shown in the legend).
     """
-    groups = _groups(list(curves))
+    if groups is None:
+        groups = {name: [name] for name in curves if name != reference}
+    groups = {k: list(v) for k, v in groups.items() if v}
+    missing = [n for names in groups.values() for n in names if n not in curves]
+    if missing:
+        raise ValueError(f"groups name curves {missing} that are not in curves ({list(curves)})")
     if not groups:
         raise ValueError(f"curves hold no explainer's curve (names: {list(curves)}); nothing to plot")
     frames = len(next(iter(curves.values())))
@@ -75,8 +74,8 @@ def plot_temporal_curves(
                 if _float(share) > 0:
                     ax.axvspan(t - 0.5, t + 0.5, color="tab:green", alpha=0.25 * min(1.0, _float(share)), lw=0)
             ax.plot([], [], color="tab:green", alpha=0.4, lw=6, label="ground-truth motion")
-        if GROUND_TRUTH in curves:
-            ax.plot(x, [_float(v) for v in curves[GROUND_TRUTH]], color="grey", lw=1, label="mask share")
+        if reference is not None and reference in curves:
+            ax.plot(x, [_float(v) for v in curves[reference]], color="grey", lw=1, label="mask share")
         for j, name in enumerate(names):
             y = np.asarray([_float(v) for v in curves[name]], dtype=float)
             colour = f"C{j % 10}"
