@@ -7,6 +7,7 @@ list, so a repeat can neither run an element twice nor count it twice.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,8 @@ def test_layer_repeat_is_refused_by_the_stage_and_the_metric() -> None:
     with pytest.raises(ValueError, match=r"randomization\.layers: 'fc2' appears more than once"):
         randomization_stages(net, x, ["fc2", "conv1", "fc2"])
     with pytest.raises(ValueError, match=r"randomization\.layers: 'conv1'"):
-        cascading_randomization(net, x, _dtd(), layers=["conv1", "conv1"])
+        cascading_randomization(net, x, _dtd(), layers=["conv1", "conv1"],
+                                selective=functools.partial(selective_relevance, sigma=4.0))
 
 
 def test_stage_and_class_repeats_are_refused_by_their_constructors() -> None:
