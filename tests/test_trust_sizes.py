@@ -202,3 +202,17 @@ def test_cache_batch_composition_changes_relevance_by_rounding_and_faithfulness_
     if same:
         assert torch.equal(relevance_ranks(rel[same]), relevance_ranks(uncached[same]))
         assert torch.equal(auc_cached[same], auc_uncached[same])
+
+
+def test_huge_steps_are_refused_from_the_config_before_any_data(tmp_path) -> None:
+    """``faithfulness.steps=100000000`` is refused by the config checks (no data read, no model built), naming the
+    key and the bound from ``data.clip_len`` x ``data.crop_size``; a value inside the bound passes."""
+    from motion_relevance.utils.validation import validate_run_config
+    from tests.conftest import compose_config
+
+    cfg = compose_config("explain", ["faithfulness.steps=100000000", "data.clip_len=16", "data.crop_size=32"],
+                         tmp_path)
+    with pytest.raises(ValueError, match=r"faithfulness.steps=100000000 exceeds the 16384 voxels \(T\*H\*W = 16x32x32"):
+        validate_run_config(cfg)
+    validate_run_config(compose_config("explain", ["faithfulness.steps=16384", "data.clip_len=16",
+                                                   "data.crop_size=32"], tmp_path))

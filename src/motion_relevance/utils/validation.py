@@ -10,7 +10,7 @@ import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from motion_relevance.checks import check_positive, check_unique
+from motion_relevance.checks import check_pair, check_positive, check_unique
 from motion_relevance.explain.selective import check_padding, check_sigma
 from motion_relevance.metrics.keys import NOT_EXPLAINERS
 from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
@@ -162,6 +162,25 @@ def check_stages(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={settings!r}: expected a mapping of settings "
                              f"(see motion_relevance/conf/{key}/default.yaml)")
         build_stage(cls, settings, key, **fixed)
+    check_steps_fit_the_clips(cfg)
+
+
+def check_steps_fit_the_clips(cfg: DictConfig) -> None:
+    """``faithfulness.steps`` at most the voxels ``T*H*W`` of the configured clips (``data.clip_len`` x
+    ``data.crop_size``), before any data is read: each step removes at least one voxel, and a huge count would only
+    exhaust memory. (The stage checks again on the first batch, where the clip's real shape is known.)"""
+    steps = OmegaConf.select(cfg, "faithfulness.steps", default=None)
+    enabled = OmegaConf.select(cfg, "faithfulness.enabled", default=True)
+    clip_len = OmegaConf.select(cfg, "data.clip_len", default=None)
+    crop = OmegaConf.select(cfg, "data.crop_size", default=None)
+    if not enabled or not isinstance(steps, int) or isinstance(steps, bool) or clip_len is None or crop is None:
+        return
+    h, w = check_pair("data.crop_size", OmegaConf.to_container(crop) if OmegaConf.is_config(crop) else crop)
+    voxels = check_positive("data.clip_len", clip_len, integer=True) * h * w
+    if steps > voxels:
+        raise ValueError(f"faithfulness.steps={steps} exceeds the {voxels} voxels (T*H*W = {clip_len}x{h}x{w}) of "
+                         f"the configured clips: each step removes at least one voxel; set faithfulness.steps <= "
+                         f"{voxels}")
 
 
 #: List settings whose elements each mean one thing: a repeat would run (and count) that element twice.
