@@ -16,6 +16,7 @@ from motion_relevance.metrics.temporal import (
     top_frames,
     window_masks,
 )
+from tests.tiny_models import FrameReader
 
 
 def test_frame_shares_by_hand() -> None:
@@ -46,18 +47,6 @@ def test_random_centres_depend_only_on_the_seed() -> None:
     b = random_centres([3, 1], 16)
     assert a[0] == b[1] and a[2] == b[0]
     assert ((a >= 0) & (a < 16)).all()
-
-
-class FrameReader(nn.Module):
-    """Logits read from one frame only: class 0 is the mean of frame ``k``'s first channel, class 1 is 0."""
-
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.k = k
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x[:, 0, self.k].mean(dim=(1, 2)) * 4
-        return torch.stack([z, torch.zeros_like(z)], dim=1)
 
 
 def _prob(x: torch.Tensor, model: nn.Module) -> torch.Tensor:

@@ -24,6 +24,7 @@ from motion_relevance.pipeline.temporal import (
     temporal_rows,
     write_temporal_csv,
 )
+from tests.tiny_models import FrameReader
 
 
 def _hand_shares(rel: torch.Tensor) -> np.ndarray:
@@ -87,18 +88,6 @@ def test_recorder_refuses_a_bad_mask_and_a_changing_clip_length() -> None:
         rec.update({"m": torch.rand(2, 1, 6, 2, 2)}, {})
     with pytest.raises(ValueError, match="clips: expected 2 clip indices"):
         rec.update({"m": rel}, {}, clips=[0])
-
-
-class FrameReader(nn.Module):
-    """Logits from one frame: class 0 is 4 x the mean of frame ``k``'s first channel, class 1 is 0."""
-
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.k = k
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x[:, 0, self.k].mean(dim=(1, 2)) * 4
-        return torch.stack([z, torch.zeros_like(z)], dim=1)
 
 
 def _clips_and_maps(t: int = 8) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
