@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the explainers import Captum (about 0.5 s): loaded on first
         GuidedGradCAM,
     )
     from motion_relevance.explain.frame_inflation import FrameInflation
+    from motion_relevance.explain.temporal_flow import temporal_share
 
 _LAZY = {
     "AttnLRP": "explainers",
@@ -59,6 +60,7 @@ _LAZY = {
     "GuidedBackprop": "explainers",
     "GuidedGradCAM": "explainers",
     "FrameInflation": "frame_inflation",
+    "temporal_share": "temporal_flow",
 }
 
 
@@ -86,5 +88,6 @@ __all__ = [
     "selective_mask",
     "selective_relevance",
     "temporal_gradient",
+    "temporal_share",
     "zb_bounds_from_normalization",
 ]

@@ -1,0 +1,174 @@
+"""How much relevance flows through time in a video transformer: the cross-frame share of the attention products.
+
+:func:`temporal_share` runs AttnLRP once and measures, at every attention product ``o = A @ V``
+(``models.layers.MatMul``), how much of the relevance the engine's uniform rule passes through that product travels
+between tokens of different frames (tubelet time indices). The definition is in ``docs/method.md`` ("How much
+relevance flows through time").
+
+Which products are attention products, and which frame each query row and key column belongs to, is model
+knowledge: a function ``token_frames(model, clips) -> {module name: (query_frames, key_frames)}`` per model type,
+registered with :func:`register_token_frames`. VideoMAE (joint space-time attention, tokens ordered
+``(T', H', W')``) is registered here; divided space-time attention (TimeSformer) plugs in the same way: its
+time-attention products get the frame of each row / column of their ``(B * H' * W', heads, T', T')`` attention
+(every off-diagonal pair crosses frames), its space-attention products one frame for all rows and columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from motion_relevance.checks import check_clips
+from motion_relevance.models.layers import MatMul
+from motion_relevance.models.videomae import VideoMAE
+
+__all__ = ["TOKEN_FRAMES", "pair_flows", "register_token_frames", "temporal_share", "videomae_token_frames"]
+
+#: ``token_frames(model, clips) -> {name of an A @ V MatMul module: (query_frames (Nq,), key_frames (Nk,))}``.
+TokenFrames = Callable[[nn.Module, Tensor], dict[str, tuple[Tensor, Tensor]]]
+
+#: The registered token -> frame maps, by model type (a subclass uses its base class's entry).
+TOKEN_FRAMES: dict[type[nn.Module], TokenFrames] = {}
+
+
+def register_token_frames(model_type: type[nn.Module], fn: TokenFrames) -> None:
+    """Let :func:`temporal_share` measure models of ``model_type``: ``fn(model, clips)`` names the modules computing
+    ``A @ V`` (``models.layers.MatMul`` with ``A`` of shape ``(B * groups, heads..., Nq, Nk)``, batch outermost)
+    and gives the frame index of each query row ``(Nq,)`` and each key column ``(Nk,)`` of ``A``."""
+    if not (isinstance(model_type, type) and issubclass(model_type, nn.Module)):
+        raise TypeError(f"register_token_frames takes an nn.Module subclass, got {model_type!r}")
+    TOKEN_FRAMES[model_type] = fn
+
+
+def videomae_token_frames(model: nn.Module, clips: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """VideoMAE: joint attention over all ``T' * H' * W'`` tokens, token ``n`` in frame ``n // (H' * W')``; the
+    products are ``<block>.attention.attention.av_matmul``."""
+    assert isinstance(model, VideoMAE)
+    t, h, w = model.token_grid(clips.shape)
+    frames = torch.arange(t * h * w, device=clips.device) // (h * w)
+    return {f"{block}.attention.attention.av_matmul": (frames, frames) for block in model.block_names}
+
+
+register_token_frames(VideoMAE, videomae_token_frames)
+
+
+def _token_frames_for(model: nn.Module) -> TokenFrames:
+    for cls in type(model).__mro__:
+        if cls in TOKEN_FRAMES:
+            return TOKEN_FRAMES[cls]
+    supported = ", ".join(sorted(t.__name__ for t in TOKEN_FRAMES))
+    raise ValueError(
+        f"temporal_share cannot measure {type(model).__name__}: it needs attention products A @ V computed by "
+        f"models.layers.MatMul modules and a token->frame map; supported: {supported} (add one with "
+        "motion_relevance.explain.temporal_flow.register_token_frames)"
+    )
+
+
+def pair_flows(a: Tensor, v: Tensor, out: Tensor, relevance: Tensor, epsilon: float) -> Tensor:
+    """Relevance through each (query, key) pair of ``out = a @ v``: ``F[q, k] = sum_d |a[q, k] v[k, d] s[q, d]|``,
+    ``s = R / (2 out + eps sign(out))`` (sign(0) = +1), the term the uniform rule (``explain.rules.Uniform``) sends
+    to the value ``v[k, d]`` — and equally to ``a[q, k]``: the two halves agree term by term.
+
+    Args:
+        a: attention ``(..., Nq, Nk)``; v: values ``(..., Nk, d)``; out: ``a @ v`` as the model computed it
+            ``(..., Nq, d)``; relevance: relevance of ``out`` (same shape); epsilon: the rule's stabiliser.
+
+    Returns:
+        ``(..., Nq, Nk)``, non-negative. Computed as ``|a| * (|s| @ |v|^T)`` (no ``(Nq, Nk, d)`` tensor).
+    """
+    den = torch.full_like(out, epsilon).copysign_(out).add_(out, alpha=2.0)
+    s = relevance / den
+    return a.abs() * (s.abs() @ v.abs().transpose(-1, -2))
+
+
+class _Recorder:
+    """Forward hooks on the A @ V modules keeping ``(A, V, out)`` and a tensor hook keeping ``out``'s relevance."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[dict[str, Tensor]]] = {}
+
+    def hook(self, name: str) -> Callable[..., None]:
+        def forward_hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            if not (isinstance(out, Tensor) and out.requires_grad and len(args) == 2):
+                return  # a forward without autograd (model analysis): no relevance will arrive
+            record = {"a": args[0].detach(), "v": args[1].detach(), "out": out.detach()}
+            self.calls.setdefault(name, []).append(record)
+
+            def keep(grad: Tensor) -> None:
+                record["relevance"] = grad.detach()
+
+            out.register_hook(keep)
+
+        return forward_hook
+
+
+def _uniform_epsilon(explainer: Any) -> float:
+    from motion_relevance.explain.rules import Uniform
+
+    rule = explainer.composite.rule_for(MatMul())
+    if not isinstance(rule, Uniform):
+        raise ValueError(
+            f"temporal_share measures the uniform rule (explain.rules.Uniform) on MatMul; explainer {explainer!r} "
+            f"uses {rule!r}: drop its rules= entry for MatMul"
+        )
+    return rule.epsilon
+
+
+def temporal_share(model: nn.Module, clips: Tensor, target: Any = None, *, explainer: Any = None) -> Tensor:
+    """Share ``(B,)`` in ``[0, 1]`` of the relevance AttnLRP passes through attention products that crosses frames.
+
+    For every attention product ``o = A @ V`` of the model (all blocks and heads) the relevance through each
+    (query, key) pair, :func:`pair_flows`, is summed over pairs whose query and key lie in different frames
+    (tubelet time indices), and divided by the sum over all pairs. A clip through whose attention no relevance
+    passes gets 0.
+
+    Args:
+        model: a model with a registered token -> frame map (:func:`register_token_frames`; VideoMAE).
+        clips: ``(B, C, T, H, W)``.
+        target: class per clip (int, sequence or ``(B,)`` tensor); ``None``: the predicted class.
+        explainer: the :class:`~motion_relevance.explain.AttnLRP` to run (its MatMul rule must be the uniform rule);
+            default: one whose zB bounds enclose the clips (the first layer's rule does not change the relevance
+            that reaches the attention products).
+    """
+    from motion_relevance.explain.explainers import AttnLRP
+
+    token_frames = _token_frames_for(model)
+    check_clips("temporal_share clips", clips, finite=True)
+    if explainer is None:
+        lo, hi = float(clips.min()), float(clips.max())
+        explainer = AttnLRP(lower=lo - 1.0, upper=hi + 1.0)
+    elif not isinstance(explainer, AttnLRP):
+        raise TypeError(f"temporal_share explainer must be an AttnLRP, got {type(explainer).__name__}")
+    epsilon = _uniform_epsilon(explainer)
+    frames = token_frames(model, clips)
+    modules = dict(model.named_modules())
+    missing = [n for n in frames if not isinstance(modules.get(n), MatMul)]
+    if missing:
+        raise ValueError(f"temporal_share: the token->frame map of {type(model).__name__} names {missing[0]!r}, "
+                         "which is not a models.layers.MatMul module of the model; fix its registered map")
+    recorder = _Recorder()
+    handles = [modules[n].register_forward_hook(recorder.hook(n)) for n in frames]
+    try:
+        explainer(model, clips, target)
+    finally:
+        for handle in handles:
+            handle.remove()
+    batch = clips.shape[0]
+    cross = torch.zeros(batch, dtype=torch.float64, device=clips.device)
+    total = torch.zeros_like(cross)
+    for name, (query_frames, key_frames) in frames.items():
+        records = [r for r in recorder.calls.get(name, []) if "relevance" in r]
+        if len(records) != 1:
+            raise RuntimeError(f"temporal_share: module {name!r} received relevance {len(records)} times in one "
+                               "AttnLRP pass (expected once)")
+        r = records[0]
+        flows = pair_flows(r["a"], r["v"], r["out"], r["relevance"], epsilon)
+        flows = flows.reshape(batch, -1, *flows.shape[-2:]).double()
+        crosses = (query_frames.view(-1, 1) != key_frames.view(1, -1)).to(flows.device)
+        total += flows.sum((1, 2, 3))
+        cross += (flows * crosses).sum((1, 2, 3))
+    share = torch.where(total > 0, cross / total.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(total))
+    return share.clamp(0.0, 1.0).to(torch.float32)
