@@ -232,3 +232,14 @@ def test_refuses_a_map_naming_a_module_that_is_no_matmul() -> None:
         TOKEN_FRAMES.pop(_Mislabelled)
     with pytest.raises(TypeError, match="nn.Module subclass"):
         register_token_frames("VideoMAE", videomae_token_frames)  # type: ignore[arg-type]
+
+
+def test_leaves_no_hook_and_does_not_change_the_attnlrp_map() -> None:
+    model, x = small(), clips()
+    explainer = AttnLRP(lower=-5, upper=5)
+    before = explainer(model, x)
+    temporal_share(model, x, explainer=explainer)
+    with pytest.raises(ValueError):
+        temporal_share(model, x, target=99, explainer=explainer)  # refused inside the explainer: hooks removed too
+    assert not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(explainer(model, x), before)

@@ -85,22 +85,34 @@ def pair_flows(a: Tensor, v: Tensor, out: Tensor, relevance: Tensor, epsilon: fl
 
 
 class _Recorder:
-    """Forward hooks on the A @ V modules keeping ``(A, V, out)`` and a tensor hook keeping ``out``'s relevance."""
+    """Forward hooks on the A @ V modules keeping ``(A, V, out)`` until ``out``'s relevance arrives; a tensor hook
+    on ``out`` then reduces them to per-clip sums ``(cross-frame, all)`` of :func:`pair_flows` and lets them go."""
 
-    def __init__(self) -> None:
-        self.calls: dict[str, list[dict[str, Tensor]]] = {}
+    def __init__(self, frames: dict[str, tuple[Tensor, Tensor]], epsilon: float, batch: int) -> None:
+        self.frames, self.epsilon, self.batch = frames, epsilon, batch
+        self.sums: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def _reduce(self, name: str, a: Tensor, v: Tensor, out: Tensor, relevance: Tensor) -> None:
+        flows = pair_flows(a, v, out, relevance, self.epsilon)
+        flows = flows.reshape(self.batch, -1, *flows.shape[-2:])
+        total = flows.sum(-1).double().sum((1, 2))
+        query_frames, key_frames = self.frames[name]
+        same = (query_frames.view(-1, 1) == key_frames.view(1, -1)).to(flows.device)
+        cross = flows.masked_fill_(same, 0.0).sum(-1).double().sum((1, 2))
+        self.sums.setdefault(name, []).append((cross, total))
 
     def hook(self, name: str) -> Callable[..., None]:
         def forward_hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
             if not (isinstance(out, Tensor) and out.requires_grad and len(args) == 2):
                 return  # a forward without autograd (model analysis): no relevance will arrive
-            record = {"a": args[0].detach(), "v": args[1].detach(), "out": out.detach()}
-            self.calls.setdefault(name, []).append(record)
+            kept = [args[0].detach(), args[1].detach(), out.detach()]
 
-            def keep(grad: Tensor) -> None:
-                record["relevance"] = grad.detach()
+            def reduce(relevance: Tensor) -> None:
+                if kept:
+                    self._reduce(name, *kept, relevance.detach())
+                    kept.clear()
 
-            out.register_hook(keep)
+            out.register_hook(reduce)
 
         return forward_hook
 
@@ -149,26 +161,22 @@ def temporal_share(model: nn.Module, clips: Tensor, target: Any = None, *, expla
     if missing:
         raise ValueError(f"temporal_share: the token->frame map of {type(model).__name__} names {missing[0]!r}, "
                          "which is not a models.layers.MatMul module of the model; fix its registered map")
-    recorder = _Recorder()
+    batch = clips.shape[0]
+    recorder = _Recorder(frames, epsilon, batch)
     handles = [modules[n].register_forward_hook(recorder.hook(n)) for n in frames]
     try:
         explainer(model, clips, target)
     finally:
         for handle in handles:
             handle.remove()
-    batch = clips.shape[0]
     cross = torch.zeros(batch, dtype=torch.float64, device=clips.device)
     total = torch.zeros_like(cross)
-    for name, (query_frames, key_frames) in frames.items():
-        records = [r for r in recorder.calls.get(name, []) if "relevance" in r]
-        if len(records) != 1:
-            raise RuntimeError(f"temporal_share: module {name!r} received relevance {len(records)} times in one "
+    for name in frames:
+        sums = recorder.sums.get(name, [])
+        if len(sums) != 1:
+            raise RuntimeError(f"temporal_share: module {name!r} received relevance {len(sums)} times in one "
                                "AttnLRP pass (expected once)")
-        r = records[0]
-        flows = pair_flows(r["a"], r["v"], r["out"], r["relevance"], epsilon)
-        flows = flows.reshape(batch, -1, *flows.shape[-2:]).double()
-        crosses = (query_frames.view(-1, 1) != key_frames.view(1, -1)).to(flows.device)
-        total += flows.sum((1, 2, 3))
-        cross += (flows * crosses).sum((1, 2, 3))
+        cross += sums[0][0].to(cross.device)
+        total += sums[0][1].to(cross.device)
     share = torch.where(total > 0, cross / total.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(total))
     return share.clamp(0.0, 1.0).to(torch.float32)
