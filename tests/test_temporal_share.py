@@ -243,3 +243,16 @@ def test_leaves_no_hook_and_does_not_change_the_attnlrp_map() -> None:
         temporal_share(model, x, target=99, explainer=explainer)  # refused inside the explainer: hooks removed too
     assert not any(m._forward_hooks for m in model.modules())
     assert torch.equal(explainer(model, x), before)
+
+
+class _NoPass(AttnLRP):
+    """An AttnLRP that runs no backward pass: no relevance reaches the products."""
+
+    def __call__(self, model, clips, target=None):
+        return model(clips)
+
+
+def test_refuses_a_pass_in_which_a_product_received_no_relevance() -> None:
+    with pytest.raises(RuntimeError, match="received relevance 0 times") as err:
+        temporal_share(small(), clips(), explainer=_NoPass(lower=-5, upper=5))
+    _one_line(err)
