@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from motion_relevance.checks import check_clips
+from motion_relevance.explain.explainers import AttnLRP
+from motion_relevance.explain.rules import Uniform
 from motion_relevance.models.layers import MatMul
 from motion_relevance.models.videomae import VideoMAE
 
@@ -118,8 +120,6 @@ class _Recorder:
 
 
 def _uniform_epsilon(explainer: Any) -> float:
-    from motion_relevance.explain.rules import Uniform
-
     rule = explainer.composite.rule_for(MatMul())
     if not isinstance(rule, Uniform):
         raise ValueError(
@@ -145,8 +145,6 @@ def temporal_share(model: nn.Module, clips: Tensor, target: Any = None, *, expla
             default: one whose zB bounds enclose the clips (the first layer's rule does not change the relevance
             that reaches the attention products).
     """
-    from motion_relevance.explain.explainers import AttnLRP
-
     token_frames = _token_frames_for(model)
     check_clips("temporal_share clips", clips, finite=True)
     if explainer is None:
