@@ -216,3 +216,18 @@ def test_huge_steps_are_refused_from_the_config_before_any_data(tmp_path) -> Non
         validate_run_config(cfg)
     validate_run_config(compose_config("explain", ["faithfulness.steps=16384", "data.clip_len=16",
                                                    "data.crop_size=32"], tmp_path))
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_from_the_config(tmp_path) -> None:
+    """``data.batch_size`` whose clips alone exceed the memory at hand is refused before any data is read, naming
+    the key and a size that fits; the default passes."""
+    from tests.conftest import compose_config
+
+    from motion_relevance.utils.validation import check_batch_fits_memory
+
+    cfg = compose_config("train", ["data.batch_size=1000", "data.clip_len=16", "data.crop_size=112"], tmp_path)
+    per_clip = 3 * 16 * 112 * 112 * 4
+    with pytest.raises(ValueError, match=r"data.batch_size=1000 needs at least .* set data.batch_size <= 10 "):
+        check_batch_fits_memory(cfg, available=10 * per_clip + 1)
+    check_batch_fits_memory(cfg, available=1000 * per_clip)
+    check_batch_fits_memory(compose_config("train", [], tmp_path))  # the defaults fit this machine

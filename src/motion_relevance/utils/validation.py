@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from motion_relevance.checks import check_pair, check_positive, check_unique
 from motion_relevance.explain.selective import check_padding, check_sigma
 from motion_relevance.metrics.keys import NOT_EXPLAINERS
-from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, build_stage
+from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, available_memory, build_stage
 
 
 def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
@@ -163,6 +163,7 @@ def check_stages(cfg: DictConfig) -> None:
                              f"(see motion_relevance/conf/{key}/default.yaml)")
         build_stage(cls, settings, key, **fixed)
     check_steps_fit_the_clips(cfg)
+    check_batch_fits_memory(cfg)
 
 
 def check_steps_fit_the_clips(cfg: DictConfig) -> None:
@@ -181,6 +182,26 @@ def check_steps_fit_the_clips(cfg: DictConfig) -> None:
         raise ValueError(f"faithfulness.steps={steps} exceeds the {voxels} voxels (T*H*W = {clip_len}x{h}x{w}) of "
                          f"the configured clips: each step removes at least one voxel; set faithfulness.steps <= "
                          f"{voxels}")
+
+
+def check_batch_fits_memory(cfg: DictConfig, available: int | None = None) -> None:
+    """``data.batch_size`` clips of ``3 x data.clip_len x data.crop_size`` float32 values must fit in the memory at
+    hand (``available`` bytes, default: measured), before any data is read. It is a lower bound of what a batch
+    needs (the model's activations come on top), so only settings that cannot work are refused."""
+    batch = OmegaConf.select(cfg, "data.batch_size", default=None)
+    clip_len = OmegaConf.select(cfg, "data.clip_len", default=None)
+    crop = OmegaConf.select(cfg, "data.crop_size", default=None)
+    if batch is None or clip_len is None or crop is None:
+        return
+    batch = check_positive("data.batch_size", batch, integer=True)
+    h, w = check_pair("data.crop_size", OmegaConf.to_container(crop) if OmegaConf.is_config(crop) else crop)
+    need = batch * 3 * check_positive("data.clip_len", clip_len, integer=True) * h * w * 4
+    free = available_memory("cpu") if available is None else available
+    if free is not None and need > free:
+        fit = max(1, free // (need // batch))
+        raise ValueError(f"data.batch_size={batch} needs at least {need / 2**30:.1f} GiB for its clips alone "
+                         f"(3 x {clip_len} x {h} x {w} float32 each) but {free / 2**30:.1f} GiB are available; set "
+                         f"data.batch_size <= {fit} (less, for the model's activations)")
 
 
 #: List settings whose elements each mean one thing: a repeat would run (and count) that element twice.
