@@ -221,9 +221,8 @@ def test_huge_steps_are_refused_from_the_config_before_any_data(tmp_path) -> Non
 def test_a_batch_that_cannot_fit_in_memory_is_refused_from_the_config(tmp_path) -> None:
     """``data.batch_size`` whose clips alone exceed the memory at hand is refused before any data is read, naming
     the key and a size that fits; the default passes."""
-    from tests.conftest import compose_config
-
     from motion_relevance.utils.validation import check_batch_fits_memory
+    from tests.conftest import compose_config
 
     cfg = compose_config("train", ["data.batch_size=1000", "data.clip_len=16", "data.crop_size=112"], tmp_path)
     per_clip = 3 * 16 * 112 * 112 * 4
