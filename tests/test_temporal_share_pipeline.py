@@ -70,3 +70,15 @@ def test_suite_refuses_an_unknown_temporal_share_method() -> None:
         ExplanationMetrics(["attnlrp"], temporal_share=["dtd"])
     assert keys.parse_key("test/temporal_share_n/attnlrp") == keys.MetricKey("test", "temporal_share", "n",
                                                                             "attnlrp")
+
+
+def test_table9_has_a_row_per_measured_explainer_after_table8() -> None:
+    from motion_relevance.pipeline.tables import build_tables
+
+    metrics = {keys.metric_key("test", "temporal_share", "attnlrp"): 0.6,
+               keys.metric_key("test", "temporal_share", "attnlrp", "n"): 4.0,
+               keys.metric_key("test", "overhead_ms", "gradcam"): 1.0}
+    tables = build_tables(metrics)
+    assert list(tables)[-1] == "table9_temporal_share"
+    assert [(r["method"], r["temporal_share"], r["temporal_share_n"]) for r in tables["table9_temporal_share"]] == [
+        ("attnlrp", 0.6, 4.0)]
