@@ -82,3 +82,29 @@ def test_table9_has_a_row_per_measured_explainer_after_table8() -> None:
     assert list(tables)[-1] == "table9_temporal_share"
     assert [(r["method"], r["temporal_share"], r["temporal_share_n"]) for r in tables["table9_temporal_share"]] == [
         ("attnlrp", 0.6, 4.0)]
+
+
+def test_mr_explain_on_videomae_tiny_logs_temporal_share_for_attnlrp_only(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from motion_relevance.explain_app import explain
+    from motion_relevance.train import train
+    from tests.conftest import TINY_DATA, compose_config
+
+    common = [f"paths.data_dir={data_root}", f"paths.cache_dir={data_root}/cache", "logger=csv",
+              "~callbacks.progress_bar", *TINY_DATA]
+    train_cfg = compose_config("train", [*common, "model=videomae_tiny", "callbacks=default", "trainer.max_epochs=1",
+                                         "test=false"], tmp_path / "train")
+    train(train_cfg)
+    ckpt = Path(train_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    cfg = compose_config("explain", [*common, f"ckpt_path={ckpt}", "num_clips=3", "~explainers.dtd", "~explainers.gbp",
+                                     "~explainers.guided_gradcam", "~explainers.gradcam",
+                                     "+explainer@explainers.attnlrp=attnlrp",
+                                     "+explainer@explainers.token_gradcam=token_gradcam", "objective.method=attnlrp",
+                                     "faithfulness.enabled=false", "randomization.enabled=false", "cache=none"],
+                         tmp_path / "explain")
+    metrics, _ = explain(cfg)
+    share = float(metrics["test/temporal_share/attnlrp"])
+    assert 0.0 < share < 1.0 and int(metrics["test/temporal_share_n/attnlrp"]) == 3
+    assert not any("temporal_share" in k and k.endswith("/token_gradcam") for k in metrics)
+    assert (Path(cfg.paths.output_dir) / "tables" / "table9_temporal_share.md").exists()
