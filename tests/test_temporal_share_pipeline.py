@@ -108,3 +108,16 @@ def test_mr_explain_on_videomae_tiny_logs_temporal_share_for_attnlrp_only(tmp_pa
     assert 0.0 < share < 1.0 and int(metrics["test/temporal_share_n/attnlrp"]) == 3
     assert not any("temporal_share" in k and k.endswith("/token_gradcam") for k in metrics)
     assert (Path(cfg.paths.output_dir) / "tables" / "table9_temporal_share.md").exists()
+
+
+def test_mr_train_explain_callback_logs_temporal_share(train_cfg) -> None:  # type: ignore[no-untyped-def]
+    from motion_relevance.train import train
+
+    cfg = train_cfg("model=videomae_tiny", "callbacks=explain", "trainer.fast_dev_run=true", "num_clips=2",
+                    "~explainers.dtd", "~explainers.gbp", "~explainers.guided_gradcam", "~explainers.gradcam",
+                    "+explainer@explainers.attnlrp=attnlrp", "+explainer@explainers.rollout=rollout",
+                    "faithfulness.enabled=false", "randomization.enabled=false")
+    metrics, _ = train(cfg)
+    assert 0.0 < float(metrics["test/temporal_share/attnlrp"]) < 1.0
+    assert int(metrics["test/temporal_share_n/attnlrp"]) + int(metrics["test/temporal_share_n_undefined/attnlrp"]) == 2
+    assert not any("temporal_share" in k and k.endswith("/rollout") for k in metrics)
