@@ -84,6 +84,7 @@ def test_table9_has_a_row_per_measured_explainer_after_table8() -> None:
         ("attnlrp", 0.6, 4.0)]
 
 
+@pytest.mark.slow  # trains its own videomae_tiny checkpoint: about 12 s of the file's 35
 def test_mr_explain_on_videomae_tiny_logs_temporal_share_for_attnlrp_only(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
