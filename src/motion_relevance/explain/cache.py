@@ -31,7 +31,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -286,12 +286,15 @@ class Attribution:
         timings: one value per timed explainer call (ms per clip of that call) plus the stored values of the hits:
             the samples of the overhead table (clips explained together share one measurement).
         hits: clips served from the cache.
+        explained: the indices of the clips the explainer computed in this call, in the order of its calls
+            (all clips, in order, without a cache); the rest were cache hits.
     """
 
     relevance: Tensor | tuple[Tensor, ...]
     ms: list[float]
     timings: list[float]
     hits: int = 0
+    explained: list[int] = field(default_factory=list)
 
 
 def _as_tuple(value: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
@@ -376,6 +379,7 @@ class CachedExplainer:
                 self.cache.discard(keys[i], f"relevance of shape {hit_shape} where the explainer gives {fresh_shape}")
                 entries[i] = None
             timings.append(self._explain(model, clips, inputs, target, stale, keys, fresh)[0])
+            missing += stale
         hits = [e for e in entries if e is not None]
         device, dtype = inputs[0].device, inputs[0].dtype
         relevance = list(whole) if whole is not None else []
@@ -386,7 +390,7 @@ class CachedExplainer:
         ms = [fresh[i][1] if e is None else e.ms for i, e in enumerate(entries)]
         timings += list(dict.fromkeys(e.ms for e in hits))
         result = relevance[0] if isinstance(clips, Tensor) else tuple(relevance)
-        return Attribution(relevance=result, ms=ms, timings=timings, hits=len(hits))
+        return Attribution(relevance=result, ms=ms, timings=timings, hits=len(hits), explained=missing)
 
     def _explain(self, model: nn.Module, clips: Tensor | Sequence[Tensor], inputs: tuple[Tensor, ...],
                  target: Tensor, which: list[int], keys: list[str] | None,

@@ -27,7 +27,8 @@ from motion_relevance.explain.rules import Uniform
 from motion_relevance.models.layers import MatMul
 from motion_relevance.models.videomae import VideoMAE
 
-__all__ = ["TOKEN_FRAMES", "pair_flows", "register_token_frames", "temporal_share", "videomae_token_frames"]
+__all__ = ["TOKEN_FRAMES", "FlowRecorder", "measures_temporal_share", "pair_flows", "register_token_frames",
+           "temporal_share", "videomae_token_frames"]
 
 #: ``token_frames(model, clips) -> {name of an A @ V MatMul module: (query_frames (Nq,), key_frames (Nk,))}``.
 TokenFrames = Callable[[nn.Module, Tensor], dict[str, tuple[Tensor, Tensor]]]
@@ -88,15 +89,24 @@ def pair_flows(a: Tensor, v: Tensor, out: Tensor, relevance: Tensor, epsilon: fl
 
 class _Recorder:
     """Forward hooks on the A @ V modules keeping ``(A, V, out)`` until ``out``'s relevance arrives; a tensor hook
-    on ``out`` then reduces them to per-clip sums ``(cross-frame, all)`` of :func:`pair_flows` and lets them go."""
+    on ``out`` then reduces them to per-clip sums ``(cross-frame, all)`` of :func:`pair_flows` and lets them go.
+    The batch size of each forward is read from the model's input (a forward pre-hook on the model), so one
+    recorder measures every explainer pass made while it is installed, whatever its batch."""
 
-    def __init__(self, frames: dict[str, tuple[Tensor, Tensor]], epsilon: float, batch: int) -> None:
-        self.frames, self.epsilon, self.batch = frames, epsilon, batch
+    def __init__(self, frames: dict[str, tuple[Tensor, Tensor]], epsilon: float) -> None:
+        self.frames, self.epsilon, self.batch = frames, epsilon, 0
         self.sums: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
-    def _reduce(self, name: str, a: Tensor, v: Tensor, out: Tensor, relevance: Tensor) -> None:
+    def model_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        first = args[0] if args else None
+        while isinstance(first, (list, tuple)) and first:
+            first = first[0]
+        if isinstance(first, Tensor):
+            self.batch = int(first.shape[0])
+
+    def _reduce(self, name: str, batch: int, a: Tensor, v: Tensor, out: Tensor, relevance: Tensor) -> None:
         flows = pair_flows(a, v, out, relevance, self.epsilon)
-        flows = flows.reshape(self.batch, -1, *flows.shape[-2:])
+        flows = flows.reshape(batch, -1, *flows.shape[-2:])
         total = flows.sum(-1).double().sum((1, 2))
         query_frames, key_frames = self.frames[name]
         same = (query_frames.view(-1, 1) == key_frames.view(1, -1)).to(flows.device)
@@ -108,15 +118,81 @@ class _Recorder:
             if not (isinstance(out, Tensor) and out.requires_grad and len(args) == 2):
                 return  # a forward without autograd (model analysis): no relevance will arrive
             kept = [args[0].detach(), args[1].detach(), out.detach()]
+            batch = self.batch
 
             def reduce(relevance: Tensor) -> None:
                 if kept:
-                    self._reduce(name, *kept, relevance.detach())
+                    self._reduce(name, batch, *kept, relevance.detach())
                     kept.clear()
 
             out.register_hook(reduce)
 
         return forward_hook
+
+    def shares(self, device: torch.device) -> list[Tensor]:
+        """One ``(b,)`` float32 share per explainer pass, in call order (every product must have received
+        relevance once per pass)."""
+        got = {name: len(self.sums.get(name, [])) for name in self.frames}
+        passes = max(got.values(), default=0)
+        bad = next((name for name, n in got.items() if n != passes or n == 0), None)
+        if bad is not None:
+            raise RuntimeError(f"temporal_share: module {bad!r} received relevance {got[bad]} times where the "
+                               f"attention products received it in {passes} AttnLRP passes (expected once per pass)")
+        out = []
+        for i in range(passes):
+            cross = sum(self.sums[name][i][0].to(device) for name in self.frames)
+            total = sum(self.sums[name][i][1].to(device) for name in self.frames)
+            assert isinstance(cross, Tensor) and isinstance(total, Tensor)
+            share = torch.where(total > 0, cross / total.clamp(min=torch.finfo(torch.float64).tiny),
+                                torch.zeros_like(total))
+            out.append(share.clamp(0.0, 1.0).to(torch.float32))
+        return out
+
+
+class FlowRecorder:
+    """Context manager measuring :func:`temporal_share` of every AttnLRP pass ``explainer`` makes on ``model``
+    while it is entered (e.g. inside a caching wrapper that explains only some clips): hooks only, no pass of its
+    own. :meth:`shares` gives one ``(b,)`` share per pass, in call order.
+
+    Args: as :func:`temporal_share`; ``clips`` fixes the token grid (any batch of clips of that shape).
+    """
+
+    def __init__(self, model: nn.Module, clips: Tensor, explainer: Any) -> None:
+        token_frames = _token_frames_for(model)
+        if not isinstance(explainer, AttnLRP):
+            raise TypeError(f"temporal_share explainer must be an AttnLRP, got {type(explainer).__name__}")
+        epsilon = _uniform_epsilon(explainer)
+        frames = token_frames(model, clips)
+        modules = dict(model.named_modules())
+        missing = [n for n in frames if not isinstance(modules.get(n), MatMul)]
+        if missing:
+            raise ValueError(f"temporal_share: the token->frame map of {type(model).__name__} names {missing[0]!r}, "
+                             "which is not a models.layers.MatMul module of the model; fix its registered map")
+        self.model, self.modules, self.device = model, modules, clips.device
+        self.recorder = _Recorder(frames, epsilon)
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> FlowRecorder:
+        self.handles = [self.model.register_forward_pre_hook(self.recorder.model_hook)]
+        self.handles += [self.modules[n].register_forward_hook(self.recorder.hook(n)) for n in self.recorder.frames]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def shares(self) -> list[Tensor]:
+        """One ``(b,)`` share in ``[0, 1]`` per AttnLRP pass made inside the context, in call order."""
+        return self.recorder.shares(self.device)
+
+
+def measures_temporal_share(model: nn.Module, explainer: Any) -> bool:
+    """Whether :func:`temporal_share` can measure ``explainer`` on ``model``: an AttnLRP with the uniform MatMul
+    rule, and a model type with a registered token -> frame map."""
+    if not isinstance(explainer, AttnLRP) or not isinstance(explainer.composite.rule_for(MatMul()), Uniform):
+        return False
+    return any(cls in TOKEN_FRAMES for cls in type(model).__mro__)
 
 
 def _uniform_epsilon(explainer: Any) -> float:
@@ -145,36 +221,16 @@ def temporal_share(model: nn.Module, clips: Tensor, target: Any = None, *, expla
             default: one whose zB bounds enclose the clips (the first layer's rule does not change the relevance
             that reaches the attention products).
     """
-    token_frames = _token_frames_for(model)
+    _token_frames_for(model)
     check_clips("temporal_share clips", clips, finite=True)
     if explainer is None:
         lo, hi = float(clips.min()), float(clips.max())
         explainer = AttnLRP(lower=lo - 1.0, upper=hi + 1.0)
-    elif not isinstance(explainer, AttnLRP):
-        raise TypeError(f"temporal_share explainer must be an AttnLRP, got {type(explainer).__name__}")
-    epsilon = _uniform_epsilon(explainer)
-    frames = token_frames(model, clips)
-    modules = dict(model.named_modules())
-    missing = [n for n in frames if not isinstance(modules.get(n), MatMul)]
-    if missing:
-        raise ValueError(f"temporal_share: the token->frame map of {type(model).__name__} names {missing[0]!r}, "
-                         "which is not a models.layers.MatMul module of the model; fix its registered map")
-    batch = clips.shape[0]
-    recorder = _Recorder(frames, epsilon, batch)
-    handles = [modules[n].register_forward_hook(recorder.hook(n)) for n in frames]
-    try:
+    recorder = FlowRecorder(model, clips, explainer)
+    with recorder:
         explainer(model, clips, target)
-    finally:
-        for handle in handles:
-            handle.remove()
-    cross = torch.zeros(batch, dtype=torch.float64, device=clips.device)
-    total = torch.zeros_like(cross)
-    for name in frames:
-        sums = recorder.sums.get(name, [])
-        if len(sums) != 1:
-            raise RuntimeError(f"temporal_share: module {name!r} received relevance {len(sums)} times in one "
-                               "AttnLRP pass (expected once)")
-        cross += sums[0][0].to(cross.device)
-        total += sums[0][1].to(cross.device)
-    share = torch.where(total > 0, cross / total.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(total))
-    return share.clamp(0.0, 1.0).to(torch.float32)
+    shares = recorder.shares()
+    if len(shares) != 1:
+        raise RuntimeError(f"temporal_share: the attention products received relevance {len(shares)} times in one "
+                           "AttnLRP call (expected once)")
+    return shares[0]

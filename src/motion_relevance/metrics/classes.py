@@ -140,6 +140,21 @@ class PathwayShare(MeanStdMetric):
         self._accumulate("share", torch.where(defined, mass / total.clamp_min(1e-300), torch.nan), defined)
 
 
+class TemporalShare(MeanStdMetric):
+    """Share of the relevance AttnLRP passes through a video transformer's attention products that crosses frames
+    (``explain.temporal_flow.temporal_share``; docs/method.md, "How much relevance flows through time").
+
+    ``update(share (B,))`` with one value in ``[0, 1]`` per clip; NaN (a clip served from the attribution cache,
+    whose explanation was not recomputed) counts as undefined. Quantity ``share``.
+    """
+
+    quantities: ClassVar[tuple[str, ...]] = ("share",)
+
+    def update(self, share: Tensor) -> None:
+        v = torch.as_tensor(share, dtype=torch.float64).reshape(-1)
+        self._accumulate("share", v, torch.isfinite(v))
+
+
 class Overhead(MeanStdMetric):
     """Wall time per clip in ms (docs/method.md, "Metrics"; Table 4), fed with measured times
     (see :class:`OverheadTimer`).
@@ -158,4 +173,4 @@ class Overhead(MeanStdMetric):
 
 
 __all__ = ["Agreement", "GroundTruthMetrics", "MotionPrecision", "Overhead", "PathwayShare", "Selectivity",
-           "SpatialBias"]
+           "SpatialBias", "TemporalShare"]

@@ -17,6 +17,7 @@ __all__ = [
     "GROUND_TRUTH",
     "STATS",
     "TEMPORAL_METRICS",
+    "TEMPORAL_SHARE",
     "MetricKey",
     "at_sigma",
     "is_baseline",
@@ -42,6 +43,10 @@ TEMPORAL_METRICS = {
     "random": "temporal_drop_random",
     "advantage": "temporal_advantage",
 }
+#: The cross-frame share of the relevance through a video transformer's attention products ("How much relevance
+#: flows through time" in docs/method.md): ``test/temporal_share/attnlrp``, for AttnLRP explainers of models with a
+#: registered token -> frame map only.
+TEMPORAL_SHARE = "temporal_share"
 _SELECTIVE_RE = re.compile(r"^(?P<base>.+?)_selective(?:_s(?P<sigma>[0-9.eE+-]+))?$")
 _AT_SIGMA_RE = re.compile(r"^(?P<base>.+)@s(?P<sigma>[0-9.eE+-]+)$")
 

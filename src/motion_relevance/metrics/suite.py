@@ -28,6 +28,7 @@ from motion_relevance.metrics.classes import (
     PathwayShare,
     Selectivity,
     SpatialBias,
+    TemporalShare,
 )
 
 __all__ = ["COUNTERS", "ClipRecords", "ExplanationMetrics"]
@@ -78,6 +79,8 @@ class ExplanationMetrics:
         flow: whether flow precision is measured (no flow: no precision metrics are created or logged).
         counters: the :data:`COUNTERS` this run logs (always logged, also when zero).
         record: keep every per-clip value (:class:`ClipRecords`, long format) besides the reductions.
+        temporal_share: the methods (among ``methods``) whose cross-frame attention share is measured
+            (:meth:`update_temporal_share`; logged as ``temporal_share/<method>``).
         pathways: names of the model's input pathways (multi-pathway models such as SlowFast: ``("slow",
             "fast")``): each pathway's share of the positive relevance, baseline and selective, is measured.
 
@@ -88,7 +91,7 @@ class ExplanationMetrics:
 
     def __init__(self, methods: Sequence[str], sigmas: Sequence[float] = (), *, mode: str = "positive",
                  flow: bool = True, counters: Sequence[str] = ("explained_clips",),
-                 pathways: Sequence[str] = (), record: bool = False) -> None:
+                 pathways: Sequence[str] = (), record: bool = False, temporal_share: Sequence[str] = ()) -> None:
         unknown = [c for c in counters if c not in COUNTERS]
         if unknown:
             raise KeyError(f"unknown counters {unknown}; counters: {COUNTERS}")
@@ -118,6 +121,12 @@ class ExplanationMetrics:
                 add("selectivity", method, Selectivity(mode=mode),
                     {"area": "selectivity_area", "mass": "selectivity_mass"}, logged=base)
                 add("bias", method, SpatialBias(), {"bias": "spatial_bias"}, logged=base)
+        self.temporal_share = [m for m in self.methods if m in set(temporal_share)]
+        unknown_share = sorted(set(temporal_share) - set(self.methods))
+        if unknown_share:
+            raise KeyError(f"temporal_share names {unknown_share}, which are not among the methods {self.methods}")
+        for name in self.temporal_share:
+            add(keys.TEMPORAL_SHARE, name, TemporalShare(), {"share": keys.TEMPORAL_SHARE})
         self.pathways = list(pathways)
         for name in self.methods if len(self.pathways) > 1 else []:
             for method in [name, *(self.selective_name(name, s) for s in self.sigmas)]:
@@ -201,6 +210,10 @@ class ExplanationMetrics:
         total = torch.stack(masses).sum(0)
         for pathway, rel in zip(self.pathways, relevance):
             self._update(f"pathway_{pathway}", method, rel, total)
+
+    def update_temporal_share(self, method: str, share: Tensor) -> None:
+        """Per-clip cross-frame attention shares ``(B,)`` of ``method`` (NaN: not measured, e.g. a cache hit)."""
+        self._update(keys.TEMPORAL_SHARE, method, share)
 
     def update_overhead(self, method: str, ms: Iterable[float]) -> None:
         """Timed samples (ms per clip) of ``method`` or of ``"selective"``."""

@@ -31,6 +31,7 @@ from motion_relevance.digests import state_digest
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
 from motion_relevance.explain.explainers import GradCAM, GuidedGradCAM, _layer_name, _pathway
 from motion_relevance.explain.selective import DEFAULT_SIGMA, check_padding, check_sigma, selective_relevance
+from motion_relevance.explain.temporal_flow import FlowRecorder, measures_temporal_share
 from motion_relevance.explain.timing import OverheadTimer
 from motion_relevance.explain.tracing import analyse_model
 from motion_relevance.metrics.suite import ExplanationMetrics
@@ -185,6 +186,8 @@ class ExplanationPipeline:
         self.pathways: tuple[str, ...] = ()
         self.record_clips = bool(record_clips)
         self.clips_info: list[dict[str, Any]] = []
+        #: explainers whose cross-frame attention share is measured (decided by :meth:`start` from the model)
+        self.temporal_share: list[str] = []
         self.metrics = self._suite()
         #: per-frame relevance shares of every explained clip (``temporal.csv``, the per-frame curves)
         self.per_frame = FrameRecorder()
@@ -205,7 +208,8 @@ class ExplanationPipeline:
             counters.append("flow_skipped_clips")
         return ExplanationMetrics(list(self.explainers), self.sigmas, mode=self.mode,
                                   flow=self.flow is not None and self.transform is not None, counters=counters,
-                                  pathways=self.pathways, record=self.record_clips)
+                                  pathways=self.pathways, record=self.record_clips,
+                                  temporal_share=self.temporal_share)
 
     @property
     def names(self) -> list[str]:
@@ -220,11 +224,15 @@ class ExplanationPipeline:
         """Begin an explained epoch of ``model``: zero the metrics and counters, hash the weights for the cache.
 
         A multi-pathway model names its inputs in ``model.pathway_names`` (SlowFast: ``("slow", "fast")``); each
-        pathway's share of the relevance is then measured too.
+        pathway's share of the relevance is then measured too. AttnLRP explainers of a model with a registered
+        token -> frame map (``explain.temporal_flow.register_token_frames``; VideoMAE) also measure the cross-frame
+        share of the relevance through the attention products (``temporal_share/<method>``); for other
+        explainers and models the key is absent.
         """
         pathways = tuple(str(p) for p in getattr(model, "pathway_names", ()) or ())
-        if pathways != self.pathways:
-            self.pathways = pathways
+        share = [n for n, e in self.explainers.items() if measures_temporal_share(model, e.explainer)]
+        if pathways != self.pathways or share != self.temporal_share:
+            self.pathways, self.temporal_share = pathways, share
             self.metrics = self._suite()
         if device is not None:
             self.metrics.to(device)
@@ -309,7 +317,10 @@ class ExplanationPipeline:
                                  "label": int(labels[i]), "target": int(targets[i])} for i in range(labels.shape[0])]
         relevance: dict[str, Tensor] = {}
         for name, explainer in self.explainers.items():
-            out = explainer(net, clips, targets, model_digest=self._digest)
+            if name in self.temporal_share and isinstance(clips, Tensor):
+                out = self._explain_measuring_flow(name, explainer, net, clips, targets)
+            else:
+                out = explainer(net, clips, targets, model_digest=self._digest)
             rel = out.relevance
             if not isinstance(rel, Tensor):
                 _check_reference_relevance(name, explainer, rel, ref, self.pathways,
@@ -339,6 +350,19 @@ class ExplanationPipeline:
         if sum(b.size for b in self.kept) < self.keep_clips:
             self.kept.append(batch.cpu())
         return batch
+
+    def _explain_measuring_flow(self, name: str, explainer: CachedExplainer, net: nn.Module, clips: Tensor,
+                                targets: Tensor) -> Any:
+        """Run an AttnLRP explainer with the flow recorder installed (no extra pass): the cross-frame attention
+        share of each clip it explains; clips served from the cache are not recomputed and count as undefined."""
+        recorder = FlowRecorder(net, clips, explainer.explainer)
+        with recorder:
+            out = explainer(net, clips, targets, model_digest=self._digest)
+        share = torch.full((clips.shape[0],), float("nan"), device=clips.device)
+        if out.explained:
+            share[out.explained] = torch.cat(recorder.shares()).to(share.device)
+        self.metrics.update_temporal_share(name, share)
+        return out
 
     def _measure_pathways(self, name: str, relevance: tuple[Tensor, ...]) -> None:
         """Each pathway's share of the baseline relevance, and of its selective map (each pathway's temporal

@@ -99,6 +99,8 @@ COLUMN_HELP: dict[str, str] = {
                         "(Table 3)",
     "selectivity_mass": "sum R_sel+ / sum R+: share of positive relevance selective relevance keeps (Table 3)",
     "overhead_ms": "wall time per clip in ms of the explainer call, or of the selective step (Table 4)",
+    "temporal_share": "share of the relevance AttnLRP passes through the attention products (A @ V) that goes "
+                      "between tokens of different frames; cached clips undefined (Table 9)",
     "gt_precision": "|P(R) and M| / |P(R)|: share of positive voxels inside the ground-truth motion mask M",
     "gt_recall": "|P(R) and M| / |M|: share of the ground-truth motion mask covered by positive voxels",
     "gt_f1": "Dice 2|P(R) and M| / (|P(R)| + |M|) against the ground-truth motion mask",
@@ -150,6 +152,7 @@ TABLE_TITLES: dict[str, str] = {
     "table6_faithfulness": "Table 6 · faithfulness",
     "table7_randomization": "Table 7 · cascading randomisation",
     "table8_temporal": "Table 8 · temporal window",
+    "table9_temporal_share": "Table 9 · relevance through time",
     "sigma_report": "Sigma report",
     "best_sigma": "Best sigma per method",
     "per_clip": "Per-clip values",

@@ -1,7 +1,7 @@
 """Paper-style tables and curve figures from a run's flat metrics (``<stage>/<metric>[_<stat>]/<method>`` keys).
 
 The builders turn the metrics of one stage into rows (one per method, or per method and reference / stage) and
-write them as markdown and CSV; :func:`write_tables` writes Tables 1-8 into a run folder's ``tables/``,
+write them as markdown and CSV; :func:`write_tables` writes Tables 1-9 into a run folder's ``tables/``,
 :func:`write_faithfulness_figures` the deletion/insertion, randomisation and per-frame relevance curves. The
 explanation callback writes them at the end of each explained stage (``mr-explain`` and ``mr-train
 callbacks=explain`` alike);
@@ -16,7 +16,9 @@ callbacks=explain`` alike);
 - ``table6_faithfulness``: deletion/insertion AUCs and matched-budget drops; ``table7_randomization``: Spearman
   correlations of the cascading randomisation check;
 - ``table8_temporal``: the temporal-window drops (selective, baseline, random top frame) and the selective - random
-  advantage (:mod:`motion_relevance.pipeline.temporal`).
+  advantage (:mod:`motion_relevance.pipeline.temporal`);
+- ``table9_temporal_share``: the cross-frame share of the relevance through a video transformer's attention
+  products, per AttnLRP explainer (models with a token -> frame map: VideoMAE).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "table3_selectivity": ("selectivity_area", "selectivity_mass"),
     "table4_overhead": ("overhead_ms",),
     "table5_ground_truth": ("gt_precision", "gt_recall", "gt_f1", "motion_share", "spatial_bias"),
+    "table9_temporal_share": (keys.TEMPORAL_SHARE,),
 }
 #: Removal references of the faithfulness tests (``metrics.faithfulness.REFERENCES``).
 REFERENCES = ("freeze", "mean", "blur")
@@ -259,17 +262,18 @@ def write_faithfulness_figures(metrics: Mapping[str, Any], out_dir: str | Path, 
 
 
 def build_tables(metrics: Mapping[str, Any], stage: str = "test") -> dict[str, list[dict[str, Any]]]:
-    """Tables 1–8 of ``stage``: name -> rows (empty where the run has no such metrics)."""
+    """Tables 1–9 of ``stage``: name -> rows (empty where the run has no such metrics)."""
     tables = {name: table_rows(metrics, stage, names) for name, names in TABLES.items()}
     tables["table6_faithfulness"] = faithfulness_rows(metrics, stage)
     tables["table7_randomization"] = randomization_rows(metrics, stage)
     tables[TABLE] = temporal_rows(metrics, stage)
+    tables["table9_temporal_share"] = tables.pop("table9_temporal_share")  # listed after Table 8
     return tables
 
 
 def write_tables(metrics: Mapping[str, Any], out_dir: str | Path, stage: str = "test",
                  guard: Guard = _call) -> dict[str, list[dict]]:
-    """Write Tables 1–8 (markdown + CSV) of ``stage`` into ``out_dir``, and all of them in ``tables.md``; returns
+    """Write Tables 1–9 (markdown + CSV) of ``stage`` into ``out_dir``, and all of them in ``tables.md``; returns
     name -> rows. Each file is written through ``guard`` (one failing file leaves the others written)."""
     out = Path(out_dir)
     guard("tables folder", out, lambda: out.mkdir(parents=True, exist_ok=True))
