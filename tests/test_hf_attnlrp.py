@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from motion_relevance.explain.canonize_trace import canonize, canonized  # noqa: E402
 from motion_relevance.explain.explainers import AttnLRP  # noqa: E402
+from motion_relevance.explain.rules import ATTNLRP, DTD, Pass  # noqa: E402
 from motion_relevance.models import from_transformers  # noqa: E402
 from motion_relevance.models.layers import Add, MatMul  # noqa: E402
 from motion_relevance.models.videomae import TokenPool, VideoMAE  # noqa: E402
@@ -73,7 +74,8 @@ def test_canonized_transformers_videomae_has_every_operation_as_a_module_and_equ
     assert kinds.count(nn.Softmax) == blocks
     assert kinds.count(Add) == 2 * blocks + 1  # two residual sums per block, the position table
     assert kinds.count(TokenPool) == 1  # mean pooling of the head
-    assert kinds.count(nn.GELU) == blocks
+    acts = [m for m in record.model.modules() if type(m).__name__ == "GELUActivation"]
+    assert len(acts) == blocks and all(isinstance(ATTNLRP.rule_for(m), Pass) for m in acts)  # a rule: kept as is
     with torch.no_grad():
         torch.testing.assert_close(record.model(x), net(x), rtol=1e-6, atol=1e-7)
         # the transformers model itself still computes as before (its own forward, its own classes, no hooks)
@@ -144,3 +146,83 @@ def test_canonize_without_clips_still_refuses_strictly_what_it_cannot_trace() ->
     net = from_transformers(tiny_videomae())
     with pytest.raises(ValueError, match="torch.fx cannot trace HFVideoClassifier"):
         canonize(net)
+
+
+@pytest.mark.parametrize("name", ["GELUActivation", "FastGELUActivation", "NewGELUActivation", "QuickGELUActivation",
+                                  "SiLUActivation"])
+def test_transformers_activation_classes_pass_relevance_in_both_composites(name: str) -> None:
+    module = getattr(transformers.activations, name)()
+    assert isinstance(ATTNLRP.rule_for(module), Pass) and isinstance(DTD.rule_for(module), Pass)
+
+    class Changed(type(module)):  # another forward computes something else: no rule by name
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    assert ATTNLRP.rule_for(Changed()) is None
+
+
+CONFIGS = {
+    "TimesformerForVideoClassification": lambda: transformers.TimesformerConfig(
+        image_size=SIZE, patch_size=8, num_frames=FRAMES, num_labels=CLASSES, **SMALL),
+    "VivitForVideoClassification": lambda: transformers.VivitConfig(  # hidden_act "gelu_fast": FastGELUActivation
+        image_size=SIZE, tubelet_size=[2, 8, 8], num_frames=FRAMES, num_labels=CLASSES, **SMALL),
+}
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_attnlrp_runs_on_timesformer_and_vivit(arch: str) -> None:
+    torch.manual_seed(0)
+    hf = getattr(transformers, arch)(CONFIGS[arch]()).eval()
+    net, x = from_transformers(hf), clips()
+    record = canonized(net, x)  # the logits check passed
+    assert not record.unsupported
+    kinds = {type(m).__name__ for name, m in record.model.named_modules() if name in record.added}
+    assert {"MatMul", "Softmax", "Add"} <= kinds
+    with torch.no_grad():
+        torch.testing.assert_close(record.model(x), net(x), rtol=1e-6, atol=1e-7)
+    relevance = AttnLRP(lower=-2.5, upper=2.5)(net, x, TARGET)
+    assert relevance.shape == x.shape and bool(torch.isfinite(relevance).all())
+    assert float(relevance.abs().amax()) > 0
+
+
+def test_vjepa2_is_refused_naming_an_operation_without_a_rule() -> None:
+    torch.manual_seed(0)
+    config = transformers.VJEPA2Config(crop_size=SIZE, patch_size=8, frames_per_clip=FRAMES, tubelet_size=2,
+                                       mlp_ratio=2.0, pred_hidden_size=16, pred_num_hidden_layers=1,
+                                       pred_num_attention_heads=2, num_pooler_layers=1, num_labels=CLASSES,
+                                       hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    net = from_transformers(transformers.VJEPA2ForVideoClassification(config).eval())
+    with pytest.raises(TypeError, match=r"AttnLRP has no rule for the operation torch\.\w+ at .*modeling_vjepa2\.py"):
+        AttnLRP(lower=-2.5, upper=2.5)(net, clips(), TARGET)
+
+
+class _Flagged(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, double: bool = False) -> torch.Tensor:
+        y = self.proj(x)
+        return y + y if double else y + x
+
+
+class _CallsFlagged(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _Flagged()
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.block(clips.flatten(1).unflatten(1, (-1, 4)), double=False).mean(1)
+
+
+def test_a_flag_traced_as_a_constant_is_checked_on_every_call() -> None:
+    model, x = _CallsFlagged().eval(), clips()
+    work = canonized(model, x).model
+    assert not canonized(model, x).unsupported
+    with torch.no_grad():
+        torch.testing.assert_close(work(x), model(x))
+        tokens = x.flatten(1).unflatten(1, (-1, 4))
+        torch.testing.assert_close(work.block(tokens), model.block(tokens))
+        with pytest.raises(ValueError, match=r"canonize: _Flagged.forward was traced with double=False and is now "
+                                             r"called with double=True; canonize the model again"):
+            work.block(tokens, double=True)

@@ -61,7 +61,6 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from motion_relevance.explain._copy import eval_copy
-from motion_relevance.explain.canonize import lookup
 from motion_relevance.explain.propagation import call_model
 from motion_relevance.explain.rules import ATTNLRP, DTD
 from motion_relevance.explain.tracing import analyse_model
@@ -185,6 +184,8 @@ _ROUTING_METHODS = frozenset({
 })
 _ROUTING_FUNCTIONS = frozenset({
     getattr(fx._symbolic_trace, "_assert_is_none", operator.getitem),  # the tracer's check of a None argument
+    torch._assert, operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.not_,
+    operator.is_, operator.is_not,  # checks and comparisons: true/false, no relevance flows through them
     operator.getitem, getattr, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
     torch.unsqueeze, torch.stack, torch.chunk, torch.split, torch.unbind, torch.clone, torch.narrow, torch.flip,
     torch.roll, torch.movedim, torch.t, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -268,6 +269,7 @@ class _Call:
 
     arguments: dict[str, Any]
     output: Any
+    varying: set[str] = field(default_factory=set)  #: arguments that were None or a flag in one call, not in another
 
 
 class _OneLevel(fx.Tracer):
@@ -287,6 +289,8 @@ class _OneLevel(fx.Tracer):
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:  # type: ignore[override]
         self.call = self.calls.get(id(root))
         graph = self._trace(root, concrete_args)
+        if concrete_args:
+            _drop_constant_inputs(graph, concrete_args)
         info = getattr(graph._codegen, "pytree_info", None)
         if info is not None:  # empty *args / **kwargs made constants: plain arguments, the output as written
             graph._codegen = fx.graph.CodeGen()
@@ -367,6 +371,27 @@ class _OneLevel(fx.Tracer):
 _TRANSFORMERS_DIR = f"{os.sep}transformers{os.sep}"
 
 
+_GUARDS = {getattr(fx._symbolic_trace, "_assert_is_none", None), operator.eq, torch._assert}
+
+
+def _drop_constant_inputs(graph: fx.Graph, constants: Mapping[str, Any]) -> None:
+    """Remove the inputs traced as constants and the tracer's checks of them (the installed forward checks them,
+    :func:`_with_signature`), so the graph's inputs are the arguments that carry tensors."""
+    names = {k.lstrip("*") for k in constants}
+    for node in [n for n in graph.nodes if n.op == "placeholder"]:
+        target = str(node.target).lstrip("*")
+        if re.sub(r"_\d+$", "", target) not in names and target not in names:
+            continue
+        chain, todo = [], [node]
+        while todo:
+            current = todo.pop()
+            chain.append(current)
+            todo.extend(current.users)
+        if all(n is node or (n.op == "call_function" and n.target in _GUARDS) for n in chain):
+            for n in reversed(chain):
+                graph.erase_node(n)
+
+
 def _unwrapped_forward(cls: type) -> Callable[..., Any] | None:
     """The forward inside transformers' wrappers, None for a forward without them: the gradient-checkpointing wrapper
     (``GradientCheckpointingLayer``, differs only in training with checkpointing on) and the output decorators
@@ -391,7 +416,7 @@ class _SizedProxy(fx.Proxy):
 
 
 def _has_rule(module: nn.Module) -> bool:
-    return lookup(DTD.rules, module) is not None or lookup(ATTNLRP.rules, module) is not None
+    return DTD.rule_for(module) is not None or ATTNLRP.rule_for(module) is not None
 
 
 def _opaque(module: nn.Module) -> bool:
@@ -443,7 +468,8 @@ class _Rewriter:
             return
         try:
             tracer = _OneLevel(self.calls)
-            graph = tracer.trace(module, concrete_args=_constant_arguments(self.calls.get(id(module))))
+            constants = _constant_arguments(self.calls.get(id(module)))
+            graph = tracer.trace(module, concrete_args=constants)
             self.values = tracer.values
         except Exception as err:  # noqa: BLE001 - any tracer failure: keep the module as written
             note = _trace_error(err, path, module)
@@ -460,7 +486,7 @@ class _Rewriter:
             if node.op == "call_module":
                 self._visit_child(module.get_submodule(node.target), _join(path, node.target))
         if changed:
-            self._install(module, graph)
+            self._install(module, graph, constants)
             self.result.rewritten.append(path or "<model>")
 
     def _visit_child(self, child: nn.Module, path: str) -> None:
@@ -492,6 +518,8 @@ class _Rewriter:
             if node.op == "call_module":
                 changed |= self._place(root, path, node)
                 continue
+            if node in self.values and not _holds_tensor(self.values[node]):
+                continue  # arithmetic on sizes (``batch * frames``): no relevance flows through it
             try:
                 made = self._convert(node, dependent)
             except _NoRule as err:
@@ -505,6 +533,9 @@ class _Rewriter:
             self.result.added[_join(path, name)] = f"{_op_name(node)} at {_user_frame(node.stack_trace)}"
             with graph.inserting_before(node):
                 new = graph.call_module(name, args=args)
+                if isinstance(new_module, TokenPool) and _keepdim(node):  # (B, N, D) -> (B, 1, D)
+                    new.meta = dict(node.meta)
+                    new = graph.call_method("unsqueeze", (new, 1))
             new.meta = dict(node.meta)
             if in_place and isinstance(node.args[0], fx.Node):  # later reads of the written tensor see the result
                 written = node.args[0]
@@ -545,6 +576,9 @@ class _Rewriter:
         if (target in _ACTIVATIONS) or (is_method and target in _ACTIVATION_METHODS):
             make = _ACTIVATION_METHODS[target] if is_method else _ACTIVATIONS[target]
             extra = {k: v for k, v in kwargs.items() if k != "inplace"}
+            value = self.values.get(args[0]) if isinstance(args[0], fx.Node) else None
+            if isinstance(value, Tensor) and extra.get("dtype") == value.dtype:
+                del extra["dtype"]  # softmax(x, dtype=x.dtype): no conversion
             return make(*args, **extra), (args[0],), in_place
         if not is_method and target in _POOLS:
             cls, names = _POOLS[target]
@@ -587,23 +621,23 @@ class _Rewriter:
         raise _NoRule(what)
 
     def _token_mean(self, node: fx.Node) -> nn.Module:
-        """``tokens.mean(1)`` of a ``(B, N, D)`` tensor (transformers' mean pooling) as a ``TokenPool("mean")``."""
+        """``tokens.mean(1)`` of a ``(B, N, D)`` tensor (transformers' mean pooling) as a ``TokenPool("mean")``
+        (``keepdim=True``: followed by ``unsqueeze(1)``)."""
         args, kwargs = node.args, node.kwargs
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
         value = self.values.get(args[0]) if isinstance(args[0], fx.Node) else None
         rank = value.dim() if isinstance(value, Tensor) else None
-        if rank == 3 and dim in (1, -2, (1,), [1]) and not keepdim and kwargs.get("dtype") is None:
+        if rank == 3 and dim in (1, -2, (1,), [1]) and kwargs.get("dtype") is None:
             return TokenPool("mean")
         raise _NoRule(f"{_op_name(node)} other than the mean over the tokens of a (B, N, D) tensor")
 
     # -- installing the generated forward --------------------------------------------------------------------
 
-    def _install(self, module: nn.Module, graph: fx.Graph) -> None:
+    def _install(self, module: nn.Module, graph: fx.Graph, constants: dict[str, Any] | None) -> None:
         graph.lint()
         code = graph.python_code(root_module="self")
         cls = type(module)
-        key = (cls, code.src)
+        key = (cls, code.src, repr(sorted((constants or {}).items())))
         new_cls = self.classes.get(key)
         if new_cls is None:
             filename = f"<canonized {cls.__qualname__} {next(_COUNTER)}>"
@@ -612,12 +646,47 @@ class _Rewriter:
             exec(compile(code.src, filename, "exec"), scope)  # noqa: S102 - the tracer's generated forward
             new_cls = type(cls.__name__, (cls,), {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
                                                    "_canonized_from": cls})
-            new_cls.forward = scope["forward"]  # set after the class exists: no __init_subclass__ wraps it
+            forward = scope["forward"]
+            if constants:  # arguments traced as constants are not in the generated signature: accept them
+                forward = _with_signature(forward, _unwrapped_forward(cls) or cls.forward, graph, constants)
+            new_cls.forward = forward  # set after the class exists: no __init_subclass__ wraps it
             self.classes[key] = new_cls
         module.__class__ = new_cls
 
 
 _COUNTER = itertools.count()
+
+
+def _with_signature(generated: Callable[..., Any], original: Callable[..., Any], graph: fx.Graph,
+                    constants: Mapping[str, Any]) -> Callable[..., Any]:
+    """``generated`` called as ``original`` is: the arguments are bound to ``original``'s signature, those traced as
+    constants are checked to have the value they were traced with, and the graph's inputs are passed on."""
+    signature = inspect.signature(original)
+    names = [str(n.target) for n in graph.nodes if n.op == "placeholder"]
+    fixed = {k.lstrip("*"): v for k, v in constants.items()}
+    where = getattr(original, "__qualname__", "forward")
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        for name, value in fixed.items():
+            got = given.get(name)
+            if not (type(got) is type(value) and (value is None or got == value)):
+                raise ValueError(f"canonize: {where} was traced with {name}={value!r} and is now called with "
+                                 f"{name}={got!r}; canonize the model again with clips that run it this way")
+        positional: list[Any] = []
+        keywords: dict[str, Any] = {}
+        for name in names:
+            if name.startswith("**"):
+                keywords.update(given.get(name[2:], {}))
+            elif name.startswith("*"):
+                positional.extend(given.get(name[1:], ()))
+            else:
+                positional.append(given[name])
+        return generated(self, *positional, **keywords)
+
+    return forward
 
 
 def _is_gate(root: nn.Module, value: Any) -> bool:
@@ -631,6 +700,19 @@ def _is_gate(root: nn.Module, value: Any) -> bool:
             continue
         return False
     return False
+
+
+def _holds_tensor(value: Any) -> bool:
+    """Whether a shape-only value is (or contains) a tensor; sizes, ints and flags are not."""
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    return not isinstance(value, (int, float, bool, str, type(None), torch.Size, torch.dtype, torch.device))
+
+
+def _keepdim(node: fx.Node) -> bool:
+    return bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
 
 
 def _base_name(module: nn.Module) -> str:
@@ -701,8 +783,6 @@ def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor]) -> dict[int
     calls: dict[int, _Call] = {}
 
     def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if id(module) in calls:
-            return
         try:
             bound = inspect.signature(module.forward).bind(*args, **kwargs)
         except (TypeError, ValueError):
@@ -710,8 +790,15 @@ def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor]) -> dict[int
         bound.apply_defaults()
         star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
         kinds = bound.signature.parameters
-        calls[id(module)] = _Call({star.get(kinds[k].kind, "") + k: _meta(v) for k, v in bound.arguments.items()},
-                                  None)
+        arguments = {star.get(kinds[k].kind, "") + k: _meta(v) for k, v in bound.arguments.items()}
+        call = calls.get(id(module))
+        if call is None:
+            calls[id(module)] = _Call(arguments, None)
+            return
+        for name, value in arguments.items():
+            first = call.arguments.get(name)
+            if (_is_constant(first) or _is_constant(value)) and not (type(first) is type(value) and first == value):
+                call.varying.add(name)
 
     def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         call = calls.get(id(module))
@@ -731,15 +818,21 @@ def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor]) -> dict[int
 
 
 def _constant_arguments(call: _Call | None) -> dict[str, Any] | None:
-    """The ``forward`` arguments traced as constants: those that were ``None`` (``if mask is not None`` is traced as
-    the model ran it) and empty ``*args`` / ``**kwargs``."""
+    """The ``forward`` arguments traced as constants: those that were ``None`` or the same flag in every call (``if
+    mask is not None``, ``if output_attentions`` are traced as the model ran them) and empty ``*args`` /
+    ``**kwargs``."""
     if call is None:
         return None
     out: dict[str, Any] = {}
     for name, value in call.arguments.items():
-        if value is None or (name.startswith("*") and not value):
+        if name not in call.varying and (_is_constant(value) or (name.startswith("*") and not value)):
             out[name] = value
     return out or None
+
+
+def _is_constant(value: Any) -> bool:
+    """An argument traced as the value it had: ``None`` or a flag (``output_attentions=False``)."""
+    return value is None or isinstance(value, bool)
 
 
 def _canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None, strict: bool,
