@@ -13,7 +13,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 from motion_relevance.explain.canonize_trace import canonize, canonized  # noqa: E402
-from motion_relevance.explain.explainers import AttnLRP  # noqa: E402
+from motion_relevance.explain.explainers import AttnLRP, DeepTaylor  # noqa: E402
 from motion_relevance.explain.rules import ATTNLRP, DTD, Pass  # noqa: E402
 from motion_relevance.models import from_transformers  # noqa: E402
 from motion_relevance.models.layers import Add, MatMul  # noqa: E402
@@ -46,7 +46,8 @@ def snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, type]
     return state, classes, hooks
 
 
-def test_attnlrp_on_transformers_videomae_equals_our_videomae() -> None:
+@pytest.mark.parametrize("method", [AttnLRP, DeepTaylor])
+def test_relevance_on_transformers_videomae_equals_our_videomae(method: type) -> None:
     hf = tiny_videomae()
     ours = VideoMAE(num_classes=CLASSES, image_size=SIZE, patch_size=8, num_frames=FRAMES, tubelet_size=2,
                     **SMALL).eval()
@@ -54,7 +55,7 @@ def test_attnlrp_on_transformers_videomae_equals_our_videomae() -> None:
     net, x = from_transformers(hf), clips()
     with torch.no_grad():
         torch.testing.assert_close(net(x), ours(x), rtol=1e-5, atol=1e-6)
-    explainer = AttnLRP(lower=-2.5, upper=2.5)
+    explainer = method(lower=-2.5, upper=2.5)
     want, got = explainer(ours, x, TARGET), explainer(net, x, TARGET)
     assert float(want.abs().amax()) > 1e-4  # not a trivial map
     scale = float(want.abs().amax())

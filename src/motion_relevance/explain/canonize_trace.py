@@ -20,6 +20,7 @@ input-dependent)                                            parameter stays: a b
 input-dependent)
 ``torch.cat``                                               ``models.layers.Concat(dim)``
 ``F.softmax`` / ``x.softmax(dim)``                          ``nn.Softmax(dim)``
+``tokens.mean(1)`` of a ``(B, N, D)`` tensor                ``models.videomae.TokenPool("mean")``
 ``F.adaptive_avg_pool3d`` / ``F.avg_pool3d`` /              the pooling module (1-D / 2-D too)
 ``F.max_pool3d``
 one parameter-free module called at several places          one copy per place
@@ -30,6 +31,13 @@ Reshapes (``flatten``, ``view``, ``reshape``, ``permute``, indexing, ...), produ
 parameters and sums with them stay as written. Any other operation on input-dependent tensors (a product of two
 same-sized activations, ``x.mean()``, ``torch.exp``, a functional convolution) is recorded with the source line it
 came from; :func:`require_rules_for_operations` refuses it for the rule-based explainers.
+
+With example clips (the explainers pass theirs), one forward pass of the first clip first records each module's
+call: arguments that were ``None`` or the same flag in every call, and empty ``*args`` / ``**kwargs``, are traced as
+those constants (the installed ``forward`` refuses another value), and iterating over a shape gives one symbolic
+entry per dimension. This, tracing through transformers' forward wrappers and rebuilding ``ModelOutput`` results,
+lets transformers' video classifiers (``models.hf``) be rewritten module by module although the whole model does
+not trace.
 
 A module whose ``forward`` cannot be traced (Python control flow on tensor values, checks on ``isinstance(x,
 Tensor)``) keeps its own ``forward`` (its children are still rewritten); the tracer's message, with the line it
