@@ -20,6 +20,7 @@ input-dependent)                                            parameter stays: a b
 input-dependent)
 ``torch.cat``                                               ``models.layers.Concat(dim)``
 ``F.softmax`` / ``x.softmax(dim)``                          ``nn.Softmax(dim)``
+``tokens.mean(1)`` of a ``(B, N, D)`` tensor                ``models.videomae.TokenPool("mean")``
 ``F.adaptive_avg_pool3d`` / ``F.avg_pool3d`` /              the pooling module (1-D / 2-D too)
 ``F.max_pool3d``
 one parameter-free module called at several places          one copy per place
@@ -31,6 +32,13 @@ parameters and sums with them stay as written. Any other operation on input-depe
 same-sized activations, ``x.mean()``, ``torch.exp``, a functional convolution) is recorded with the source line it
 came from; :func:`require_rules_for_operations` refuses it for the rule-based explainers.
 
+With example clips (the explainers pass theirs), one forward pass of the first clip first records each module's
+call: arguments that were ``None`` or the same flag in every call, and empty ``*args`` / ``**kwargs``, are traced as
+those constants (the installed ``forward`` refuses another value), and iterating over a shape gives one symbolic
+entry per dimension. This, tracing through transformers' forward wrappers and rebuilding ``ModelOutput`` results,
+lets transformers' video classifiers (``models.hf``) be rewritten module by module although the whole model does
+not trace.
+
 A module whose ``forward`` cannot be traced (Python control flow on tensor values, checks on ``isinstance(x,
 Tensor)``) keeps its own ``forward`` (its children are still rewritten); the tracer's message, with the line it
 stopped at, is kept in :attr:`Canonized.notes` and added to any later refusal, or raised at once with
@@ -39,7 +47,9 @@ stopped at, is kept in :attr:`Canonized.notes` and added to any later refusal, o
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import itertools
 import linecache
 import operator
@@ -48,21 +58,22 @@ import re
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from motion_relevance.explain._copy import eval_copy
-from motion_relevance.explain.canonize import lookup
 from motion_relevance.explain.propagation import call_model
 from motion_relevance.explain.rules import ATTNLRP, DTD
 from motion_relevance.explain.tracing import analyse_model
 from motion_relevance.models.layers import Add, Concat, GateMul, MatMul
+from motion_relevance.models.videomae import TokenPool
 
 __all__ = [
     "CanonizationError",
@@ -180,6 +191,9 @@ _ROUTING_METHODS = frozenset({
     "numel", "type_as", "cpu", "cuda",
 })
 _ROUTING_FUNCTIONS = frozenset({
+    getattr(fx._symbolic_trace, "_assert_is_none", operator.getitem),  # the tracer's check of a None argument
+    torch._assert, operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.not_,
+    operator.is_, operator.is_not,  # checks and comparisons: true/false, no relevance flows through them
     operator.getitem, getattr, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
     torch.unsqueeze, torch.stack, torch.chunk, torch.split, torch.unbind, torch.clone, torch.narrow, torch.flip,
     torch.roll, torch.movedim, torch.t, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -209,7 +223,8 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 def _user_frame(stack: str | None) -> str:
     """``file:line (`code`)`` of the last frame of ``stack`` outside torch (the user's line)."""
-    found = [m for m in _FRAME.finditer(stack or "") if not m.group(1).startswith(_TORCH_DIR)]
+    found = [m for m in _FRAME.finditer(stack or "")
+             if not m.group(1).startswith(_TORCH_DIR) and m.group(1) != __file__]
     if not found:
         return "an unknown line"
     path, line = found[-1].group(1), int(found[-1].group(2))
@@ -247,19 +262,169 @@ def _trace_error(err: BaseException, path: str, module: nn.Module) -> str:
 # ----------------------------------------------------------------------------------------------- tracing
 
 
-class _OneLevel(fx.Tracer):
-    """Traces one module's own ``forward``; every submodule call stays one ``call_module`` node."""
+def _meta(value: Any) -> Any:
+    """``value`` with every tensor replaced by a tensor of its shape and dtype on the ``meta`` device (no data)."""
+    if isinstance(value, Tensor):
+        return torch.empty(value.shape, dtype=value.dtype, device="meta")
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+        return type(value)(_meta(v) for v in value)
+    return value
 
-    def __init__(self) -> None:
+
+@dataclass
+class _Call:
+    """One module's first recorded call: its bound ``forward`` arguments and its output (tensors on ``meta``)."""
+
+    arguments: dict[str, Any]
+    output: Any
+    varying: set[str] = field(default_factory=set)  #: arguments that were None or a flag in one call, not in another
+
+
+class _OneLevel(fx.Tracer):
+    """Traces one module's own ``forward``; every submodule call stays one ``call_module`` node.
+
+    With recorded calls, every node also gets a shape-only value (tensors on the ``meta`` device): iterating over a
+    shape (``(*x.shape[:-1], -1, d)``) then gives one ``getitem`` node per entry, so the graph keeps every size
+    symbolic and only the number of dimensions is fixed."""
+
+    def __init__(self, calls: dict[int, _Call] | None = None) -> None:
         super().__init__(autowrap_modules=())
         self.record_stack_traces = True
+        self.calls = calls or {}
+        self.values: dict[fx.Node, Any] = {}
+        self.call: _Call | None = None
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:  # type: ignore[override]
+        self.call = self.calls.get(id(root))
+        graph = self._trace(root, concrete_args)
+        if concrete_args:
+            _drop_constant_inputs(graph, concrete_args)
+        info = getattr(graph._codegen, "pytree_info", None)
+        if info is not None:  # empty *args / **kwargs made constants: plain arguments, the output as written
+            graph._codegen = fx.graph.CodeGen()
+            out = next(n for n in graph.nodes if n.op == "output")
+            if info.out_spec is not None:
+                out.args = (pytree.tree_unflatten(list(out.args[0]), info.out_spec),)
+        returned = self.call.output if self.call is not None else None
+        out = next(n for n in graph.nodes if n.op == "output")
+        if isinstance(out.args[0], dict) and isinstance(returned, Mapping) and type(returned) is not dict:
+            # a dict-like output class (transformers' ModelOutput) is recorded as a plain dict: rebuild it
+            with graph.inserting_before(out):
+                rebuilt = graph.call_function(type(returned), (), dict(out.args[0]))
+            out.args = (rebuilt,)
+        return graph
+
+    def _trace(self, root: Any, concrete_args: dict[str, Any] | None) -> fx.Graph:
+        cls = type(root)
+        inner = _unwrapped_forward(cls)
+        if inner is None:
+            return super().trace(root, concrete_args)
+        shadow = type(cls.__name__, (cls,), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        shadow.forward = inner  # set after the class exists: no __init_subclass__ wraps it again
+        root.__class__ = shadow
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            root.__class__ = cls
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return True
 
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None,
+                     type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if self.call is not None:
+            with contextlib.suppress(Exception):  # no shape-only value for this node: iterating over it is refused
+                self.values[proxy.node] = self._value(proxy.node)
+        return proxy
+
+    def _value(self, node: fx.Node) -> Any:
+        assert self.call is not None
+        if node.op == "placeholder":
+            name = str(node.target).lstrip("*")
+            for key in (name, "*" + name, "**" + name):
+                if key in self.call.arguments:
+                    return self.call.arguments[key]
+            raise KeyError(name)
+        if node.op == "get_attr":
+            value: Any = self.root
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            return _meta(value)
+        if node.op == "call_module":
+            child = self.calls.get(id(self.root.get_submodule(str(node.target))))
+            if child is None:
+                raise KeyError(node.target)
+            return child.output
+        args = fx.node.map_arg(node.args, lambda n: self.values[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
+        with torch.no_grad():
+            if node.op == "call_method":
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _SizedProxy(node, self)
+
+    def length(self, obj: fx.Proxy) -> int | None:
+        """The number of entries of a shape-like node (a ``torch.Size`` or tuple), None if unknown."""
+        value = self.values.get(obj.node)
+        return len(value) if isinstance(value, (tuple, list)) else None
+
+    def iter(self, obj: fx.Proxy) -> Any:
+        n = self.length(obj)
+        return iter([obj[i] for i in range(n)]) if n is not None else super().iter(obj)
+
+
+_TRANSFORMERS_DIR = f"{os.sep}transformers{os.sep}"
+
+
+_GUARDS = {getattr(fx._symbolic_trace, "_assert_is_none", None), operator.eq, torch._assert}
+
+
+def _drop_constant_inputs(graph: fx.Graph, constants: Mapping[str, Any]) -> None:
+    """Remove the inputs traced as constants and the tracer's checks of them (the installed forward checks them,
+    :func:`_with_signature`), so the graph's inputs are the arguments that carry tensors."""
+    names = {k.lstrip("*") for k in constants}
+    for node in [n for n in graph.nodes if n.op == "placeholder"]:
+        target = str(node.target).lstrip("*")
+        if re.sub(r"_\d+$", "", target) not in names and target not in names:
+            continue
+        chain, todo = [], [node]
+        while todo:
+            current = todo.pop()
+            chain.append(current)
+            todo.extend(current.users)
+        if all(n is node or (n.op == "call_function" and n.target in _GUARDS) for n in chain):
+            for n in reversed(chain):
+                graph.erase_node(n)
+
+
+def _unwrapped_forward(cls: type) -> Callable[..., Any] | None:
+    """The forward inside transformers' wrappers, None for a forward without them: the gradient-checkpointing wrapper
+    (``GradientCheckpointingLayer``, differs only in training with checkpointing on) and the output decorators
+    (``can_return_tuple``, output capturing: they differ only when tuples or attentions are asked for). Each
+    rewritten model's logits are checked against the model's own when example clips are given."""
+    forward = getattr(cls, "forward", None)
+    inner = forward
+    while getattr(inner, "__wrapped__", None) is not None:
+        code = getattr(inner, "__code__", None)
+        if code is None or _TRANSFORMERS_DIR not in code.co_filename:
+            break
+        inner = inner.__wrapped__  # type: ignore[union-attr]
+    return None if inner is forward else inner
+
+
+class _SizedProxy(fx.Proxy):
+    """A proxy whose ``len()`` is known when it stands for a shape (``list.extend`` asks for it)."""
+
+    def __len__(self) -> int:
+        n = self.tracer.length(self) if isinstance(self.tracer, _OneLevel) else None
+        return n if n is not None else super().__len__()
+
 
 def _has_rule(module: nn.Module) -> bool:
-    return lookup(DTD.rules, module) is not None or lookup(ATTNLRP.rules, module) is not None
+    return DTD.rule_for(module) is not None or ATTNLRP.rule_for(module) is not None
 
 
 def _opaque(module: nn.Module) -> bool:
@@ -280,8 +445,10 @@ def _parameter_free(module: nn.Module) -> bool:
 
 
 class _Rewriter:
-    def __init__(self, result: Canonized, strict: bool) -> None:
+    def __init__(self, result: Canonized, strict: bool, calls: dict[int, _Call] | None = None) -> None:
         self.result, self.strict = result, strict
+        self.calls = calls or {}  # id(module) -> its first recorded call
+        self.values: dict[fx.Node, Any] = {}  # shape-only values of the graph being rewritten
         self.done: set[int] = set()  # modules whose forward was handled
         self.placed: set[int] = set()  # parameter-free leaves already called at one place
         self.classes: dict[tuple[type, str], type] = {}
@@ -302,8 +469,16 @@ class _Rewriter:
                     self.placed.add(id(child))
                 self._visit_child(child, _join(path, name))
             return
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers without a forward of their own
+            for name, child in list(module._modules.items()):
+                if child is not None:
+                    self._visit_child(child, _join(path, name))
+            return
         try:
-            graph = _OneLevel().trace(module)
+            tracer = _OneLevel(self.calls)
+            constants = _constant_arguments(self.calls.get(id(module)))
+            graph = tracer.trace(module, concrete_args=constants)
+            self.values = tracer.values
         except Exception as err:  # noqa: BLE001 - any tracer failure: keep the module as written
             note = _trace_error(err, path, module)
             if self.strict:
@@ -319,7 +494,7 @@ class _Rewriter:
             if node.op == "call_module":
                 self._visit_child(module.get_submodule(node.target), _join(path, node.target))
         if changed:
-            self._install(module, graph)
+            self._install(module, graph, constants)
             self.result.rewritten.append(path or "<model>")
 
     def _visit_child(self, child: nn.Module, path: str) -> None:
@@ -351,6 +526,8 @@ class _Rewriter:
             if node.op == "call_module":
                 changed |= self._place(root, path, node)
                 continue
+            if node in self.values and not _holds_tensor(self.values[node]):
+                continue  # arithmetic on sizes (``batch * frames``): no relevance flows through it
             try:
                 made = self._convert(node, dependent)
             except _NoRule as err:
@@ -364,6 +541,9 @@ class _Rewriter:
             self.result.added[_join(path, name)] = f"{_op_name(node)} at {_user_frame(node.stack_trace)}"
             with graph.inserting_before(node):
                 new = graph.call_module(name, args=args)
+                if isinstance(new_module, TokenPool) and _keepdim(node):  # (B, N, D) -> (B, 1, D)
+                    new.meta = dict(node.meta)
+                    new = graph.call_method("unsqueeze", (new, 1))
             new.meta = dict(node.meta)
             if in_place and isinstance(node.args[0], fx.Node):  # later reads of the written tensor see the result
                 written = node.args[0]
@@ -404,6 +584,9 @@ class _Rewriter:
         if (target in _ACTIVATIONS) or (is_method and target in _ACTIVATION_METHODS):
             make = _ACTIVATION_METHODS[target] if is_method else _ACTIVATIONS[target]
             extra = {k: v for k, v in kwargs.items() if k != "inplace"}
+            value = self.values.get(args[0]) if isinstance(args[0], fx.Node) else None
+            if isinstance(value, Tensor) and extra.get("dtype") == value.dtype:
+                del extra["dtype"]  # softmax(x, dtype=x.dtype): no conversion
             return make(*args, **extra), (args[0],), in_place
         if not is_method and target in _POOLS:
             cls, names = _POOLS[target]
@@ -425,6 +608,8 @@ class _Rewriter:
                               "gate (write it with models.layers.GateMul(x, gate) or MatMul)")
             gate = gates[0]
             return GateMul(), (args[1 - gate], args[gate]), in_place
+        if (is_method and target == "mean") or (not is_method and target is torch.mean):
+            return self._token_mean(node), (args[0],), False
         if not is_method and target in _CATS:
             tensors = args[0] if args else kwargs.get("tensors")
             dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
@@ -433,6 +618,8 @@ class _Rewriter:
             raise _NoRule(f"{_op_name(node)} of a non-list")
         if (is_method and target in _ROUTING_METHODS) or (not is_method and target in _ROUTING_FUNCTIONS):
             return None
+        if not is_method and isinstance(target, type) and issubclass(target, Mapping):
+            return None  # packs outputs into a dict-like class (transformers' ModelOutput)
         allowed = _ONE_OPERAND_METHODS.get(str(target)) if is_method else _ONE_OPERAND.get(target)
         if allowed is not None and len(live) == 1 and live[0] in allowed:
             return None
@@ -441,26 +628,73 @@ class _Rewriter:
             what = f"{what} of two input-dependent tensors"
         raise _NoRule(what)
 
+    def _token_mean(self, node: fx.Node) -> nn.Module:
+        """``tokens.mean(1)`` of a ``(B, N, D)`` tensor (transformers' mean pooling) as a ``TokenPool("mean")``
+        (``keepdim=True``: followed by ``unsqueeze(1)``)."""
+        args, kwargs = node.args, node.kwargs
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        value = self.values.get(args[0]) if isinstance(args[0], fx.Node) else None
+        rank = value.dim() if isinstance(value, Tensor) else None
+        if rank == 3 and dim in (1, -2, (1,), [1]) and kwargs.get("dtype") is None:
+            return TokenPool("mean")
+        raise _NoRule(f"{_op_name(node)} other than the mean over the tokens of a (B, N, D) tensor")
+
     # -- installing the generated forward --------------------------------------------------------------------
 
-    def _install(self, module: nn.Module, graph: fx.Graph) -> None:
+    def _install(self, module: nn.Module, graph: fx.Graph, constants: dict[str, Any] | None) -> None:
         graph.lint()
         code = graph.python_code(root_module="self")
         cls = type(module)
-        key = (cls, code.src)
+        key = (cls, code.src, repr(sorted((constants or {}).items())))
         new_cls = self.classes.get(key)
         if new_cls is None:
             filename = f"<canonized {cls.__qualname__} {next(_COUNTER)}>"
             linecache.cache[filename] = (len(code.src), None, code.src.splitlines(True), filename)
             scope = dict(code.globals)
             exec(compile(code.src, filename, "exec"), scope)  # noqa: S102 - the tracer's generated forward
-            new_cls = type(cls.__name__, (cls,), {"forward": scope["forward"], "__module__": cls.__module__,
-                                                   "__qualname__": cls.__qualname__, "_canonized_from": cls})
+            new_cls = type(cls.__name__, (cls,), {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                                   "_canonized_from": cls})
+            forward = scope["forward"]
+            if constants:  # arguments traced as constants are not in the generated signature: accept them
+                forward = _with_signature(forward, _unwrapped_forward(cls) or cls.forward, graph, constants)
+            new_cls.forward = forward  # set after the class exists: no __init_subclass__ wraps it
             self.classes[key] = new_cls
         module.__class__ = new_cls
 
 
 _COUNTER = itertools.count()
+
+
+def _with_signature(generated: Callable[..., Any], original: Callable[..., Any], graph: fx.Graph,
+                    constants: Mapping[str, Any]) -> Callable[..., Any]:
+    """``generated`` called as ``original`` is: the arguments are bound to ``original``'s signature, those traced as
+    constants are checked to have the value they were traced with, and the graph's inputs are passed on."""
+    signature = inspect.signature(original)
+    names = [str(n.target) for n in graph.nodes if n.op == "placeholder"]
+    fixed = {k.lstrip("*"): v for k, v in constants.items()}
+    where = getattr(original, "__qualname__", "forward")
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        for name, value in fixed.items():
+            got = given.get(name)
+            if not (type(got) is type(value) and (value is None or got == value)):
+                raise ValueError(f"canonize: {where} was traced with {name}={value!r} and is now called with "
+                                 f"{name}={got!r}; canonize the model again with clips that run it this way")
+        positional: list[Any] = []
+        keywords: dict[str, Any] = {}
+        for name in names:
+            if name.startswith("**"):
+                keywords.update(given.get(name[2:], {}))
+            elif name.startswith("*"):
+                positional.extend(given.get(name[1:], ()))
+            else:
+                positional.append(given[name])
+        return generated(self, *positional, **keywords)
+
+    return forward
 
 
 def _is_gate(root: nn.Module, value: Any) -> bool:
@@ -474,6 +708,19 @@ def _is_gate(root: nn.Module, value: Any) -> bool:
             continue
         return False
     return False
+
+
+def _holds_tensor(value: Any) -> bool:
+    """Whether a shape-only value is (or contains) a tensor; sizes, ints and flags are not."""
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    return not isinstance(value, (int, float, bool, str, type(None), torch.Size, torch.dtype, torch.device))
+
+
+def _keepdim(node: fx.Node) -> bool:
+    return bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
 
 
 def _base_name(module: nn.Module) -> str:
@@ -538,13 +785,74 @@ def canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None =
     return _canonize(model, example_clips, strict).model
 
 
-def _canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None, strict: bool) -> Canonized:
+def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor]) -> dict[int, _Call]:
+    """Each module's first call in one forward pass of ``work`` on the first clip (arguments bound to the names of
+    its ``forward``, tensors kept as shapes on the ``meta`` device)."""
+    calls: dict[int, _Call] = {}
+
+    def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            return
+        bound.apply_defaults()
+        star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+        kinds = bound.signature.parameters
+        arguments = {star.get(kinds[k].kind, "") + k: _meta(v) for k, v in bound.arguments.items()}
+        call = calls.get(id(module))
+        if call is None:
+            calls[id(module)] = _Call(arguments, None)
+            return
+        for name, value in arguments.items():
+            first = call.arguments.get(name)
+            if (_is_constant(first) or _is_constant(value)) and not (type(first) is type(value) and first == value):
+                call.varying.add(name)
+
+    def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        call = calls.get(id(module))
+        if call is not None and call.output is None:
+            call.output = _meta(output)
+
+    handles = [h for m in work.modules() for h in (m.register_forward_pre_hook(before, with_kwargs=True),
+                                                    m.register_forward_hook(after))]
+    try:
+        xs, multi = _first_clip(clips)
+        with torch.no_grad():
+            call_model(work, tuple(x.clone() if x.is_inference() else x for x in xs), multi)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _constant_arguments(call: _Call | None) -> dict[str, Any] | None:
+    """The ``forward`` arguments traced as constants: those that were ``None`` or the same flag in every call (``if
+    mask is not None``, ``if output_attentions`` are traced as the model ran them) and empty ``*args`` /
+    ``**kwargs``."""
+    if call is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in call.arguments.items():
+        if name not in call.varying and (_is_constant(value) or (name.startswith("*") and not value)):
+            out[name] = value
+    return out or None
+
+
+def _is_constant(value: Any) -> bool:
+    """An argument traced as the value it had: ``None`` or a flag (``output_attentions=False``)."""
+    return value is None or isinstance(value, bool)
+
+
+def _canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None, strict: bool,
+              probe: Tensor | Sequence[Tensor] | None = None) -> Canonized:
     if not isinstance(model, nn.Module):
         raise TypeError(f"canonize needs a torch.nn.Module, got {type(model).__name__}")
     start = time.perf_counter()
     work = eval_copy(model)
     result = Canonized(model=work)
-    _Rewriter(result, strict).module(work, "")
+    probe = example_clips if probe is None else probe
+    calls = _record_calls(work, probe) if probe is not None else None
+    _Rewriter(result, strict, calls).module(work, "")
     work.__dict__[_RECORD] = result
     if example_clips is not None:
         _check_logits(model, work, example_clips)
@@ -563,9 +871,12 @@ def _cache_key(model: nn.Module) -> tuple:
     return params, layout
 
 
-def canonized(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None = None) -> Canonized:
+def canonized(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None = None, *,
+              probe: Tensor | Sequence[Tensor] | None = None) -> Canonized:
     """The record of ``model``'s canonization, made once per model (cached by the model object, weakly, and its
-    parameters' versions and module layout); tracing failures are kept as notes (``strict=False``)."""
+    parameters' versions and module layout); tracing failures are kept as notes (``strict=False``). ``probe``:
+    clips whose first one is run once to record each module's call (arguments that are ``None``, shapes; see
+    :func:`_record_calls`) without the logits check of ``example_clips``."""
     record = model.__dict__.get(_RECORD)
     if isinstance(record, Canonized) and record.model is model:
         return record
@@ -573,7 +884,7 @@ def canonized(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None 
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
-    result = _canonize(model, example_clips, strict=False)
+    result = _canonize(model, example_clips, strict=False, probe=probe)
     _CACHE[model] = (key, result)
     return result
 
@@ -626,7 +937,7 @@ def prepare(model: nn.Module, clips: Tensor | Sequence[Tensor], structure: Any, 
         needed = structure.derived[_NEEDED] = needs_canonization(model, structure)
     if not needed:
         return model, structure, None
-    record = canonized(model)  # no logits check here: it would cost two forward passes of the full model
+    record = canonized(model, probe=clips)  # one forward pass of one clip; no logits check (two full passes)
     if composite is not None:
         require_rules_for_operations(record, composite, method)
     if not record.changed:

@@ -119,11 +119,15 @@ class Composite:
         rules: the table.
     """
 
-    def __init__(self, name: str, rules: Mapping[type[nn.Module], Rule]) -> None:
+    def __init__(self, name: str, rules: Mapping[type[nn.Module], Rule],
+                 named: Mapping[str, Rule] | None = None) -> None:
         self.name = name
         self.rules: dict[type[nn.Module], Rule] = {}
         for module_type, rule in rules.items():
             self.register(module_type, rule)
+        #: Rules of classes from optional libraries, by ``"<module>.<qualified name>"`` (nothing is imported):
+        #: transformers' activation classes.
+        self.named: dict[str, Rule] = dict(named or {})
 
     def __repr__(self) -> str:
         return f"Composite({self.name!r}, {len(self.rules)} module types)"
@@ -138,15 +142,25 @@ class Composite:
 
     def with_rules(self, rules: Mapping[type[nn.Module], Rule], name: str | None = None) -> Composite:
         """A new composite: this table updated with ``rules``."""
-        return Composite(name or self.name, {**self.rules, **rules})
+        return Composite(name or self.name, {**self.rules, **rules}, self.named)
 
     def rule_for(self, module: nn.Module) -> Rule | None:
-        """The rule of ``type(module)``, or of a base class in the table whose ``forward`` it inherits unchanged."""
-        return lookup(self.rules, module)
+        """The rule of ``type(module)``, or of a base class in the table whose ``forward`` it inherits unchanged
+        (the table by type first, then :attr:`named`)."""
+        rule = lookup(self.rules, module)
+        if rule is not None or not self.named:
+            return rule
+        cls = type(module)
+        for base in cls.__mro__:
+            found = self.named.get(f"{base.__module__}.{base.__qualname__}")
+            if found is not None and (base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None)):
+                return found
+        return None
 
     def table(self) -> list[tuple[str, str]]:
         """``(module type, rule name)`` rows, sorted by type name."""
-        return sorted((t.__name__, r.name) for t, r in self.rules.items())
+        rows = [(t.__name__, r.name) for t, r in self.rules.items()]
+        return sorted(rows + [(n.rsplit(".", 1)[-1], r.name) for n, r in self.named.items()])
 
     def describe(self) -> str:
         return "; ".join(f"{t}: {r}" for t, r in self.table())

@@ -11,7 +11,8 @@ Conv1d/2d/3d, Linear (DTD)    ZPlus              ``R_i = sum_j (x_i w_ij)+ / sum
 first Conv / Linear           ZBox ``[l, h]``    ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z_j R_j``
 Conv, Linear (AttnLRP)        Epsilon (1e-6)     ``R_i = x_i sum_j w_ij R_j / (z_j + eps)``, ``z`` with the bias
 BatchNorm1d/2d/3d             Fold               folded into the conv / linear layer before it
-ReLU, SiLU, GELU, Sigmoid     Pass               ``R_x = R`` (identity)
+ReLU, SiLU, GELU, Sigmoid,    Pass               ``R_x = R`` (identity)
+transformers' GELU / SiLU
 MaxPool1d/2d/3d               WinnerPool         all of ``R_j`` to the window's arg-max
                               ProportionalPool   ``R_i = x_i / sum_window x * R_j`` (option; 2-D / 3-D)
 AvgPool*, AdaptiveAvgPool*,   Proportional       ``R_i = x_i / sum_window x * R_j`` (LRP-0 on a mean)
@@ -67,6 +68,7 @@ __all__ = [
     "Proportional",
     "ProportionalPool",
     "SoftmaxRule",
+    "TRANSFORMERS_ACTIVATIONS",
     "Uniform",
     "WinnerPool",
     "ZBox",
@@ -676,14 +678,24 @@ _SHARED: dict[type[nn.Module], Rule] = {
     nn.LayerNorm: LayerNormRule(1e-6),
 }
 
+#: transformers' element-wise activation classes (``transformers.activations``), looked up by name so that nothing
+#: here imports transformers: relevance passes through them as through ``nn.GELU``.
+TRANSFORMERS_ACTIVATIONS: dict[str, Rule] = {
+    f"transformers.activations.{name}": PASS
+    for name in ("GELUActivation", "NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation",
+                 "QuickGELUActivation", "AccurateGELUActivation", "SiLUActivation", "MishActivation")
+}
+
 #: Deep Taylor decomposition for CNNs: z+ on every conv / linear layer (zB on the first one is set per explainer),
 #: residual sums split by positive parts, max-pooling winner-take-all. (``DeepTaylor`` uses ``ZPlus(signed=True)``
 #: in networks with SiLU / GELU activations, see :data:`SIGNED_ACTIVATIONS`.)
-DTD = Composite("dtd", {**_SHARED, **{t: ZPlus() for t in WEIGHTED_LAYERS}, Add: PositiveSplit()})
+DTD = Composite("dtd", {**_SHARED, **{t: ZPlus() for t in WEIGHTED_LAYERS}, Add: PositiveSplit()},
+                TRANSFORMERS_ACTIVATIONS)
 #: Max-pooling shared in proportion to the inputs (the ``pooling="proportional"`` option).
 PROPORTIONAL_POOLS: dict[type[nn.Module], Rule] = {t: ProportionalPool() for t in _SUM_POOL}
 #: DTD with max-pooling shared in proportion to the inputs.
 DTD_PROPORTIONAL = DTD.with_rules(PROPORTIONAL_POOLS)
 #: AttnLRP (Achtibat et al., 2024) for transformers: epsilon on linear layers and sums, uniform products, the
 #: softmax and LayerNorm rules (zB on the tubelet embedding is set per explainer).
-ATTNLRP = Composite("attnlrp", {**_SHARED, **{t: Epsilon(1e-6) for t in WEIGHTED_LAYERS}, Add: EpsilonAdd(1e-6)})
+ATTNLRP = Composite("attnlrp", {**_SHARED, **{t: Epsilon(1e-6) for t in WEIGHTED_LAYERS}, Add: EpsilonAdd(1e-6)},
+                    TRANSFORMERS_ACTIVATIONS)
