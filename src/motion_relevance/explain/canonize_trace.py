@@ -65,7 +65,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from motion_relevance.explain._copy import eval_copy
@@ -304,7 +303,7 @@ class _OneLevel(fx.Tracer):
             graph._codegen = fx.graph.CodeGen()
             out = next(n for n in graph.nodes if n.op == "output")
             if info.out_spec is not None:
-                out.args = (pytree.tree_unflatten(list(out.args[0]), info.out_spec),)
+                out.args = (info.out_spec.unflatten(list(out.args[0])),)
         returned = self.call.output if self.call is not None else None
         out = next(n for n in graph.nodes if n.op == "output")
         if isinstance(out.args[0], dict) and isinstance(returned, Mapping) and type(returned) is not dict:
