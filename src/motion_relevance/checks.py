@@ -70,14 +70,19 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
-def check_pair(key: str, value: Any, lo: int = 1) -> tuple[int, int]:
-    """Parse an ``(H, W)`` pair of integers >= ``lo`` (an int means square); raise naming ``key``."""
+def _two(value: Any) -> tuple[Any, list[Any]]:
+    """``value`` (one number meaning the pair ``(v, v)``) and its items (empty when it is no sequence)."""
     if _is_number(value):
         value = (value, value)
     try:
-        items = list(value)
+        return value, list(value)
     except TypeError:
-        items = []
+        return value, []
+
+
+def check_pair(key: str, value: Any, lo: int = 1) -> tuple[int, int]:
+    """Parse an ``(H, W)`` pair of integers >= ``lo`` (an int means square); raise naming ``key``."""
+    value, items = _two(value)
     if len(items) != 2 or not all(_is_number(v) and float(v).is_integer() for v in items):
         raise ValueError(f"{key}={value!r}: expected an int or a pair (height, width) of integers >= {lo}")
     h, w = (int(v) for v in items)
@@ -195,6 +200,19 @@ def resolve_inside(root: str | os.PathLike[str], rel: str | os.PathLike[str]) ->
     return target
 
 
+def writable_problem(folder: str | os.PathLike[str]) -> str | None:
+    """``None`` if ``folder`` can be created and a file written in it, else the reason (the folder is created)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """``(device, inode)`` of an existing file (two spellings or links of one file compare equal), else ``None``."""
     try:
@@ -236,12 +254,7 @@ def check_range_pair(key: str, value: Any, lo: float | None = None, hi: float | 
 
     ``integer`` makes both ends ints (:func:`check_int`), else floats (:func:`check_float`); ``min > max`` is refused.
     """
-    if _is_number(value):
-        value = (value, value)
-    try:
-        items = list(value)
-    except TypeError:
-        items = []
+    value, items = _two(value)
     if len(items) != 2 or isinstance(value, str | bytes):
         raise ValueError(f"{key}={value!r}: expected a number or a pair (min, max)")
     check = check_int if integer else check_float

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from motion_relevance.checks import to_plain
+from motion_relevance.checks import to_plain, writable_problem
 from motion_relevance.pipeline import record as run_record
 from motion_relevance.pipeline.record import RunFolderFull
 from motion_relevance.pipeline.report_page import write_report_page
@@ -62,25 +62,13 @@ def check_interpolations(cfg: DictConfig) -> None:
                                "key that exists") from None
 
 
-def _writable(folder: Path) -> str | None:
-    """``None`` if ``folder`` can be created and written to, else the reason."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_probe_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        return err.strerror or str(err)
-    return None
-
-
 def check_run_folder(run_dir: str | Path, log_dir: str | Path | None, key: str = "hydra.run.dir") -> None:
     """Refuse, before Hydra makes the run folder ``run_dir``, a ``paths.log_dir`` (or ``key``, when the run folder
     lies elsewhere) that cannot be written to: one line naming the key and the fix."""
     run_dir = Path(run_dir).absolute()
     logs = Path(log_dir).absolute() if log_dir is not None else None
     if logs is not None and (run_dir == logs or logs in run_dir.parents):
-        problem = _writable(logs)
+        problem = writable_problem(logs)
         if problem:
             raise OneLineError(f"paths.log_dir={log_dir} is not writable ({problem}); the run folder {run_dir} cannot "
                                "be made there; set paths.log_dir to a folder you can write to, e.g. "

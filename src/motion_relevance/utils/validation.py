@@ -10,7 +10,7 @@ import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from motion_relevance.checks import check_pair, check_positive, check_unique
+from motion_relevance.checks import check_pair, check_positive, check_unique, writable_problem
 from motion_relevance.explain.selective import check_padding, check_sigma
 from motion_relevance.metrics.keys import NOT_EXPLAINERS
 from motion_relevance.pipeline.faithfulness import FaithfulnessStage, RandomizationStage, available_memory, build_stage
@@ -19,16 +19,12 @@ from motion_relevance.pipeline.faithfulness import FaithfulnessStage, Randomizat
 def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
     """Create ``path`` if needed and check we can write there; the error names ``what`` (a config key) and the path."""
     directory = Path(path)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write_probe_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
+    problem = writable_problem(directory)
+    if problem is not None:
         raise PermissionError(
-            f"{what} is not writable: {directory} ({err.strerror or err}); "
+            f"{what} is not writable: {directory} ({problem}); "
             f"point {what} to a folder you can write to, e.g. {what}=/tmp/motion_relevance"
-        ) from err
+        )
     return directory
 
 
