@@ -334,7 +334,7 @@ def test_motion_reliance_on_a_model_of_appearance_and_motion():
     s_freeze = torch.softmax(frozen_logits, 1).gather(1, target[:, None])[:, 0]
     s_mean = torch.softmax(mean_logits, 1).gather(1, target[:, None])[:, 0]
     torch.testing.assert_close(got[:, 0], s - s_freeze, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got[:, 1], s - s_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, 2], s - s_mean, rtol=1e-5, atol=1e-6)
     static = clips[:, :, :1].expand(2, 3, 4, 5, 6).contiguous()  # nothing moves: freezing changes nothing
     torch.testing.assert_close(motion_reliance(model, static, target)[:, 0], torch.zeros(2), atol=1e-6, rtol=0)
 
@@ -352,7 +352,7 @@ def test_freeze_drop_of_a_frame_difference_model_reaches_its_static_score():
         freeze_drop(model, clips, everything, target).double(), s - static_score, atol=1e-6, rtol=0
     )
     drops = motion_reliance(model, clips, target).double()
-    torch.testing.assert_close(drops[:, 0], drops[:, 1], atol=1e-6, rtol=0)  # no appearance to keep
+    torch.testing.assert_close(drops[:, 0], drops[:, 2], atol=1e-6, rtol=0)  # no appearance to keep
 
 
 def test_freeze_drop_matches_direct_replacement():
@@ -422,7 +422,7 @@ def test_input_builder_perturbs_the_full_rate_clip():
     for b in range(2):
         want = loop_curve(Single(), clips[b], rel[b], b, 4, "freeze", False)
         np.testing.assert_allclose(got[b].numpy(), want, rtol=1e-5, atol=1e-6)
-    assert motion_reliance(model, clips, input_builder=pathways).shape == (2, 2)
+    assert motion_reliance(model, clips, input_builder=pathways).shape == (2, 3)
 
 
 def test_eval_mode_no_grad_and_training_flags_restored():
@@ -604,31 +604,28 @@ def test_freeze_drop_metric_vs_numpy():
         metric.update(sel, base, rnd, budget[:3])
 
 
-def test_motion_reliance_metric_ratio_of_means_and_delta_se():
+def test_motion_reliance_metric_share_of_clipped_sums():
     g = torch.Generator().manual_seed(2)
-    drops = torch.rand(12, 2, generator=g, dtype=torch.float64)
-    drops[:, 1] += 0.2
+    drops = torch.rand(12, 3, generator=g, dtype=torch.float64)
+    drops[:, 1] -= 0.2
     drops[3, 0] = float("nan")
     metric = MotionReliance()
     metric.update(drops[:5])
     metric.update(drops[5:])
     out = metric.compute()
     d = drops.numpy()
-    paired = d[np.isfinite(d).all(1)]
-    f, m = paired[:, 0], paired[:, 1]
-    r = f.mean() / m.mean()
-    cov = np.cov(f, m, ddof=1)
-    se = math.sqrt((cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / len(f)) / m.mean()
-    assert math.isclose(out["ratio"].item(), r, rel_tol=1e-12)
-    assert math.isclose(out["ratio_se"].item(), se, rel_tol=1e-9)
-    assert out["ratio_n"].item() == 11
+    paired = np.clip(d[np.isfinite(d[:, :2]).all(1), :2], 0, None)
+    f, a = paired[:, 0], paired[:, 1]
+    assert math.isclose(out["share"].item(), f.sum() / (f + a).sum(), rel_tol=1e-12)
+    assert 0 <= out["share_lo"].item() <= out["share"].item() <= out["share_hi"].item() <= 1
+    assert out["share_n"].item() == int(((f + a) > 0).sum())
     assert out["freeze_drop_n"].item() == 11 and out["freeze_drop_n_undefined"].item() == 1
     assert out["mean_drop_n"].item() == 12
-    assert math.isclose(out["mean_drop_mean"].item(), d[:, 1].mean(), rel_tol=1e-12)
+    assert math.isclose(out["mean_drop_mean"].item(), d[:, 2].mean(), rel_tol=1e-12)
     neg = MotionReliance()
-    neg.update(torch.tensor([[0.1, -0.2], [0.1, 0.1]], dtype=torch.float64))
-    assert math.isnan(neg.compute()["ratio"].item())  # the model gains on average when everything is removed
-    with pytest.raises(ValueError, match=r"drops must have shape \(B, 2\)"):
+    neg.update(torch.tensor([[-0.1, -0.2, 0.3], [-0.1, 0.0, 0.1]], dtype=torch.float64))
+    assert math.isnan(neg.compute()["share"].item())  # the model loses nothing either way
+    with pytest.raises(ValueError, match=r"drops must have shape \(B, 3\)"):
         metric.update(drops[:, 0])
 
 

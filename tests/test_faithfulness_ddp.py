@@ -108,7 +108,9 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert single["deletion"]["auc_n"] == N_CLIPS
     assert single["freeze"]["selective_n"] == N_CLIPS - 5  # clips 0, 7, 14, 21, 28 keep nothing
     assert single["freeze"]["selective_n_undefined"] == 5
-    assert single["reliance"]["ratio_n"] == N_CLIPS
+    assert single["reliance"]["share_n"] + single["reliance"]["share_n_undefined"] == N_CLIPS
+    assert single["reliance"]["share_n"] > N_CLIPS // 2
+    assert 0 <= single["reliance"]["share_lo"] <= single["reliance"]["share"] <= single["reliance"]["share_hi"] <= 1
     n_rand = single["randomization"]
     assert [a + b for a, b in zip(n_rand["baseline_n"], n_rand["baseline_n_undefined"])] == [N_CLIPS] * 4
     for res in results:

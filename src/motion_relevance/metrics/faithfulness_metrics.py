@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from motion_relevance.checks import check_int
+from motion_relevance.checks import check_float, check_int
 from motion_relevance.metrics.faithfulness import curve_auc
 from motion_relevance.metrics.randomization import RandomizationResult
 from motion_relevance.metrics.stats import MeanStdMetric, mean_std
@@ -132,62 +132,92 @@ class FreezeDrop(MeanStdMetric):
 
 
 class MotionReliance(MeanStdMetric):
-    """Motion reliance of a model (:func:`~motion_relevance.metrics.faithfulness.motion_reliance`).
+    """Motion reliance of a model, a share in ``[0, 1]``
+    (:func:`~motion_relevance.metrics.faithfulness.motion_reliance`).
 
-    ``update(drops)`` with ``drops`` ``(B, 2)``: ``[s(x) - s(freeze(x)), s(x) - s(mean(x))]`` per clip. Quantities
-    ``freeze_drop`` and ``mean_drop`` (mean/std/n/n_undefined), and the reliance ratio:
+    ``update(drops)`` with ``drops`` ``(B, 3)``: ``[D_m, D_a, D_0]`` per clip, ``D_m = s(x) - s(freeze(x))`` (motion
+    removed), ``D_a = s(x) - s(static_removed(x))`` (appearance removed, changes kept), ``D_0 = s(x) - s(mean(x))``
+    (everything removed). Quantities (mean/std/n/n_undefined over clips): ``freeze_drop``, ``static_drop``,
+    ``mean_drop`` and ``clip_share`` (the per-clip share ``D_m+ / (D_m+ + D_a+)``, ``+`` = clipped at 0; undefined
+    where both clipped drops are 0). The reported measure:
 
-    * ``ratio`` = mean freeze drop / mean mean drop over the same clips: a **ratio of means**, not a mean of per-clip
-      ratios. A clip whose mean drop is near 0 (the model barely reacts even when everything is removed) or negative
-      would make its own ratio explode or flip sign and dominate a mean of ratios; the ratio of means weighs each clip
-      by how much it can lose, is exact under DDP from the sums, and reads as "the share of the score the model loses
-      without motion, relative to what it loses without anything". NaN when the mean mean-drop is <= 0 (nothing to
-      take a share of) or there are no clips.
-    * ``ratio_se``: its delta-method standard error, ``sqrt((v_f - 2 r c_fm + r^2 v_m) / n) / mean_m`` from the sample
-      variances and covariance of the drops (NaN below 2 clips); ``ratio_n``: the clips used.
+    * ``share`` = ``sum D_m+ / sum (D_m+ + D_a+)`` over the clips whose ``D_m`` and ``D_a`` are finite: a **ratio of
+      means**, exact under DDP from the sums, always in ``[0, 1]``; it weighs each clip by how much it can lose.
+      NaN when every clipped drop is 0 (the model loses nothing either way: nothing to take a share of) or there are
+      no clips. ``share_n``: the clips whose share is defined; ``share_n_undefined``: the others.
+    * ``share_lo`` / ``share_hi``: percentile bootstrap interval over clips (``resamples`` resamples of the clips
+      with replacement under a generator seeded with ``seed``, ``level`` coverage, resamples whose denominator is 0
+      skipped), inside ``[0, 1]`` since every resampled ratio is. It is computed at ``compute()`` from the per-clip
+      clipped drops kept in the one list state ``clip_drops`` (``dist_reduce_fx="cat"``; as many rows as clips fed,
+      bounded by the stage's ``num_clips``); the rows are sorted before resampling, so N processes on disjoint clips
+      give the one-process interval exactly. NaN below 2 clips.
     """
 
-    quantities: ClassVar[tuple[str, ...]] = ("freeze_drop", "mean_drop")
+    higher_is_better: ClassVar[bool | None] = None
+    quantities: ClassVar[tuple[str, ...]] = ("freeze_drop", "static_drop", "mean_drop", "clip_share")
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, resamples: int = 1000, seed: int = 0, level: float = 0.95, **kwargs: Any) -> None:
+        resamples = check_int("resamples", resamples, 1)
+        seed = check_int("seed", seed, 0)
+        level = check_float("level", level, 0.0, 1.0)
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level={level!r}: expected a coverage strictly between 0 and 1, e.g. 0.95")
         super().__init__(**kwargs)
-        self.add_state("cross", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("paired", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("paired_freeze", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("paired_mean", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("paired_freeze_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("paired_mean_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.resamples, self.seed, self.level = resamples, seed, level
+        self.add_state("share_num", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("share_den", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("share_clips", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("clip_drops", [], dist_reduce_fx="cat")
 
     def update(self, drops: Tensor) -> None:
-        if not isinstance(drops, Tensor) or drops.dim() != 2 or drops.shape[1] != 2:
-            raise ValueError(
-                f"drops must have shape (B, 2) (freeze drop, mean drop), got {getattr(drops, 'shape', drops)}"
-            )
+        if not isinstance(drops, Tensor) or drops.dim() != 2 or drops.shape[1] != 3:
+            raise ValueError(f"drops must have shape (B, 3) (freeze drop, static drop, mean drop), got "
+                             f"{getattr(drops, 'shape', drops)}; feed motion_reliance(...)")
         d = drops.detach().to(self.total.device, torch.float64)
-        self._accumulate(0, d[:, 0])
-        self._accumulate(1, d[:, 1])
-        ok = torch.isfinite(d).all(1)
-        f, m = d[ok, 0], d[ok, 1]
-        self.paired += ok.sum()
-        self.paired_freeze += f.sum()
-        self.paired_mean += m.sum()
-        self.paired_freeze_sq += (f * f).sum()
-        self.paired_mean_sq += (m * m).sum()
-        self.cross += (f * m).sum()
+        for i in range(3):
+            self._accumulate(i, d[:, i])
+        ok = torch.isfinite(d[:, :2]).all(1)
+        pos = torch.where(ok[:, None], d[:, :2].clamp_min(0), torch.zeros_like(d[:, :2]))
+        den = pos.sum(1)
+        self._accumulate(3, pos[:, 0] / den.where(den > 0, torch.ones_like(den)), ok & (den > 0))
+        self.share_num += pos[:, 0].sum()
+        self.share_den += den.sum()
+        self.share_clips += ok.sum()
+        self.clip_drops.append(pos[ok])
+
+    def _interval(self) -> tuple[Tensor, Tensor]:
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.share_num.device)
+        rows = self.clip_drops
+        rows = (torch.cat(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)) if isinstance(rows, list) \
+            else rows
+        n = rows.shape[0]
+        if n < 2:
+            return nan, nan
+        rows = rows.cpu()
+        order = torch.argsort(rows[:, 1], stable=True)  # sort by (D_m+, D_a+): independent of the clips' order
+        rows = rows[order]
+        rows = rows[torch.argsort(rows[:, 0], stable=True)]
+        g = torch.Generator().manual_seed(self.seed)
+        ratios = []
+        for start in range(0, self.resamples, 256):
+            k = min(256, self.resamples - start)
+            idx = torch.randint(n, (k, n), generator=g)
+            num, den = rows[:, 0][idx].sum(1), rows.sum(1)[idx].sum(1)
+            ratios.append((num / den)[den > 0])
+        r = torch.cat(ratios)
+        if r.numel() == 0:
+            return nan, nan
+        alpha = (1.0 - self.level) / 2
+        q = torch.quantile(r, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64))
+        return q[0].to(nan.device), q[1].to(nan.device)
 
     def compute(self) -> dict[str, Tensor]:
         out = self._stats()
-        n = self.paired.double()
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.cross.device)
-        mf, mm = (self.paired_freeze / n, self.paired_mean / n) if self.paired > 0 else (nan, nan)
-        ratio = mf / mm if self.paired > 0 and mm > 0 else nan
-        se = nan
-        if self.paired > 1 and mm > 0:
-            vf = (self.paired_freeze_sq - n * mf * mf) / (n - 1)
-            vm = (self.paired_mean_sq - n * mm * mm) / (n - 1)
-            cfm = (self.cross - n * mf * mm) / (n - 1)
-            se = ((vf - 2 * ratio * cfm + ratio * ratio * vm).clamp_min(0) / n).sqrt() / mm
-        out.update(ratio=ratio, ratio_se=se, ratio_n=self.paired.clone())
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.share_num.device)
+        share = self.share_num / self.share_den if self.share_den > 0 else nan
+        lo, hi = self._interval()
+        out.update(share=share, share_lo=lo, share_hi=hi, share_n=out["clip_share_n"],
+                   share_n_undefined=out["clip_share_n_undefined"])
         return out
 
 

@@ -19,8 +19,11 @@ key (``<stage>/<name>/<method>``)      meaning
 ``drop_advantage_random_<ref>/<m>``    paired per-clip difference selective − random (the sigma objective)
 ``drop_advantage_topm_<ref>/<m>``      paired per-clip difference selective − top-m
 ``drop_budget/<m>``                    ``m_sel``: voxels the selective map keeps
-``motion_reliance/model``              mean full-freeze drop / mean full-mean drop (``_se``: its standard error)
-``full_freeze_drop/model``             ``s(x) - s(freeze(x))``; ``full_mean_drop/model``: ``s(x) - s(mean(x))``
+``motion_reliance/model``              share ``sum D_m+ / sum (D_m+ + D_a+)`` in [0, 1] (``motion_reliance_lo`` /
+                                       ``_hi``: its seeded percentile bootstrap interval over clips)
+``full_freeze_drop/model``             ``D_m = s(x) - s(freeze(x))``; ``full_static_drop/model``:
+                                       ``D_a = s(x) - s(static_removed(x))``; ``full_mean_drop/model``:
+                                       ``s(x) - s(mean(x))``
 ``randomization_s<k>/<m>``             Spearman correlation at randomisation stage ``k`` (``m_selective``: its
                                        selective map); the stage names are in :meth:`RandomizationStage.artifacts`
 ``temporal_drop_selective/<m>``        drop from freezing ``temporal_window`` frames around the selective map's
@@ -235,7 +238,7 @@ class FaithfulnessStage:
                     for sigma in self.sigmas:
                         metrics[f"drop|{ref}|{method}|{sigma:g}"] = FreezeDrop()
         if self.reliance:
-            metrics["reliance"] = MotionReliance()
+            metrics["reliance"] = MotionReliance(seed=self.seed)
         collection = MetricCollection({k.replace(".", "_"): v for k, v in metrics.items()}, compute_groups=False)
         if self._device is not None:
             collection.to(self._device)
@@ -263,7 +266,8 @@ class FaithfulnessStage:
         if self.batch_size > max(DEFAULT_BATCH_SIZE, inputs):
             raise ValueError(f"faithfulness.batch_size={self.batch_size} exceeds the {inputs} perturbed inputs one "
                              f"update builds (num_clips x max(steps, 3)); set faithfulness.batch_size <= {inputs}")
-        need = batch_bytes((c, t, h, w), itemsize, clips, self.steps, self.batch_size, "blur" in self.references)
+        need = batch_bytes((c, t, h, w), itemsize, clips, self.steps, self.batch_size, "blur" in self.references,
+                           full_copy=self.reliance)
         _check_memory("faithfulness", need, {"batch_size": "faithfulness.batch_size", "steps": "faithfulness.steps",
                                              "clips": "faithfulness.num_clips"},
                       {"batch_size": self.batch_size, "steps": self.steps, "clips": self.num_clips}, device,
@@ -343,7 +347,8 @@ class FaithfulnessStage:
         if self.reliance:
             metric = self._metric("reliance")
             metric.update(motion_reliance(net, x, target, **common))
-            self._record(metric, {"freeze_drop": "full_freeze_drop", "mean_drop": "full_mean_drop"}, "model")
+            self._record(metric, {"freeze_drop": "full_freeze_drop", "static_drop": "full_static_drop",
+                                  "mean_drop": "full_mean_drop", "clip_share": "motion_reliance"}, "model")
         if self.temporal is not None:
             self.temporal.update(net, x, target, relevance, selective, seeds, input_builder, self.records)
 
@@ -375,10 +380,13 @@ class FaithfulnessStage:
         if self.reliance:
             r = self._metric("reliance").compute()
             _log_stats(values, prefix, "full_freeze_drop", "model", r, "freeze_drop")
+            _log_stats(values, prefix, "full_static_drop", "model", r, "static_drop")
             _log_stats(values, prefix, "full_mean_drop", "model", r, "mean_drop")
-            values[keys.metric_key(prefix, "motion_reliance", "model")] = float(r["ratio"])
-            values[keys.metric_key(prefix, "motion_reliance", "model", "std")] = float(r["ratio_se"])
-            values[keys.metric_key(prefix, "motion_reliance", "model", "n")] = float(r["ratio_n"])
+            for name, quantity in (("motion_reliance", "share"), ("motion_reliance_lo", "share_lo"),
+                                   ("motion_reliance_hi", "share_hi")):
+                values[keys.metric_key(prefix, name, "model")] = float(r[quantity])
+            values[keys.metric_key(prefix, "motion_reliance", "model", "n")] = float(r["share_n"])
+            values[keys.metric_key(prefix, "motion_reliance", "model", "n_undefined")] = float(r["share_n_undefined"])
         if self.temporal is not None:
             values.update(self.temporal.results(stage))
         return values

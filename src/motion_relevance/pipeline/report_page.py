@@ -107,6 +107,17 @@ COLUMN_HELP: dict[str, str] = {
     "motion_share": "sum R+ inside the ground-truth motion mask / sum R+",
     "spatial_bias": "1 - sum R_sel+ / sum R+: share of positive relevance removed as static",
     # Table 6
+    "motion_reliance": "causal motion share of the model, sum D_m+ / sum (D_m+ + D_a+) over clips in [0, 1] "
+                       "(D_m = full_freeze_drop, D_a = full_static_drop, + = clipped at 0; per_clip.csv: the "
+                       "clip's own share); the calibrated motion measure, beside the paper's spatial_bias",
+    "motion_reliance_lo": "lower end of the seeded 95% percentile bootstrap interval of motion_reliance over clips",
+    "motion_reliance_hi": "upper end of the seeded 95% percentile bootstrap interval of motion_reliance over clips",
+    "full_freeze_drop": "D_m = s(x) - s(freeze(x)): score drop when every frame is the clip's temporal mean (motion "
+                        "removed, appearance kept)",
+    "full_static_drop": "D_a = s(x) - s(x - x.mean(T) + x.mean(T,H,W)), per channel: score drop when the appearance "
+                        "is removed and the changes kept",
+    "full_mean_drop": "s(x) - s(mean(x)): score drop when every voxel is its channel's clip mean (everything "
+                      "removed)",
     "deletion_auc": "area under the score curve while the most relevant voxels are replaced (lower = more "
                     "faithful)",
     "insertion_auc": "area under the score curve while the most relevant voxels are put back into the reference "
@@ -149,6 +160,7 @@ TABLE_TITLES: dict[str, str] = {
     "table3_selectivity": "Table 3 · selectivity",
     "table4_overhead": "Table 4 · overhead",
     "table5_ground_truth": "Table 5 · ground truth",
+    "table6_motion_reliance": "Table 6 · motion reliance",
     "table6_faithfulness": "Table 6 · faithfulness",
     "table7_randomization": "Table 7 · cascading randomisation",
     "table8_temporal": "Table 8 · temporal window",

@@ -51,6 +51,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "table3_selectivity": ("selectivity_area", "selectivity_mass"),
     "table4_overhead": ("overhead_ms",),
     "table5_ground_truth": ("gt_precision", "gt_recall", "gt_f1", "motion_share", "spatial_bias"),
+    "table6_motion_reliance": ("motion_reliance", "motion_reliance_lo", "motion_reliance_hi", "full_freeze_drop",
+                               "full_static_drop", "full_mean_drop"),
     "table9_temporal_share": (keys.TEMPORAL_SHARE,),
 }
 #: Removal references of the faithfulness tests (``metrics.faithfulness.REFERENCES``).

@@ -23,7 +23,8 @@ clean forward pass and before any perturbed one):
 * :func:`freeze_drop`: ``s(x) - s(x with the mask's voxels replaced)``;
 * :func:`matched_budget_masks` / :func:`matched_budget_drops`: the voxels selective relevance keeps, the same number
   of top voxels of the baseline explanation and of random voxels, and the drop of each;
-* :func:`motion_reliance`: the drop under a full freeze and under a full mean, ``(B, 2)``.
+* :func:`motion_reliance`: the drops with the motion removed (freeze), the appearance removed
+  (:func:`static_removed`) and everything removed (mean), ``(B, 3)``.
 
 Models: any ``model(inputs) -> logits (B, num_classes)``. ``input_builder`` turns a (perturbed) clip batch into the
 model's input, e.g. ``lambda x: pack_pathways(x, alpha)`` for a two-pathway network: perturbations always act on
@@ -51,7 +52,7 @@ from motion_relevance.metrics.faithfulness.ranking import (
     relevance_ranks,
     top_m_mask,
 )
-from motion_relevance.metrics.faithfulness.references import REFERENCES, reference
+from motion_relevance.metrics.faithfulness.references import REFERENCES, reference, static_removed
 from motion_relevance.metrics.faithfulness.scoring import DEFAULT_BATCH_SIZE, InputBuilder
 
 __all__ = [
@@ -71,5 +72,6 @@ __all__ = [
     "random_ranks",
     "reference",
     "relevance_ranks",
+    "static_removed",
     "top_m_mask",
 ]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from motion_relevance.metrics.faithfulness.ranking import Seed, matched_budget_masks, voxel_mask, voxel_scores
-from motion_relevance.metrics.faithfulness.references import check_reference
+from motion_relevance.metrics.faithfulness.references import STATIC_REMOVED, check_reference
 from motion_relevance.metrics.faithfulness.scoring import DEFAULT_BATCH_SIZE, InputBuilder, check_call, drops
 
 __all__ = ["freeze_drop", "matched_budget_drops", "motion_reliance"]
@@ -51,14 +51,18 @@ def motion_reliance(
     batch_size: int = DEFAULT_BATCH_SIZE,
     input_builder: InputBuilder | None = None,
 ) -> Tensor:
-    """Drops ``[s(x) - s(freeze(x)), s(x) - s(mean(x))]`` with every voxel replaced, float32 ``(B, 2)``.
+    """Drops ``[s(x) - s(freeze(x)), s(x) - s(static_removed(x)), s(x) - s(mean(x))]`` with every voxel replaced,
+    float32 ``(B, 3)`` (one clean and three perturbed forward passes per clip).
 
-    The first column is what the model loses when all motion is removed (appearance kept), the second what it loses
-    when everything is removed; their ratio (see ``MotionReliance``) is the share of the decision that hangs on
-    motion. Arguments and errors as :func:`freeze_drop`.
+    Columns: ``D_m`` what the model loses when the motion is removed (every frame the clip's temporal mean, the
+    appearance kept), ``D_a`` what it loses when the appearance is removed and the changes kept
+    (:func:`~.references.static_removed`), and what it loses when everything is removed (the ``"mean"``
+    reference). ``MotionReliance`` turns the first two into the share ``D_m+ / (D_m+ + D_a+)`` in ``[0, 1]``.
+    Arguments and errors as :func:`freeze_drop`.
     """
     batch_size = check_call(model, clips, batch_size, input_builder)
-    return drops(model, clips, [None, None], target, ["freeze", "mean"], 1.0, batch_size, input_builder)
+    return drops(model, clips, [None, None, None], target, ["freeze", STATIC_REMOVED, "mean"], 1.0, batch_size,
+                 input_builder)
 
 
 def matched_budget_drops(

@@ -1,4 +1,5 @@
-"""The references that replace removed voxels (``freeze``, ``mean``, ``blur``) of a clip batch ``(B, C, T, H, W)``."""
+"""The references that replace removed voxels (``freeze``, ``mean``, ``blur``) of a clip batch ``(B, C, T, H, W)``,
+and :func:`static_removed`, the clip with its appearance removed and its changes kept (motion reliance)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from torch.nn import functional as F
 
 from motion_relevance.checks import check_choice, check_clips, check_positive
 
-__all__ = ["REFERENCES", "check_reference", "reference", "reference_compact"]
+__all__ = ["REFERENCES", "STATIC_REMOVED", "check_reference", "reference", "reference_compact", "static_removed"]
 
 #: Reference kinds accepted by :func:`reference` and every function's ``reference`` argument.
 REFERENCES: tuple[str, ...] = ("freeze", "mean", "blur")
+#: Internal kind of :func:`reference_compact` for :func:`static_removed` (motion reliance only; not a configurable
+#: removal reference, since it replaces every voxel by a value that keeps that voxel's temporal change).
+STATIC_REMOVED = "static_removed"
 
 
 def check_reference(kind: Any, blur_sigma: Any) -> tuple[str, float]:
@@ -40,8 +44,31 @@ def _blur(clips: Tensor, sigma: float) -> Tensor:
     return x.reshape(b, c, t, h, w)
 
 
+def _static_removed(clips: Tensor) -> Tensor:
+    return clips - clips.mean(2, keepdim=True) + clips.mean((2, 3, 4), keepdim=True)
+
+
+def static_removed(clips: Tensor) -> Tensor:
+    """The clip with its appearance removed and its changes kept, a new tensor ``(B, C, T, H, W)``:
+    ``x - x.mean(T) + x.mean((T, H, W))``, **per channel** (the ``"mean"`` reference's per-channel mean).
+
+    Every voxel keeps its deviation from its own temporal mean (what moves or changes) on a flat background of the
+    channel's clip mean, so ``freeze(static_removed(x)) == mean(x)``: removing the motion of the static-removed clip
+    leaves exactly the ``"mean"`` reference. It is the counterpart of ``freeze(x)`` (motion removed, appearance kept)
+    in :func:`~motion_relevance.metrics.faithfulness.motion_reliance`.
+
+    Raises:
+        ValueError / TypeError: clips not a finite floating-point 5-D tensor.
+    """
+    check_clips("clips", clips, finite=True)
+    return _static_removed(clips)
+
+
 def reference_compact(clips: Tensor, kind: str, blur_sigma: float) -> Tensor:
-    """The reference in a shape that broadcasts to the clips: ``(B,C,1,H,W)``, ``(B,C,1,1,1)`` or full."""
+    """The reference in a shape that broadcasts to the clips: ``(B,C,1,H,W)``, ``(B,C,1,1,1)`` or full
+    (``blur`` and :data:`STATIC_REMOVED`)."""
+    if kind == STATIC_REMOVED:
+        return _static_removed(clips)
     if kind == "freeze":
         return clips.mean(2, keepdim=True)
     if kind == "mean":

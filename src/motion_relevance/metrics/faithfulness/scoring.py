@@ -215,7 +215,7 @@ def drops(
 
 
 def batch_bytes(clip_shape: tuple[int, ...], itemsize: int, clips: int, steps: int, batch_size: int,
-                blur: bool = False) -> dict[str, int]:
+                blur: bool = False, *, full_copy: bool = False) -> dict[str, int]:
     """Bytes of the tensors :func:`curves` and :func:`drops` hold for ``clips`` clips of ``clip_shape``
     ``(C, T, H, W)`` (elements of ``itemsize`` bytes), by the setting that scales them:
 
@@ -224,14 +224,15 @@ def batch_bytes(clip_shape: tuple[int, ...], itemsize: int, clips: int, steps: i
     * ``"steps"``: the per-item index and score vectors (``clips * steps`` items: clip and voxel-count indices,
       gathered target, score: 28 bytes each);
     * ``"clips"``: the references (a full blurred copy of the clips and its two separable passes for ``blur``, the
-      temporal mean for the others) and the clean scores.
+      temporal mean for the others, plus a full copy of the clips with ``full_copy``: the static-removed clip of
+      motion reliance) and the clean scores.
 
     The model's own activations for a forward pass of ``rows`` inputs are not counted (they depend on the model).
     """
     c, t, h, w = (int(v) for v in clip_shape)
     voxels = t * h * w
     rows = min(batch_size, clips * max(steps, 3))
-    ref = 3 * clips * c * voxels if blur else clips * c * h * w
+    ref = 3 * clips * c * voxels if blur else clips * c * (h * w + (voxels if full_copy else 0))
     return {
         "batch_size": rows * (c * voxels + 2 * voxels) * itemsize,
         "steps": clips * steps * 28,
