@@ -102,14 +102,14 @@ def test_batch_bytes_by_hand():
 def test_memory_estimate_refused_naming_the_key_to_lower():
     shape = (3, 16, 112, 112)
     s = stage(num_clips=16, steps=10, batch_size=160)
-    need = sum(batch_bytes(shape, 4, 16, 10, 160).values())
+    need = sum(batch_bytes(shape, 4, 16, 10, 160, full_copy=True).values())  # motion reliance is on
     with pytest.raises(ValueError, match=r"faithfulness needs about .* MiB .* available; lower "
                                          r"faithfulness\.batch_size \(now 160\)"):
         s.check_data(shape, available=need - 1)
     s.check_data(shape, available=need)
     many = stage(num_clips=16, steps=200_000, batch_size=1)
     with pytest.raises(ValueError, match=r"lower faithfulness\.steps \(now 200000\)"):
-        many.check_data(shape, available=sum(batch_bytes(shape, 4, 16, 200_000, 1).values()) - 1)
+        many.check_data(shape, available=sum(batch_bytes(shape, 4, 16, 200_000, 1, full_copy=True).values()) - 1)
 
 
 def test_memory_refusal_at_the_first_batch_before_any_forward(monkeypatch):
