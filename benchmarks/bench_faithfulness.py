@@ -7,7 +7,7 @@ clips ``(B, 3, 16, 56, 56)``) and, with ``--full``, the published-size C3D at 11
 * ``deletion (freeze|mean|blur)``: :func:`motion_relevance.metrics.faithfulness.deletion_curve`, ``batch_size = B``;
 * ``insertion (freeze)`` and ``random floor (freeze)``: the same with ``insertion=True`` / :func:`random_curve`;
 * ``matched-budget drops``: :func:`matched_budget_drops` (4 forward passes per clip) against 4 plain passes;
-* ``motion reliance``: :func:`motion_reliance` (3 passes) against 3 plain passes;
+* ``motion reliance``: :func:`motion_reliance` (4 passes: clean, freeze, static-removed, mean) against 4 plain passes;
 * ``plain xN``: ``N`` forward passes of the batch under ``torch.no_grad()``;
 * ``overhead only``: the deletion curve with a model that returns constant logits: the cost of ordering the voxels
   and building the perturbed inputs, without the network.
@@ -73,7 +73,7 @@ def bench_model(
         "insertion (freeze)": (lambda: deletion_curve(model, clips, rel, insertion=True, **kw), steps + 1),
         "random floor (freeze)": (lambda: random_curve(model, clips, **kw), steps + 1),
         "matched-budget drops": (lambda: matched_budget_drops(model, clips, rel, sel, batch_size=b), 4),
-        "motion reliance": (lambda: motion_reliance(model, clips, batch_size=b), 3),
+        "motion reliance": (lambda: motion_reliance(model, clips, batch_size=b), 4),
     }
     no_model = NoModel()
     overhead = {
