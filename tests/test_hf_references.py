@@ -111,9 +111,11 @@ def attention_back(att: nn.Module, f: dict[str, Tensor], r: Tensor) -> Tensor:
     return lin_back(att.attention.qkv, f["x"], r_qkv)
 
 
-def timesformer_block_back(layer: nn.Module, h: Tensor, r_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def timesformer_block_back(layer: nn.Module, h: Tensor, r_out: Tensor, equal_cls: bool = False
+                           ) -> tuple[Tensor, Tensor, Tensor]:
     """Relevance at the block input ``h (B, 1 + H'W'T, D)`` (patch tokens in (h, w, t) order) from the relevance
-    ``r_out`` of its output, and the relevance the two residual sums give the temporal and the spatial branch."""
+    ``r_out`` of its output, and the relevance the two residual sums give the temporal and the spatial branch.
+    ``equal_cls``: split the averaged CLS relevance equally among the per-frame copies (not the engine's rule)."""
     b, _, d = h.shape
     t, p = FRAMES, (SIZE // PATCH) ** 2
     side = SIZE // PATCH
@@ -149,6 +151,8 @@ def timesformer_block_back(layer: nn.Module, h: Tensor, r_out: Tensor) -> tuple[
     # the spatial branch: the averaged CLS (mean over the T copies, LRP-0 with stabiliser 1e-9) and the patches
     r_cls_m, r_res_s = r_branch[:, :1], r_branch[:, 1:]
     r_cls_s = cls_s / t * (r_cls_m / stab(cls_m, POOL_EPS))
+    if equal_cls:
+        r_cls_s = r_cls_m.expand(b, t, d) / t
     r_os = torch.cat((r_cls_s.reshape(b * t, 1, d),
                       r_res_s.reshape(b, side, side, t, d).permute(0, 3, 1, 2, 4).reshape(b * t, p, d)), 1)
     r_ls = attention_back(layer.attention, fs, r_os)
@@ -197,6 +201,9 @@ def test_timesformer_block_relevance_equals_the_hand_computed_rules() -> None:
     scale = float(want.abs().amax())
     assert scale > 1e-6 and float(got["r_in"][:, 0].abs().amax()) > 1e-3 * scale  # the CLS token gets relevance
     torch.testing.assert_close(got["r_in"], want, rtol=1e-7, atol=1e-9 * scale)
+    with torch.no_grad():  # the reference tells the CLS rule apart: an equal split among the copies differs
+        equal, _, _ = timesformer_block_back(layer, got["h"], got["r_out"], equal_cls=True)
+    assert float((equal - want).abs().amax()) > 1e-3 * scale
 
 
 def test_timesformer_temporal_share_equals_the_hand_computed_branch_split() -> None:
