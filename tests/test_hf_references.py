@@ -340,3 +340,24 @@ def test_canonization_traces_each_call_of_a_module_called_twice_with_its_own_sha
     assert not record.unsupported and not record.notes
     with torch.no_grad():
         torch.testing.assert_close(record.model(x), model(x))
+
+
+def test_a_residual_branch_map_naming_no_add_module_and_a_non_module_type_are_refused() -> None:
+    from motion_relevance.explain import temporal_flow
+    from motion_relevance.models.hf import HFVideoClassifier
+
+    net, x = from_transformers(timesformer(double=False)), clips(1, torch.float32)
+    saved = temporal_flow.BRANCH_ADDS[HFVideoClassifier]
+    try:
+        temporal_flow.register_branch_adds(HFVideoClassifier, lambda m, c: {"hf.classifier": True}, saved[0])
+        with pytest.raises(ValueError, match=r"names 'hf.classifier', which is not a models.layers.Add module"):
+            temporal_share(net, x)
+        temporal_flow.register_branch_adds(HFVideoClassifier, lambda m, c: {}, saved[0])
+        with pytest.raises(ValueError, match=r"names 'nothing'"):
+            temporal_share(net, x)
+    finally:
+        temporal_flow.BRANCH_ADDS[HFVideoClassifier] = saved
+    with pytest.raises(ValueError, match=r"TimesformerForVideoClassification takes clips of 3 frames"):
+        temporal_share(net, torch.zeros(1, 3, FRAMES + 1, SIZE, SIZE))
+    with pytest.raises(TypeError, match="register_branch_adds takes an nn.Module subclass"):
+        temporal_flow.register_branch_adds("HFVideoClassifier", lambda m, c: {})  # type: ignore[arg-type]
