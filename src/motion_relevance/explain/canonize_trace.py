@@ -277,6 +277,9 @@ class _Call:
     arguments: dict[str, Any]
     output: Any
     varying: set[str] = field(default_factory=set)  #: arguments that were None or a flag in one call, not in another
+    #: the output of every recorded call, in call order (a module called at several places: TimeSformer's
+    #: ``drop_path`` after its time and its space attention)
+    outputs: list[Any] = field(default_factory=list)
 
 
 class _OneLevel(fx.Tracer):
@@ -291,10 +294,12 @@ class _OneLevel(fx.Tracer):
         self.record_stack_traces = True
         self.calls = calls or {}
         self.values: dict[fx.Node, Any] = {}
+        self.seen: dict[str, int] = {}  #: calls of each child traced so far (its index among its recorded calls)
         self.call: _Call | None = None
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:  # type: ignore[override]
         self.call = self.calls.get(id(root))
+        self.seen = {}
         graph = self._trace(root, concrete_args)
         if concrete_args:
             _drop_constant_inputs(graph, concrete_args)
@@ -354,7 +359,10 @@ class _OneLevel(fx.Tracer):
             child = self.calls.get(id(self.root.get_submodule(str(node.target))))
             if child is None:
                 raise KeyError(node.target)
-            return child.output
+            # the k-th call in this forward is the child's k-th recorded call (the first where it was called more
+            # often than this forward calls it, e.g. also from another module)
+            k = self.seen[str(node.target)] = self.seen.get(str(node.target), -1) + 1
+            return child.outputs[k] if k < len(child.outputs) else child.output
         args = fx.node.map_arg(node.args, lambda n: self.values[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
         with torch.no_grad():
@@ -809,8 +817,11 @@ def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor]) -> dict[int
 
     def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         call = calls.get(id(module))
-        if call is not None and call.output is None:
-            call.output = _meta(output)
+        if call is not None:
+            value = _meta(output)
+            call.outputs.append(value)
+            if call.output is None:
+                call.output = value
 
     handles = [h for m in work.modules() for h in (m.register_forward_pre_hook(before, with_kwargs=True),
                                                     m.register_forward_hook(after))]

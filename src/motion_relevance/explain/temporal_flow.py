@@ -8,9 +8,15 @@ relevance flows through time").
 Which products are attention products, and which frame each query row and key column belongs to, is model
 knowledge: a function ``token_frames(model, clips) -> {module name: (query_frames, key_frames)}`` per model type,
 registered with :func:`register_token_frames`. VideoMAE (joint space-time attention, tokens ordered
-``(T', H', W')``) is registered here; divided space-time attention (TimeSformer) plugs in the same way: its
-time-attention products get the frame of each row / column of their ``(B * H' * W', heads, T', T')`` attention
-(every off-diagonal pair crosses frames), its space-attention products one frame for all rows and columns.
+``(T', H', W')``) is registered here.
+
+Divided space-time attention (TimeSformer) adds each attention's output to the residual stream in its own sum, so
+there the share is measured at those sums instead: a function ``branch_adds(model, clips) -> {name of a residual
+models.layers.Add: True where its second input is a temporal-attention branch, False where a spatial one}``,
+registered with :func:`register_branch_adds`, names them, and the share is the relevance the sums' epsilon rule
+gives the temporal branches (absolute values) over that given to all branches. transformers' TimeSformer
+(``models.hf``, ``attention_type="divided_space_time"``) is registered; its sums are found in the model's
+canonized copy (``explain.canonize_trace.canonized``), the model AttnLRP runs.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from motion_relevance.checks import check_clips
+from motion_relevance.explain.canonize_trace import canonized
 from motion_relevance.explain.explainers import AttnLRP
-from motion_relevance.explain.rules import Uniform
-from motion_relevance.models.layers import MatMul
+from motion_relevance.explain.rules import EpsilonAdd, Uniform
+from motion_relevance.models.hf import PREFIX, HFVideoClassifier
+from motion_relevance.models.layers import Add, MatMul
 from motion_relevance.models.videomae import VideoMAE
 
-__all__ = ["TOKEN_FRAMES", "FlowRecorder", "measures_temporal_share", "pair_flows", "register_token_frames",
-           "temporal_share", "videomae_token_frames"]
+__all__ = ["BRANCH_ADDS", "TOKEN_FRAMES", "FlowRecorder", "measures_temporal_share", "pair_flows",
+           "register_branch_adds", "register_token_frames", "temporal_share", "timesformer_branch_adds",
+           "videomae_token_frames"]
 
 #: ``token_frames(model, clips) -> {name of an A @ V MatMul module: (query_frames (Nq,), key_frames (Nk,))}``.
 TokenFrames = Callable[[nn.Module, Tensor], dict[str, tuple[Tensor, Tensor]]]
@@ -57,16 +66,67 @@ def videomae_token_frames(model: nn.Module, clips: Tensor) -> dict[str, tuple[Te
 
 register_token_frames(VideoMAE, videomae_token_frames)
 
+#: ``branch_adds(model, clips) -> {name of a residual models.layers.Add module: True where its second input is a
+#: temporal-attention branch, False where a spatial-attention one}`` (names in the model AttnLRP runs: the model
+#: itself, or its canonized copy where the model lacks them).
+BranchAdds = Callable[[nn.Module, Tensor], dict[str, bool]]
+
+#: The registered residual-branch maps, by model type: ``(applies(model) -> bool, branch_adds)``.
+BRANCH_ADDS: dict[type[nn.Module], tuple[Callable[[nn.Module], bool], BranchAdds]] = {}
+
+
+def register_branch_adds(model_type: type[nn.Module], fn: BranchAdds,
+                         applies: Callable[[nn.Module], bool] | None = None) -> None:
+    """Let :func:`temporal_share` measure models of ``model_type`` with divided attention at their residual sums:
+    ``fn(model, clips)`` names the ``models.layers.Add`` modules adding an attention branch (their second input,
+    batch outermost) to the residual stream, ``True`` for a temporal branch; ``applies(model)`` (default: always)
+    says whether an instance has that layout (one adapter class wraps several architectures)."""
+    if not (isinstance(model_type, type) and issubclass(model_type, nn.Module)):
+        raise TypeError(f"register_branch_adds takes an nn.Module subclass, got {model_type!r}")
+    BRANCH_ADDS[model_type] = (applies or (lambda _model: True), fn)
+
+
+def _is_divided_timesformer(model: nn.Module) -> bool:
+    return (getattr(model, "architecture", None) == "TimesformerForVideoClassification"
+            and getattr(model.hf.config, "attention_type", None) == "divided_space_time")
+
+
+def timesformer_branch_adds(model: nn.Module, clips: Tensor) -> dict[str, bool]:
+    """transformers' TimeSformer with divided space-time attention: in every layer, canonization makes the sum
+    ``h[:, 1:] + temporal_dense(temporal_attention(h))`` the module ``add`` (temporal branch) and
+    ``cat(cls, temporal_embedding) + cat(mean of the CLS copies, spatial attention)`` the module ``add_1``
+    (spatial branch); ``add_2`` is the MLP's sum (not counted)."""
+    assert isinstance(model, HFVideoClassifier) and _is_divided_timesformer(model)
+    model.token_grid(clips.shape)  # refuses clips of another size, naming the config
+    prefix = f"{PREFIX}{model.spec.blocks}"
+    out: dict[str, bool] = {}
+    for i in range(len(model.hf.get_submodule(model.spec.blocks))):
+        out[f"{prefix}.{i}.add"] = True
+        out[f"{prefix}.{i}.add_1"] = False
+    return out
+
+
+register_branch_adds(HFVideoClassifier, timesformer_branch_adds, _is_divided_timesformer)
+
+
+def _branch_adds_for(model: nn.Module) -> BranchAdds | None:
+    for cls in type(model).__mro__:
+        if cls in BRANCH_ADDS:
+            applies, fn = BRANCH_ADDS[cls]
+            return fn if applies(model) else None
+    return None
+
 
 def _token_frames_for(model: nn.Module) -> TokenFrames:
     for cls in type(model).__mro__:
         if cls in TOKEN_FRAMES:
             return TOKEN_FRAMES[cls]
-    supported = ", ".join(sorted(t.__name__ for t in TOKEN_FRAMES))
+    supported = ", ".join(sorted({t.__name__ for t in TOKEN_FRAMES} | {"TimeSformer (models.hf)"}))
     raise ValueError(
         f"temporal_share cannot measure {type(model).__name__}: it needs attention products A @ V computed by "
-        f"models.layers.MatMul modules and a token->frame map; supported: {supported} (add one with "
-        "motion_relevance.explain.temporal_flow.register_token_frames)"
+        f"models.layers.MatMul modules and a token->frame map, or divided attention's residual sums; supported: "
+        f"{supported} (add one with motion_relevance.explain.temporal_flow.register_token_frames or "
+        "register_branch_adds)"
     )
 
 
@@ -93,7 +153,9 @@ class _Recorder:
     The batch size of each forward is read from the model's input (a forward pre-hook on the model), so one
     recorder measures every explainer pass made while it is installed, whatever its batch."""
 
-    def __init__(self, frames: dict[str, tuple[Tensor, Tensor]], epsilon: float) -> None:
+    what = "attention products"
+
+    def __init__(self, frames: dict[str, Any], epsilon: float) -> None:
         self.frames, self.epsilon, self.batch = frames, epsilon, 0
         self.sums: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
@@ -137,7 +199,7 @@ class _Recorder:
         bad = next((name for name, n in got.items() if n != passes or n == 0), None)
         if bad is not None:
             raise RuntimeError(f"temporal_share: module {bad!r} received relevance {got[bad]} times where the "
-                               f"attention products received it in {passes} AttnLRP passes (expected once per pass)")
+                               f"{self.what} received it in {passes} AttnLRP passes (expected once per pass)")
         out = []
         for i in range(passes):
             cross = sum(self.sums[name][i][0].to(device) for name in self.frames)
@@ -149,6 +211,36 @@ class _Recorder:
         return out
 
 
+class _BranchRecorder(_Recorder):
+    """Forward hooks on residual sums ``out = a + b`` keeping ``(b, out)``; a tensor hook on ``out`` reduces its
+    relevance to the per-clip sum of ``|R_b|``, ``R_b = b R / (out + eps sign(out))`` (the epsilon rule on a sum,
+    ``explain.rules.EpsilonAdd``), kept as ``(that sum, that sum)`` for a temporal branch and ``(0, that sum)``
+    for a spatial one, so :meth:`shares` gives temporal / (temporal + spatial)."""
+
+    what = "residual sums"
+
+    def hook(self, name: str) -> Callable[..., None]:
+        temporal = bool(self.frames[name])
+
+        def forward_hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            if not (isinstance(out, Tensor) and out.requires_grad and len(args) == 2):
+                return
+            kept = [args[1].detach(), out.detach()]
+            batch = self.batch
+
+            def reduce(relevance: Tensor) -> None:
+                if kept:
+                    branch, total = kept
+                    den = torch.full_like(total, self.epsilon).copysign_(total).add_(total)
+                    part = (branch * relevance.detach() / den).abs().reshape(batch, -1).double().sum(1)
+                    self.sums.setdefault(name, []).append((part if temporal else torch.zeros_like(part), part))
+                    kept.clear()
+
+            out.register_hook(reduce)
+
+        return forward_hook
+
+
 class FlowRecorder:
     """Context manager measuring :func:`temporal_share` of every AttnLRP pass ``explainer`` makes on ``model``
     while it is entered (e.g. inside a caching wrapper that explains only some clips): hooks only, no pass of its
@@ -158,9 +250,16 @@ class FlowRecorder:
     """
 
     def __init__(self, model: nn.Module, clips: Tensor, explainer: Any) -> None:
-        token_frames = _token_frames_for(model)
+        branch_adds = _branch_adds_for(model)
+        token_frames = _token_frames_for(model) if branch_adds is None else None
         if not isinstance(explainer, AttnLRP):
             raise TypeError(f"temporal_share explainer must be an AttnLRP, got {type(explainer).__name__}")
+        self.device = clips.device
+        self.handles: list[Any] = []
+        if branch_adds is not None:
+            self._branches(model, clips, branch_adds(model, clips), _add_epsilon(explainer))
+            return
+        assert token_frames is not None
         epsilon = _uniform_epsilon(explainer)
         frames = token_frames(model, clips)
         modules = dict(model.named_modules())
@@ -168,9 +267,23 @@ class FlowRecorder:
         if missing:
             raise ValueError(f"temporal_share: the token->frame map of {type(model).__name__} names {missing[0]!r}, "
                              "which is not a models.layers.MatMul module of the model; fix its registered map")
-        self.model, self.modules, self.device = model, modules, clips.device
+        self.model, self.modules = model, modules
         self.recorder = _Recorder(frames, epsilon)
-        self.handles: list[Any] = []
+
+    def _branches(self, model: nn.Module, clips: Tensor, adds: dict[str, bool], epsilon: float) -> None:
+        """Hook the residual sums where they are: in ``model``, or else in its canonized copy (the model the
+        explainer runs; made once per model and shared with the explainer through the canonization cache)."""
+        modules = dict(model.named_modules())
+        if not all(isinstance(modules.get(n), Add) for n in adds):
+            model = canonized(model, probe=clips).model
+            modules = dict(model.named_modules())
+        missing = [n for n in adds if not isinstance(modules.get(n), Add)]
+        if missing or not adds:
+            raise ValueError(f"temporal_share: the residual-branch map of {type(model).__name__} names "
+                             f"{(missing or ['nothing'])[0]!r}, which is not a models.layers.Add module of the model "
+                             "or its canonized copy; fix its registered map (register_branch_adds)")
+        self.model, self.modules = model, modules
+        self.recorder = _BranchRecorder(adds, epsilon)
 
     def __enter__(self) -> FlowRecorder:
         self.handles = [self.model.register_forward_pre_hook(self.recorder.model_hook)]
@@ -190,9 +303,23 @@ class FlowRecorder:
 def measures_temporal_share(model: nn.Module, explainer: Any) -> bool:
     """Whether :func:`temporal_share` can measure ``explainer`` on ``model``: an AttnLRP with the uniform MatMul
     rule, and a model type with a registered token -> frame map."""
-    if not isinstance(explainer, AttnLRP) or not isinstance(explainer.composite.rule_for(MatMul()), Uniform):
+    if not isinstance(explainer, AttnLRP):
+        return False
+    if _branch_adds_for(model) is not None:
+        return isinstance(explainer.composite.rule_for(Add()), EpsilonAdd)
+    if not isinstance(explainer.composite.rule_for(MatMul()), Uniform):
         return False
     return any(cls in TOKEN_FRAMES for cls in type(model).__mro__)
+
+
+def _add_epsilon(explainer: Any) -> float:
+    rule = explainer.composite.rule_for(Add())
+    if not isinstance(rule, EpsilonAdd):
+        raise ValueError(
+            f"temporal_share on divided attention measures the epsilon rule on residual sums "
+            f"(explain.rules.EpsilonAdd); explainer {explainer!r} uses {rule!r}: drop its rules= entry for Add"
+        )
+    return rule.epsilon
 
 
 def _uniform_epsilon(explainer: Any) -> float:
@@ -214,14 +341,17 @@ def temporal_share(model: nn.Module, clips: Tensor, target: Any = None, *, expla
     passes gets 0.
 
     Args:
-        model: a model with a registered token -> frame map (:func:`register_token_frames`; VideoMAE).
+        model: a model with a registered token -> frame map (:func:`register_token_frames`; VideoMAE), or with
+            registered residual-branch sums (:func:`register_branch_adds`; transformers' TimeSformer, where the
+            share is the temporal branches' part of the relevance the residual sums give the attention branches).
         clips: ``(B, C, T, H, W)``.
         target: class per clip (int, sequence or ``(B,)`` tensor); ``None``: the predicted class.
         explainer: the :class:`~motion_relevance.explain.AttnLRP` to run (its MatMul rule must be the uniform rule);
             default: one whose zB bounds enclose the clips (the first layer's rule does not change the relevance
             that reaches the attention products).
     """
-    _token_frames_for(model)
+    if _branch_adds_for(model) is None:
+        _token_frames_for(model)
     check_clips("temporal_share clips", clips, finite=True)
     if explainer is None:
         lo, hi = float(clips.min()), float(clips.max())
@@ -231,6 +361,6 @@ def temporal_share(model: nn.Module, clips: Tensor, target: Any = None, *, expla
         explainer(model, clips, target)
     shares = recorder.shares()
     if len(shares) != 1:
-        raise RuntimeError(f"temporal_share: the attention products received relevance {len(shares)} times in one "
-                           "AttnLRP call (expected once)")
+        raise RuntimeError(f"temporal_share: the {recorder.recorder.what} received relevance {len(shares)} times in "
+                           "one AttnLRP call (expected once)")
     return shares[0]
