@@ -100,7 +100,8 @@ COLUMN_HELP: dict[str, str] = {
     "selectivity_mass": "sum R_sel+ / sum R+: share of positive relevance selective relevance keeps (Table 3)",
     "overhead_ms": "wall time per clip in ms of the explainer call, or of the selective step (Table 4)",
     "temporal_share": "share of the relevance AttnLRP passes through the attention products (A @ V) that goes "
-                      "between tokens of different frames; cached clips undefined (Table 9)",
+                      "between tokens of different frames (TimeSformer: the time branches' share of the relevance "
+                      "the residual sums give the attention branches); cached clips undefined (Table 9)",
     "gt_precision": "|P(R) and M| / |P(R)|: share of positive voxels inside the ground-truth motion mask M",
     "gt_recall": "|P(R) and M| / |M|: share of the ground-truth motion mask covered by positive voxels",
     "gt_f1": "Dice 2|P(R) and M| / (|P(R)| + |M|) against the ground-truth motion mask",
