@@ -66,6 +66,13 @@ PLAN: dict[str, dict[str, Any]] = {
         "est_s": 200,
         "device": False,
     },
+    "bench_hf": {  # transformers' VideoMAE-B (16 frames) and TimeSformer-B (8 frames), one process per model
+        "full": ["--repeats", "2"],
+        "quick": ["--quick", "--repeats", "1"],
+        "timeout": 900,
+        "est_s": 300,
+        "device": False,
+    },
     "bench_canonize": {
         "full": ["--repeats", "3", "--explain-repeats", "2"],
         "quick": ["--quick", "--repeats", "2", "--explain-repeats", "1"],
