@@ -194,11 +194,12 @@ def to_markdown(rows: list[dict[str, Any]], load: tuple[float, float, float]) ->
                                     "AttnLRP (canonized)", "AttnLRP ours")]
         lines.append(f"| {r['model']} {r['size']} | " + " | ".join("–" if v is None else f"{v:.0f}" for v in cells)
                      + " |")
-    lines += ["", "canonize: the rewrite of a fresh wrapper incl. its logits check (two forward passes); first call "
-              "extra: the first AttnLRP call minus the median later one; cache added: AttnLRP on the wrapper "
-              "(canonized copy looked up) / AttnLRP on the canonized copy - 1; vs gradient: AttnLRP / (forward + "
-              "backward of the target logit); vs ours: AttnLRP on the transformers model / on models/videomae.py with the same "
-              "weights. A noisy shared machine moves every ratio by several percent."]
+    lines += ["", "canonize: the rewrite of a fresh wrapper incl. its logits check (two forward passes); "
+              "first call extra: the first AttnLRP call minus the median later one; "
+              "cache added: AttnLRP on the wrapper (canonized copy looked up) / AttnLRP on the canonized copy - 1; "
+              "vs gradient: AttnLRP / (forward + backward of the target logit); "
+              "vs ours: AttnLRP on the transformers model / on models/videomae.py with the same weights. "
+              "A noisy shared machine moves every ratio by several percent."]
     return "\n".join(lines)
 
 
