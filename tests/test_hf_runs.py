@@ -86,3 +86,22 @@ def test_sigma_sweep_with_the_attribution_cache(tmp_path: Path, data_root: Path,
     assert [m["objective_sigma"] for m in (first, second)] == [2.0, 4.0]
     assert first["test/gt_precision/gradcam_selective"] != second["test/gt_precision/gradcam_selective"] or \
         first["test/gt_f1/gradcam_selective"] != second["test/gt_f1/gradcam_selective"]
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="canonization of TimesformerLayer's class-token mean "
+                   "works only when num_frames equals the patches per frame (explain/canonize_trace.py)")
+def test_attnlrp_on_timesformer_with_more_frames_than_patches_per_frame() -> None:
+    """8 frames of 2x2 patches: the tiny configs elsewhere (4 frames of 2x2, 16 of 4x4) hide this case."""
+    import transformers
+
+    from motion_relevance.explain import AttnLRP
+    from motion_relevance.models import from_transformers
+
+    torch.manual_seed(0)
+    config = transformers.TimesformerConfig(image_size=16, patch_size=8, num_frames=8, hidden_size=32,
+                                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                            num_labels=3)
+    net = from_transformers(transformers.TimesformerForVideoClassification(config).eval())
+    x = torch.rand(1, 3, 8, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    relevance = AttnLRP(lower=-1.0, upper=1.0)(net, x, torch.tensor([1]))
+    assert relevance.shape == x.shape and bool(torch.isfinite(relevance).all())
