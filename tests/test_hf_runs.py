@@ -50,8 +50,7 @@ def _video(path: Path, frames: int, size: tuple[int, int] = (40, 48)) -> Path:
     return path
 
 
-@pytest.mark.parametrize("explainer", ["gradcam", pytest.param("dtd", marks=pytest.mark.slow),
-                                       pytest.param("attnlrp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("explainer", ["gradcam", "dtd", "attnlrp"])
 def test_live_explains_a_transformers_checkpoint(tmp_path: Path, hf_checkpoint: Path, explainer: str) -> None:
     clip_len = torch.load(hf_checkpoint, weights_only=True)["motion_relevance"]["preprocessing"]["clip_len"]
     frames = clip_len + clip_len // 2  # exactly two windows at stride clip_len / 2
@@ -68,7 +67,6 @@ def test_live_explains_a_transformers_checkpoint(tmp_path: Path, hf_checkpoint: 
     assert 0 <= metrics[f"live/selectivity_mass/{explainer}"] <= 1
 
 
-@pytest.mark.slow
 def test_sigma_sweep_with_the_attribution_cache(tmp_path: Path, data_root: Path, hf_checkpoint: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     sweep = tmp_path / "sweep"
