@@ -66,6 +66,13 @@ PLAN: dict[str, dict[str, Any]] = {
         "est_s": 200,
         "device": False,
     },
+    "bench_hf": {  # VideoMAE-B at 8 frames (16 exceeds the per-model timeout on a shared 2-core machine)
+        "full": ["--repeats", "2", "--videomae-frames", "8"],
+        "quick": ["--quick", "--repeats", "1"],
+        "timeout": 900,
+        "est_s": 300,
+        "device": False,
+    },
     "bench_canonize": {
         "full": ["--repeats", "3", "--explain-repeats", "2"],
         "quick": ["--quick", "--repeats", "2", "--explain-repeats", "1"],
