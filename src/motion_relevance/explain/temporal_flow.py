@@ -257,10 +257,10 @@ class FlowRecorder:
         self.device = clips.device
         self.handles: list[Any] = []
         if branch_adds is not None:
-            self._branches(model, clips, branch_adds(model, clips), _add_epsilon(explainer))
+            self._branches(model, clips, branch_adds(model, clips), _rule_epsilon(explainer, True))
             return
         assert token_frames is not None
-        epsilon = _uniform_epsilon(explainer)
+        epsilon = _rule_epsilon(explainer, False)
         frames = token_frames(model, clips)
         modules = dict(model.named_modules())
         missing = [n for n in frames if not isinstance(modules.get(n), MatMul)]
@@ -301,33 +301,33 @@ class FlowRecorder:
 
 
 def measures_temporal_share(model: nn.Module, explainer: Any) -> bool:
-    """Whether :func:`temporal_share` can measure ``explainer`` on ``model``: an AttnLRP with the uniform MatMul
-    rule, and a model type with a registered token -> frame map."""
+    """Whether :func:`temporal_share` can measure ``explainer`` on ``model``: an AttnLRP with the rule the model's
+    attention layout is measured at (:func:`_measured_rule`), and a registered map of that layout."""
     if not isinstance(explainer, AttnLRP):
         return False
-    if _branch_adds_for(model) is not None:
-        return isinstance(explainer.composite.rule_for(Add()), EpsilonAdd)
-    if not isinstance(explainer.composite.rule_for(MatMul()), Uniform):
+    divided = _branch_adds_for(model) is not None
+    module, rule_type, _ = _measured_rule(divided)
+    if not isinstance(explainer.composite.rule_for(module), rule_type):
         return False
-    return any(cls in TOKEN_FRAMES for cls in type(model).__mro__)
+    return divided or any(cls in TOKEN_FRAMES for cls in type(model).__mro__)
 
 
-def _add_epsilon(explainer: Any) -> float:
-    rule = explainer.composite.rule_for(Add())
-    if not isinstance(rule, EpsilonAdd):
+def _measured_rule(divided: bool) -> tuple[nn.Module, type, str]:
+    """The module type, the rule measured at it, and how a refusal says so: the epsilon rule on residual sums for
+    divided attention, the uniform rule on the attention products otherwise."""
+    if divided:
+        return Add(), EpsilonAdd, "on divided attention measures the epsilon rule on residual sums"
+    return MatMul(), Uniform, "measures the uniform rule on the attention products"
+
+
+def _rule_epsilon(explainer: Any, divided: bool) -> float:
+    """The epsilon of the rule temporal_share measures, or ``ValueError`` when ``explainer`` uses another rule."""
+    module, rule_type, what = _measured_rule(divided)
+    rule = explainer.composite.rule_for(module)
+    if not isinstance(rule, rule_type):
         raise ValueError(
-            f"temporal_share on divided attention measures the epsilon rule on residual sums "
-            f"(explain.rules.EpsilonAdd); explainer {explainer!r} uses {rule!r}: drop its rules= entry for Add"
-        )
-    return rule.epsilon
-
-
-def _uniform_epsilon(explainer: Any) -> float:
-    rule = explainer.composite.rule_for(MatMul())
-    if not isinstance(rule, Uniform):
-        raise ValueError(
-            f"temporal_share measures the uniform rule (explain.rules.Uniform) on MatMul; explainer {explainer!r} "
-            f"uses {rule!r}: drop its rules= entry for MatMul"
+            f"temporal_share {what} (explain.rules.{rule_type.__name__}); explainer {explainer!r} uses {rule!r}: "
+            f"drop its rules= entry for {type(module).__name__}"
         )
     return rule.epsilon
 
