@@ -106,3 +106,25 @@ def interleaved_timings(
             sync()
             out[name].append(time.perf_counter() - start)
     return out
+
+
+def status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), or ``None`` where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the resident-set high-water mark (``VmHWM``) to the current RSS; False where the kernel does not allow
+    it (then no peak can be measured)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    hwm, rss = status_kib("VmHWM"), status_kib("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + 1024

@@ -25,36 +25,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-from _common import interleaved_timings, write_results
+from _common import interleaved_timings, reset_peak_rss, status_kib, write_results
 
 MEMORY = ("forward (no grad)", "gradient", "AttnLRP first call (canonizes)", "AttnLRP (canonized)",
           "AttnLRP canonized copy", "AttnLRP ours")
 TARGETS = {"canonize_s": 2.0, "cache_added_percent": 0.0, "vs_gradient": 2.0, "vs_ours": 1.1}
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _peak_mib(fn: Callable[[], object]) -> float | None:
     """Resident-set growth of one call in MiB (VmHWM after a reset minus VmRSS before), or None if unavailable."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
+    if not reset_peak_rss():
         return None
-    rss = _status_kib("VmRSS")
+    rss = status_kib("VmRSS")
     fn()
-    hwm = _status_kib("VmHWM")
+    hwm = status_kib("VmHWM")
     return None if rss is None or hwm is None else (hwm - rss) / 1024
 
 

@@ -24,32 +24,12 @@ import resource
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
+
+from _common import reset_peak_rss, status_kib, write_results
 
 METHODS = ("forward", "forward_backward", "dtd", "gradcam", "gbp", "guided_gradcam", "selective")
 MiB = 2**20
-
-
-def _status_kib(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), or ``None`` where unavailable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the RSS high-water mark to the current RSS; False where the kernel does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
-    return hwm is not None and rss is not None and hwm <= rss + 1024
 
 
 def child(method: str, device_name: str, threads: int) -> dict[str, Any]:
@@ -95,10 +75,10 @@ def child(method: str, device_name: str, threads: int) -> dict[str, Any]:
         torch.cuda.synchronize()
         out.update(peak_increase_bytes=torch.cuda.max_memory_allocated() - before, how="cuda max_memory_allocated")
         return out
-    rss_before = (_status_kib("VmRSS") or 0) * 1024
-    if _reset_hwm():
+    rss_before = (status_kib("VmRSS") or 0) * 1024
+    if reset_peak_rss():
         run()
-        out.update(peak_increase_bytes=(_status_kib("VmHWM") or 0) * 1024 - rss_before, how="VmHWM after clear_refs")
+        out.update(peak_increase_bytes=(status_kib("VmHWM") or 0) * 1024 - rss_before, how="VmHWM after clear_refs")
     else:
         run()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -149,9 +129,6 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.device, args.threads)))
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import write_results
-
     rows = []
     for method in args.methods.split(","):
         runs = [measure(method, args.device, args.threads, args.timeout) for _ in range(args.repeats)]
