@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 
 
-#: Kept for callers on other branches; use :func:`motion_relevance.checks.to_plain`.
-to_python = to_plain
-
 
 def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str = METRICS_FILE,
                   merge: bool = False) -> Path:

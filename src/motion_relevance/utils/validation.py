@@ -162,20 +162,30 @@ def check_stages(cfg: DictConfig) -> None:
     check_batch_fits_memory(cfg)
 
 
+def _configured_clip(cfg: DictConfig) -> tuple[int, int, int] | None:
+    """``(T, H, W)`` of the clips the config asks for (``data.clip_len`` x ``data.crop_size``), or ``None`` where
+    either is unset (the size is then known only from the data)."""
+    clip_len = OmegaConf.select(cfg, "data.clip_len", default=None)
+    crop = OmegaConf.select(cfg, "data.crop_size", default=None)
+    if clip_len is None or crop is None:
+        return None
+    h, w = check_pair("data.crop_size", OmegaConf.to_container(crop) if OmegaConf.is_config(crop) else crop)
+    return check_positive("data.clip_len", clip_len, integer=True), h, w
+
+
 def check_steps_fit_the_clips(cfg: DictConfig) -> None:
     """``faithfulness.steps`` at most the voxels ``T*H*W`` of the configured clips (``data.clip_len`` x
     ``data.crop_size``), before any data is read: each step removes at least one voxel, and a huge count would only
     exhaust memory. (The stage checks again on the first batch, where the clip's real shape is known.)"""
     steps = OmegaConf.select(cfg, "faithfulness.steps", default=None)
     enabled = OmegaConf.select(cfg, "faithfulness.enabled", default=True)
-    clip_len = OmegaConf.select(cfg, "data.clip_len", default=None)
-    crop = OmegaConf.select(cfg, "data.crop_size", default=None)
-    if not enabled or not isinstance(steps, int) or isinstance(steps, bool) or clip_len is None or crop is None:
+    clip = _configured_clip(cfg)
+    if not enabled or not isinstance(steps, int) or isinstance(steps, bool) or clip is None:
         return
-    h, w = check_pair("data.crop_size", OmegaConf.to_container(crop) if OmegaConf.is_config(crop) else crop)
-    voxels = check_positive("data.clip_len", clip_len, integer=True) * h * w
+    t, h, w = clip
+    voxels = t * h * w
     if steps > voxels:
-        raise ValueError(f"faithfulness.steps={steps} exceeds the {voxels} voxels (T*H*W = {clip_len}x{h}x{w}) of "
+        raise ValueError(f"faithfulness.steps={steps} exceeds the {voxels} voxels (T*H*W = {t}x{h}x{w}) of "
                          f"the configured clips: each step removes at least one voxel; set faithfulness.steps <= "
                          f"{voxels}")
 
@@ -185,18 +195,17 @@ def check_batch_fits_memory(cfg: DictConfig, available: int | None = None) -> No
     hand (``available`` bytes, default: measured), before any data is read. It is a lower bound of what a batch
     needs (the model's activations come on top), so only settings that cannot work are refused."""
     batch = OmegaConf.select(cfg, "data.batch_size", default=None)
-    clip_len = OmegaConf.select(cfg, "data.clip_len", default=None)
-    crop = OmegaConf.select(cfg, "data.crop_size", default=None)
-    if batch is None or clip_len is None or crop is None:
+    clip = _configured_clip(cfg)
+    if batch is None or clip is None:
         return
     batch = check_positive("data.batch_size", batch, integer=True)
-    h, w = check_pair("data.crop_size", OmegaConf.to_container(crop) if OmegaConf.is_config(crop) else crop)
-    need = batch * 3 * check_positive("data.clip_len", clip_len, integer=True) * h * w * 4
+    t, h, w = clip
+    need = batch * 3 * t * h * w * 4
     free = available_memory("cpu") if available is None else available
     if free is not None and need > free:
         fit = max(1, free // (need // batch))
         raise ValueError(f"data.batch_size={batch} needs at least {need / 2**30:.1f} GiB for its clips alone "
-                         f"(3 x {clip_len} x {h} x {w} float32 each) but {free / 2**30:.1f} GiB are available; set "
+                         f"(3 x {t} x {h} x {w} float32 each) but {free / 2**30:.1f} GiB are available; set "
                          f"data.batch_size <= {fit} (less, for the model's activations)")
 
 
