@@ -144,7 +144,7 @@ def _pathway(structure: ModelStructure, layer: str, inputs: tuple[Tensor, ...], 
     return min(enough, key=lambda k: int(inputs[k].shape[2]))
 
 
-class _LayerMap:
+class LayerMap:
     """Shared by Grad-CAM and Guided Grad-CAM: which layer, how its map reaches the input frames."""
 
     def __init__(self, layer: str | None, upsample: str, input_index: int | None) -> None:
@@ -176,13 +176,21 @@ class _LayerMap:
         if self.input_index is not None and self.input_index >= len(inputs):
             raise ValueError(f"input_index={self.input_index} but the model takes {len(inputs)} input(s)")
 
+    def layer_name(self, model: nn.Module) -> str:
+        """The module path explained: ``layer``, or the model's ``explain_layer``."""
+        return _layer_name(model, self.layer)
+
+    def mapped_input(self, structure: ModelStructure, layer: str, inputs: tuple[Tensor, ...]) -> int:
+        """The input the map of ``layer`` is mapped back to: ``input_index``, else the layer's pathway."""
+        return _pathway(structure, layer, inputs, self.input_index)
+
     def maps(self, model: nn.Module, forward: nn.Module, inputs: tuple[Tensor, ...], structure: ModelStructure
              ) -> tuple[Tensor, ...]:
         """Grad-CAM (ReLU on) of the layer, mapped to its input's frames; zeros for the other inputs."""
-        layer = _layer_name(model, self.layer)
+        layer = self.layer_name(model)
         cam = LayerGradCam(forward, get_layer(model, layer))
         maps = cam.attribute(inputs if structure.multi else inputs[0], relu_attributions=True)
-        k = _pathway(structure, layer, inputs, self.input_index)
+        k = self.mapped_input(structure, layer, inputs)
         out = []
         for i, x in enumerate(inputs):
             if i == k:
@@ -213,17 +221,17 @@ class GradCAM(Explainer):
     def __init__(self, layer: str | None = None, upsample: str = "trilinear", input_index: int | None = None,
                  name: str | None = None) -> None:
         super().__init__(name)
-        self._map = _LayerMap(layer, upsample, input_index)
+        self.layer_map = LayerMap(layer, upsample, input_index)
         self.layer, self.upsample, self.input_index = layer, upsample, input_index
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
-        self._map.validate(model, structure, clips, "Grad-CAM")
+        self.layer_map.validate(model, structure, clips, "Grad-CAM")
 
     def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
-        tokens = self._map.tokens(model, structure)
+        tokens = self.layer_map.tokens(model, structure)
         if tokens is not None:
             return tokens._explain(model, clips[0], target, structure)
-        return self._map.maps(model, TargetLogit(model, target, structure.multi), clips, structure)
+        return self.layer_map.maps(model, TargetLogit(model, target, structure.multi), clips, structure)
 
 
 class GuidedBackprop(Explainer):
@@ -255,19 +263,19 @@ class GuidedGradCAM(Explainer):
     def __init__(self, layer: str | None = None, upsample: str = "trilinear", input_index: int | None = None,
                  name: str | None = None, canonize: bool = True) -> None:
         super().__init__(name)
-        self._map = _LayerMap(layer, upsample, input_index)
+        self.layer_map = LayerMap(layer, upsample, input_index)
         self.layer, self.upsample, self.input_index = layer, upsample, input_index
         self.canonize = bool(canonize)
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
-        self._map.validate(model, structure, clips, "Guided Grad-CAM")
+        self.layer_map.validate(model, structure, clips, "Guided Grad-CAM")
         require_relu_modules(model, structure, "Guided Grad-CAM")
 
     def _explain(self, model: nn.Module, clips: Any, target: Tensor | None, structure: ModelStructure) -> Any:
         forward = TargetLogit(model, target, structure.multi)  # one wrapper: both passes explain the same class
-        tokens = self._map.tokens(model, structure)
+        tokens = self.layer_map.tokens(model, structure)
         cams = ((tokens._explain(model, clips[0], target, structure),) if tokens is not None
-                else self._map.maps(model, forward, clips, structure))
+                else self.layer_map.maps(model, forward, clips, structure))
         gbp = CaptumGuidedBackprop(forward).attribute(clips if structure.multi else clips[0])
         gbp = gbp if isinstance(gbp, tuple) else (gbp,)
         return tuple(g * c for g, c in zip(gbp, cams))

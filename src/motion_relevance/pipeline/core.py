@@ -29,7 +29,7 @@ from motion_relevance.checks import check_choice
 from motion_relevance.data.transforms import ClipTransform
 from motion_relevance.digests import state_digest
 from motion_relevance.explain.cache import AttributionCache, CachedExplainer
-from motion_relevance.explain.explainers import GradCAM, GuidedGradCAM, _layer_name, _pathway
+from motion_relevance.explain.explainers import GradCAM, GuidedGradCAM
 from motion_relevance.explain.selective import DEFAULT_SIGMA, check_padding, check_sigma, selective_relevance
 from motion_relevance.explain.temporal_flow import FlowRecorder, measures_temporal_share
 from motion_relevance.explain.timing import OverheadTimer
@@ -449,10 +449,10 @@ def check_explainer_input(key: str, explainer: Any, net: nn.Module, clips: Tenso
         return
     inputs = tuple(clips)
     structure = analyse_model(net, list(inputs))
-    layer = _layer_name(net, base.layer)
+    layer = base.layer_map.layer_name(net)
     if structure.output_shapes.get(layer) is None:
         return  # not a module of this model, or no tensor output: the explainer's own checks name it
-    mapped, ref = _pathway(structure, layer, inputs, base.input_index), reference_input(inputs)
+    mapped, ref = base.layer_map.mapped_input(structure, layer, inputs), reference_input(inputs)
     if mapped == ref:
         return
     label = [pathways[i] if i < len(pathways) else f"input {i}" for i in (mapped, ref)]
