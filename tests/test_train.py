@@ -14,8 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from motion_relevance.pipeline.record import write_metrics
 from motion_relevance.train import train
-from motion_relevance.utils.run import write_metrics
 
 
 def test_fast_dev_run_trains_and_tests(train_cfg) -> None:

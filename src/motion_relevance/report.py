@@ -28,6 +28,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from motion_relevance.metrics import keys
+from motion_relevance.pipeline.record import METRICS_FILE
 from motion_relevance.pipeline.report_page import write_report_page
 from motion_relevance.pipeline.tables import (  # noqa: F401 - the table builders' former home re-exports them
     REFERENCES,
@@ -43,8 +44,6 @@ from motion_relevance.pipeline.tables import (  # noqa: F401 - the table builder
 )
 from motion_relevance.utils.mapping import flatten_mapping
 from motion_relevance.viz.plots import plot_metric_vs_sigma
-
-METRICS = "metrics.json"
 
 
 # ------------------------------------------------------------------ multirun
@@ -145,7 +144,7 @@ class JobProblem:
 
 
 def _is_job(path: Path) -> bool:
-    return path.is_dir() and ((path / ".hydra").is_dir() or (path / METRICS).exists())
+    return path.is_dir() and ((path / ".hydra").is_dir() or (path / METRICS_FILE).exists())
 
 
 def _job_dirs(folder: Path) -> list[Path]:
@@ -212,11 +211,11 @@ def multirun_rows(folder: str | Path, stage: str = "test") -> tuple[list[dict[st
             problems.append(JobProblem(str(number), f"no job folder: the job never started "
                                                     f"({_sweep_overrides(overrides)})"))
     for job in _job_dirs(folder):
-        if not (job / METRICS).exists():
-            problems.append(JobProblem(job.name, f"no {METRICS} (the job failed or is still running)"))
+        if not (job / METRICS_FILE).exists():
+            problems.append(JobProblem(job.name, f"no {METRICS_FILE} (the job failed or is still running)"))
             continue
         try:
-            metrics = read_metrics(job / METRICS)
+            metrics = read_metrics(job / METRICS_FILE)
         except ValueError as err:
             problems.append(JobProblem(job.name, str(err)))
             continue
@@ -225,7 +224,8 @@ def multirun_rows(folder: str | Path, stage: str = "test") -> tuple[list[dict[st
         job_rows = sigma_rows(metrics, config.get("selective.sigma"), stage, extra={"job": job.name, **overrides},
                               objective_method=config.get("objective.method"))
         if not job_rows:
-            problems.append(JobProblem(job.name, f"{METRICS} holds no selective-relevance metrics of stage {stage!r}"))
+            problems.append(JobProblem(job.name, f"{METRICS_FILE} holds no selective-relevance metrics of stage "
+                                                 f"{stage!r}"))
         rows += job_rows
     return rows, problems
 
@@ -308,7 +308,7 @@ def write_multirun_report(folder: str | Path, stage: str = "test") -> Path:
 
 def folder_kind(folder: Path) -> str:
     """``"run"`` (a ``metrics.json``), ``"multirun"`` (Hydra's ``multirun.yaml`` or job folders) or ``"none"``."""
-    if (folder / METRICS).exists():
+    if (folder / METRICS_FILE).exists():
         return "run"
     if (folder / "multirun.yaml").exists() or any(_is_job(p) for p in folder.iterdir()):
         return "multirun"
@@ -326,12 +326,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"{folder} is not a folder")
     kind = folder_kind(folder)
     if kind == "none":
-        parser.error(f"{folder} is neither a run folder (no {METRICS}) nor a multirun folder (no multirun.yaml, no "
-                     "job folders with .hydra/): nothing was written. Pass logs/explain/runs/<run> or "
+        parser.error(f"{folder} is neither a run folder (no {METRICS_FILE}) nor a multirun folder (no multirun.yaml, "
+                     "no job folders with .hydra/): nothing was written. Pass logs/explain/runs/<run> or "
                      "logs/explain/multiruns/<sweep>")
     try:
         if kind == "run":
-            metrics = read_metrics(folder / METRICS)
+            metrics = read_metrics(folder / METRICS_FILE)
             write_tables(metrics, folder / "tables", stage=args.stage)
             print((folder / "tables" / "tables.md").read_text())
             print(f"Tables written to {folder / 'tables'}")

@@ -45,6 +45,7 @@ from PIL import Image
 from motion_relevance.checks import check_choice, check_float, check_int, check_unique
 from motion_relevance.metrics.keys import split_selective
 from motion_relevance.metrics.temporal import frame_shares
+from motion_relevance.pipeline.record import METRICS_FILE
 from motion_relevance.viz.colormaps import DEFAULT_CMAPS, blend, colorize, grey_frames, normalize_relevance, to_numpy
 
 __all__ = [
@@ -480,7 +481,7 @@ def _settings(run: Path, notes: _Notes) -> dict[str, Any]:
 
 
 def _metrics(run: Path, notes: _Notes) -> dict[str, Any] | None:
-    path = run / "metrics.json"
+    path = run / METRICS_FILE
     if not path.is_file():
         return None
     text = _read_text(path, notes)

@@ -22,20 +22,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from motion_relevance.checks import to_plain, writable_problem
 from motion_relevance.pipeline import record as run_record
-from motion_relevance.pipeline.record import RunFolderFull
+from motion_relevance.pipeline.record import METRICS_FILE, RunFolderFull
 from motion_relevance.pipeline.report_page import write_report_page
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-
-
-
-def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any], name: str = METRICS_FILE,
-                  merge: bool = False) -> Path:
-    """Write ``metrics`` as JSON into the run folder (atomic: a crash never leaves half a file); ``merge`` keeps the
-    keys this run's record already holds (see :func:`motion_relevance.pipeline.record.write_metrics`)."""
-    return run_record.write_metrics(output_dir, metrics, merge=merge, name=name)
 
 
 class OneLineError(CompactHydraException):
@@ -288,7 +278,7 @@ def run_and_record(
     full = _full_disk(failure)
     if metrics:
         try:
-            write_metrics(output_dir, metrics, merge=True)
+            run_record.write_metrics(output_dir, metrics, merge=True)
         except RunFolderFull as err:
             full = full or str(err)
         except OSError as err:
