@@ -129,7 +129,9 @@ def test_debug_presets_compose(option: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("option", _options("experiment"))
 def test_experiments_compose(option: str, tmp_path: Path) -> None:
-    root = "explain" if option.startswith("explain") else "train"
+    root = "explain" if option.startswith(("explain", "study_explain")) else "train"
     overrides = [f"experiment={option}"] + (["ckpt_path=x.ckpt"] if root == "explain" else [])
+    if option.startswith("study_explain"):  # the study's sweeps set the model of each job
+        overrides.append("study.model=c3d_small")
     cfg = compose_config(root, overrides, tmp_path)
     resolve(cfg)

@@ -306,3 +306,25 @@ def test_a_map_only_on_another_pathway_is_refused_naming_the_layer() -> None:
         _check_reference_relevance("gradcam", _Cam(), (slow, fast), 1, ("slow", "fast"))
     _check_reference_relevance("gradcam", _Cam(), (slow, fast + 1), 1, ("slow", "fast"))  # on the fast input: fine
     _check_reference_relevance("gradcam", _Cam(), (slow * 0, fast), 1, ("slow", "fast"))  # nothing anywhere: fine
+
+
+def test_pipeline_records_each_clips_randomisation_correlations() -> None:
+    """Per-clip rank correlations of the cascading randomisation are kept (``randomization_s<k>``) and average to
+    the logged stage values, so study tables can be recomputed from per_clip.csv."""
+    torch.manual_seed(5)
+    net = _Linear().eval()
+    clips, labels = torch.randn(3, 3, 4, 5, 5), torch.tensor([0, 1, 2])
+    pipe = ExplanationPipeline({"ixw": _InputTimesWeight()}, sigma=1.0, target="label", record_clips=True,
+                               randomization={"num_clips": 3, "layers": "all"})
+    pipe.start(net)
+    pipe.explain(net, clips, labels, videos=["a.avi", "b.avi", "c.avi"])
+    rows, out = pipe.clip_rows(), pipe.results("test")
+    stages = sorted({r["metric"] for r in rows if r["metric"].startswith("randomization_s")})
+    assert stages == ["randomization_s0", "randomization_s1"]  # original, then fc randomised
+    for stage in stages:
+        for method in ("ixw", "ixw_selective"):
+            values = [r["value"] for r in rows if (r["metric"], r["method"]) == (stage, method)]
+            assert [r["video"] for r in rows if (r["metric"], r["method"]) == (stage, method)] == ["a.avi", "b.avi",
+                                                                                                  "c.avi"]
+            assert np.nanmean(values) == pytest.approx(out[f"test/{stage}/{method}"])
+    assert [r["value"] for r in rows if (r["metric"], r["method"]) == ("randomization_s0", "ixw")] == [1.0] * 3

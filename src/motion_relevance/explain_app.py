@@ -38,7 +38,7 @@ from motion_relevance.pipeline.record import METRICS_FILE, read_metrics_file
 from motion_relevance.utils.instantiate import instantiate_group
 from motion_relevance.utils.loggers import default_wandb_offline
 from motion_relevance.utils.run import loggable_config, metric_value, record_data_counts, run_and_record
-from motion_relevance.utils.validation import validate_run_config
+from motion_relevance.utils.validation import active_explainers, validate_run_config
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def validate_objective(cfg: DictConfig) -> None:
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name={name!r} does not exist; valid objectives: {', '.join(OBJECTIVES)}")
     method = objective.get("method")
-    explainers = list(cfg.get("explainers") or {})
+    explainers = active_explainers(cfg)
     if method not in explainers:
         raise ValueError(f"objective.method={method!r} is not a configured explainer; choose one of {explainers}")
     min_mass = float(objective.get("min_mass", 0.0))

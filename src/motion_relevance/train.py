@@ -11,6 +11,7 @@ validation stage's in ``tables/val/``), ``explanations/`` and ``per_clip.csv`` (
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     checkpoint_cb = trainer.checkpoint_callback
     if cfg.get("train"):
         log.info("Starting training")
+        started, cpu_started = time.perf_counter(), time.process_time()
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics.update(trainer.callback_metrics)
+        # epochs run (early stopping may end before trainer.max_epochs), wall and main-process CPU seconds of fit
+        metrics.update(epochs=trainer.current_epoch, train_seconds=time.perf_counter() - started,
+                       train_cpu_seconds=time.process_time() - cpu_started)
         if checkpoint_cb is not None:  # read now: testing a checkpoint restores the callback's older state
             metrics["best_checkpoint"] = checkpoint_cb.best_model_path or None
             metrics["last_checkpoint"] = getattr(checkpoint_cb, "last_model_path", None) or None

@@ -119,8 +119,8 @@ class ExplanationPipeline:
     """Explain and measure batches of clips (see the module docstring).
 
     Args:
-        explainers: name -> explainer (``explainer(model, clips, target) -> (B, C, T, H, W)``); names are the
-            metric keys.
+        explainers: name -> explainer (``explainer(model, clips, target) -> (B, C, T, H, W)``; ``None``: switched
+            off); names are the metric keys.
         sigma: selective-relevance threshold(s) in standard deviations of the temporal gradient; ``None`` or an
             empty list: no selective maps.
         padding: ``"replicate"`` or ``"zeros"`` (the authors' code).
@@ -162,6 +162,7 @@ class ExplanationPipeline:
         randomization: Mapping[str, Any] | None = None,
         record_clips: bool = False,
     ) -> None:
+        explainers = {name: e for name, e in explainers.items() if e is not None}  # null: switched off
         if not explainers:
             raise ValueError("explainers is empty; configure at least one explainer")
         bad = [name for name, e in explainers.items() if not callable(e)]
@@ -241,8 +242,9 @@ class ExplanationPipeline:
         for stage in (self.faithfulness, self.randomization):
             if stage is not None:
                 stage.start(device)
-        if self.faithfulness is not None and self.metrics.records is not None:
-            self.faithfulness.record_into(self.metrics.records)
+        for extra in (self.faithfulness, self.randomization):
+            if extra is not None and self.metrics.records is not None:
+                extra.record_into(self.metrics.records)
         self.clips_info = []
         if self.metrics.records is not None:
             self.metrics.records.clear()

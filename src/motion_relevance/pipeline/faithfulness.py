@@ -68,7 +68,7 @@ from motion_relevance.metrics.faithfulness_metrics import (
     MotionReliance,
     RandomizationCorrelation,
 )
-from motion_relevance.metrics.randomization import cascading_randomization, randomization_stages
+from motion_relevance.metrics.randomization import RandomizationResult, cascading_randomization, randomization_stages
 from motion_relevance.metrics.suite import ClipRecords
 from motion_relevance.pipeline.temporal import TemporalWindowTest
 
@@ -429,6 +429,7 @@ class RandomizationStage:
         self._budget = _Budget(self.num_clips)
         self._device: torch.device | str | None = None
         self._checked: tuple[Any, ...] | None = None
+        self.records: ClipRecords | None = None
 
     def check_data(self, clip_shape: Sequence[int], model: nn.Module, *, batch: int | None = None,
                    itemsize: int = 4, device: torch.device | str | None = None, available_clips: int | None = None,
@@ -479,6 +480,20 @@ class RandomizationStage:
             result = cascading_randomization(net, clips[:k].detach(), explainer, targets[:k], selective=select,
                                              layers=self.layers, seed=self.seed, input_builder=input_builder)
             self.collection[name].update(result)
+            if self.records is not None:
+                self._record(name, result)
+
+    def record_into(self, records: ClipRecords) -> None:
+        """Keep each clip's rank correlation at every stage in ``records`` too (``randomization_s<k>``)."""
+        self.records = records
+
+    def _record(self, name: str, result: RandomizationResult) -> None:
+        assert self.records is not None
+        for quantity, method in (("baseline", name), ("selective", keys.selective(name, self.sigma, False))):
+            values = getattr(result, quantity)  # (stages, clips)
+            for k in range(values.shape[0]):
+                self.records.rows += [{"clip": self.records.offset + i, "metric": f"randomization_s{k}",
+                                       "method": method, "value": float(v)} for i, v in enumerate(values[k].tolist())]
 
     def results(self, stage: str) -> dict[str, float]:
         prefix = keys.stage_prefix(stage)

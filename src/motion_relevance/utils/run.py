@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from motion_relevance.checks import to_plain, writable_problem
+from motion_relevance.digests import cache_key
 from motion_relevance.pipeline import record as run_record
 from motion_relevance.pipeline.record import METRICS_FILE, RunFolderFull
 from motion_relevance.pipeline.report_page import write_report_page
@@ -96,6 +97,32 @@ def set_aside_earlier_record(output_dir: Path) -> None:
     if path.exists():
         path.replace(output_dir / "metrics.previous.json")
         log.warning("%s held an earlier run's metrics: renamed metrics.previous.json", path)
+
+
+#: ``metrics.json`` keys that mark a run that ended without an error, and the configuration it ran.
+RUN_STATUS, CONFIG_DIGEST = "run_status", "config_digest"
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """Digest of the resolved configuration (without Hydra's node and ``skip_finished``): equal digests, same run."""
+    plain = {k: v for k, v in loggable_config(cfg).items() if k != "skip_finished"}
+    return cache_key("run_config", config=plain)
+
+
+def finished_record(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+    """With ``skip_finished``: the record in ``output_dir`` if it holds a finished run of this very configuration
+    (a resumed sweep does not run its finished jobs again), else ``None`` (the run goes ahead, and logs why)."""
+    if not cfg.get("skip_finished"):
+        return None
+    path = output_dir / METRICS_FILE
+    metrics = run_record.read_metrics_file(path)
+    if metrics.get(RUN_STATUS) != "finished":
+        return None
+    if metrics.get(CONFIG_DIGEST) != config_digest(cfg):
+        log.info("skip_finished: %s holds a finished run of another configuration; running this one", path)
+        return None
+    log.info("skip_finished: %s holds a finished run of this configuration; not run again", path)
+    return metrics
 
 
 def loggable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -266,6 +293,12 @@ def run_and_record(
     the run with one line (:class:`OneLineError`)."""
     output_dir = Path(cfg.paths.output_dir)
     check_interpolations(cfg)
+    done = finished_record(cfg, output_dir)
+    if done is not None:
+        if summary is not None:
+            summary(done)
+        print(f"Run folder: {output_dir}", flush=True)
+        return done
     set_aside_earlier_record(output_dir)
     apply_extras(cfg)
     metrics: dict[str, Any] = {}
@@ -276,6 +309,8 @@ def run_and_record(
         failure = err
     finish_wandb()
     full = _full_disk(failure)
+    if metrics and failure is None:
+        metrics = {**metrics, RUN_STATUS: "finished", CONFIG_DIGEST: config_digest(cfg)}
     if metrics:
         try:
             run_record.write_metrics(output_dir, metrics, merge=True)

@@ -73,14 +73,27 @@ def _show(value: Any) -> str:
     return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
+def active_explainers(cfg: DictConfig) -> list[str]:
+    """Names of the configured explainers; ``explainers.<name>: null`` switches one off (as for callbacks)."""
+    explainers = _node(cfg, "explainers")
+    if not isinstance(explainers, DictConfig):
+        return []
+    return [str(name) for name, node in explainers.items() if node is not None]
+
+
 def check_explainers(cfg: DictConfig) -> None:
-    """Every ``explainers.<name>`` is an explainer config whose ``_target_`` is callable."""
+    """Every ``explainers.<name>`` is an explainer config whose ``_target_`` is callable, or null (off)."""
     explainers = _node(cfg, "explainers")
     if explainers is None:
         return
     if not isinstance(explainers, DictConfig) or not explainers:
         raise ValueError(f"explainers={_show(explainers)}: expected a mapping name -> explainer config")
+    if not active_explainers(cfg):
+        raise ValueError(f"explainers: every one of {list(explainers)} is null (switched off); configure at least "
+                         "one, e.g. +explainer@explainers.dtd=dtd")
     for name, node in explainers.items():
+        if node is None:
+            continue
         if name in NOT_EXPLAINERS or "~" in name or "@" in name or "_selective" in name:
             raise ValueError(f"explainers.{name}: the name is reserved in metric keys (reserved: "
                              f"{', '.join(NOT_EXPLAINERS)}, and names with '~', '@' or '_selective'); rename it, "
@@ -144,7 +157,7 @@ def check_explanation_settings(cfg: DictConfig) -> None:
 
 def check_stages(cfg: DictConfig) -> None:
     """``faithfulness`` and ``randomization`` settings: the stages are built once (cheap) to check every value."""
-    explainers = list(_node(cfg, "explainers") or []) or ["explainer"]
+    explainers = active_explainers(cfg) or ["explainer"]
     sigma = OmegaConf.select(cfg, "selective.sigma", default=4.0)
     sigmas = list(sigma) if isinstance(sigma, ListConfig) else [sigma]
     for key, cls, fixed in (("faithfulness", FaithfulnessStage, {"methods": explainers, "sigmas": sigmas}),

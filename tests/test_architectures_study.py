@@ -1,0 +1,200 @@
+"""The architectures study: its Hydra sweeps (configs, skip-finished jobs) and its analysis (tidy results that
+reproduce the README), checked on hand-made runs and on the committed results."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from motion_relevance.conf import CONFIG_DIR
+from motion_relevance.utils.run import CONFIG_DIGEST, RUN_STATUS, run_and_record
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "experiments" / "architectures"
+
+
+def _analyse():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("study_analyse", STUDY / "analyse.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compose(root: str, overrides: list[str]):  # type: ignore[no-untyped-def]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(root, overrides=overrides, return_hydra_config=True)
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+def test_training_sweep_covers_every_recipe_and_names_runs_as_the_explanation_sweep_reads_them() -> None:
+    cfg = _compose("train", ["experiment=study_train"])
+    params = cfg.hydra.sweeper.params
+    recipes = params["+recipe"].split(",")
+    assert sorted(recipes) == sorted(p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml"))
+    assert params["seed"].count(",") >= 2  # three seeds or more
+    assert params["data.generator.context_bias"].split(",")[0] == "0"  # the competence check runs first
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.launcher._target_.endswith("BasicLauncher")
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${study.run}"
+    assert cfg.skip_finished is True and cfg.callbacks.early_stopping.monitor == "val/acc"
+    assert cfg.callbacks.model_checkpoint.filename == "best"
+    for kind in ("cnn", "transformers"):
+        explain = _compose("explain", [f"experiment=study_explain_{kind}"])
+        raw = OmegaConf.to_container(explain, resolve=False)
+        assert raw["ckpt_path"] == "${study.out_dir}/train/${study.run}/checkpoints/best.ckpt"
+        assert raw["hydra"]["sweep"]["subdir"] == "${study.run}"
+        assert explain.num_clips >= 32 and explain.faithfulness.num_clips >= 16
+        assert explain.randomization.num_clips >= 8 and explain.per_clip is True
+        active = [k for k, v in explain.explainers.items() if v is not None]
+        assert active[0] == explain.objective.method or explain.objective.method in active
+        models = explain.hydra.sweeper.params["study.model"].split(",")
+        assert set(models) <= set(recipes) or kind == "transformers"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml")))
+def test_each_recipe_trains_the_model_it_is_named_after(recipe: str) -> None:
+    with_recipe = _compose("train", ["experiment=study_train", f"+recipe={recipe}"])
+    plain = _compose("train", [f"model={recipe}"])
+    assert with_recipe.hydra.runtime.choices.model == recipe
+    assert with_recipe.model.net._target_ == plain.model.net._target_
+    assert 0.0 < with_recipe.competence <= 1.0
+
+
+def _job_cfg(tmp_path: Path, value: int = 1):  # type: ignore[no-untyped-def]
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "skip_finished": True, "value": value,
+                            "extras": {}})
+    return cfg
+
+
+def test_a_finished_job_of_the_same_config_is_skipped_and_a_changed_or_failed_one_runs(tmp_path: Path) -> None:
+    calls = []
+
+    def task(cfg):  # type: ignore[no-untyped-def]
+        calls.append(int(cfg.value))
+        return {"score": 0.5 * cfg.value}, {}
+
+    first = run_and_record(_job_cfg(tmp_path), task, page=False)
+    assert first[RUN_STATUS] == "finished" and calls == [1]
+    again = run_and_record(_job_cfg(tmp_path), task, page=False)
+    assert calls == [1] and again["score"] == 0.5 and again[CONFIG_DIGEST] == first[CONFIG_DIGEST]
+    run_and_record(_job_cfg(tmp_path, value=2), task, page=False)  # another configuration: runs
+    assert calls == [1, 2]
+    cfg = _job_cfg(tmp_path, value=2)
+    with open_dict(cfg):
+        cfg.skip_finished = False
+    run_and_record(cfg, task, page=False)  # skipping switched off: runs
+    assert calls == [1, 2, 2]
+
+    def failing(cfg):  # type: ignore[no-untyped-def]
+        calls.append(-1)
+        raise RuntimeError("worker died")
+
+    failed = tmp_path / "failed"
+    with pytest.raises(RuntimeError):
+        run_and_record(_job_cfg(failed), failing, page=False)
+    with pytest.raises(RuntimeError):  # a failed job has no finished record: it runs again
+        run_and_record(_job_cfg(failed), failing, page=False)
+    assert calls.count(-1) == 2
+
+
+# ------------------------------------------------------------------------------------------- analysis
+def _clip_rows(rng: np.random.Generator, n: int, freeze: float, static: float) -> list[dict]:
+    rows = []
+    for c in range(n):
+        def add(metric: str, method: str, value: float, c: int = c) -> None:
+            rows.append({"clip": c, "video": f"v{c}.avi", "label": c % 8, "target": c % 8, "metric": metric,
+                         "method": method, "value": value})
+        add("full_freeze_drop", "model", freeze + rng.normal(0, 0.05))
+        add("full_static_drop", "model", static + rng.normal(0, 0.05))
+        add("full_mean_drop", "model", 0.9)
+        for sigma in ("4", "1"):
+            add("freeze_drop_freeze", f"dtd_selective_s{sigma}", 0.3 + rng.normal(0, 0.02))
+            add("topm_drop_freeze", f"dtd@s{sigma}", 0.2 + rng.normal(0, 0.02))
+            add("random_drop_freeze", f"dtd@s{sigma}", 0.05)
+            add("drop_advantage_random_freeze", f"dtd@s{sigma}", 0.25 if sigma == "4" else 0.1)
+            add("spatial_bias", f"dtd@s{sigma}", 0.8)
+        add("gt_precision", "dtd", 0.1)
+        add("gt_precision", "dtd_selective_s4", 0.5)
+        for k in range(3):
+            add(f"randomization_s{k}", "dtd", [1.0, 0.6, 0.1][k])
+            add(f"randomization_s{k}", "dtd_selective", [1.0, 0.7, 0.2][k])
+    return rows
+
+
+def test_summary_recomputes_from_tidy_files_and_leaves_out_runs_below_their_bar(tmp_path: Path) -> None:
+    mod = _analyse()
+    rng = np.random.default_rng(0)
+    runs = [{"model": "toy", "context_bias": 0.0, "seed": s, "test_acc": acc, "val_acc_best": acc, "epochs": 5,
+             "max_epochs": 30, "train_seconds": 10.0, "competence": 0.9, "learned": int(acc >= 0.9)}
+            for s, acc in ((1, 0.95), (2, 0.97), (3, 0.5))]
+    clips = {"toy_cb0_s1": _clip_rows(rng, 6, 0.6, 0.2), "toy_cb0_s2": _clip_rows(rng, 6, 0.5, 0.3),
+             "toy_cb0_s3": _clip_rows(rng, 6, -0.2, 0.9)}  # seed 3 missed its bar: not summarised
+    results = tmp_path / "results"
+    mod.write_csv(results / "runs.csv", runs, mod.RUN_COLUMNS)
+    for name, rows in clips.items():
+        mod.write_csv(results / "clips" / f"{name}.csv", rows, mod.CLIP_COLUMNS)
+    read_runs, read_clips = mod.read_results(results)
+    summary = mod.summarise(read_runs, read_clips)
+    at = {(r["method"], r["metric"]): r for r in summary}
+    acc = at[("model", "test_acc")]
+    assert acc["mean"] == pytest.approx((0.95 + 0.97 + 0.5) / 3) and acc["n"] == 3
+    learned = [r for name in ("toy_cb0_s1", "toy_cb0_s2") for r in clips[name]]
+    dm = [max(r["value"], 0) for r in learned if r["metric"] == "full_freeze_drop"]
+    da = [max(r["value"], 0) for r in learned if r["metric"] == "full_static_drop"]
+    rel = at[("model", "motion_reliance")]
+    assert rel["mean"] == pytest.approx(sum(dm) / (sum(dm) + sum(da))) and rel["n"] == 12
+    assert 0.0 <= rel["lo"] <= rel["mean"] <= rel["hi"] <= 1.0
+    sel = [r["value"] for r in learned if (r["metric"], r["method"]) == ("freeze_drop_freeze", "dtd_selective_s4")]
+    top = [r["value"] for r in learned if (r["metric"], r["method"]) == ("topm_drop_freeze", "dtd@s4")]
+    assert at[("dtd@s4", "drop_advantage_topm_freeze")]["mean"] == pytest.approx(np.mean(np.subtract(sel, top)))
+    assert at[("dtd", "randomization_all")]["mean"] == pytest.approx(0.1)
+    assert at[("dtd_selective", "randomization_half")]["mean"] == pytest.approx(0.7)
+    assert mod.best_sigma(summary, "toy", 0.0, "dtd")[0] == 4.0
+    text = mod.tables(read_runs, summary)
+    assert "| toy | 0 | 3 | 2 (bar 0.9) | 0.95, 0.97, 0.5 |" in text
+    verdict = mod.verdict(read_runs, summary, "toy")
+    assert "uses motion" in verdict and "sigma 4" in verdict and "baseline yes" in verdict
+    mod.write_csv(results / "summary.csv", summary, mod.SUMMARY_COLUMNS)
+    with open(results / "summary.csv", newline="") as handle:
+        cells = list(csv.DictReader(handle))
+    assert list(cells[0]) == list(mod.SUMMARY_COLUMNS)
+    assert all(c[k] == "" or math.isfinite(float(c[k])) for c in cells for k in ("mean", "lo", "hi", "n"))
+
+
+def test_a_cell_whose_runs_all_missed_the_bar_has_no_explanation_rows(tmp_path: Path) -> None:
+    mod = _analyse()
+    runs = [{"model": "toy", "context_bias": 0.0, "seed": 1, "test_acc": 0.2, "competence": 0.9, "learned": 0,
+             "train_seconds": 1.0, "epochs": 3}]
+    summary = mod.summarise(runs, {"toy_cb0_s1": _clip_rows(np.random.default_rng(1), 3, 0.5, 0.5)})
+    assert [r["metric"] for r in summary] == ["test_acc"]
+    assert "missed its bar" in mod.verdict(runs, summary, "toy")
+
+
+def test_committed_results_reproduce_summary_and_readme() -> None:
+    """summary.csv and the README's tables are what the analysis computes from runs.csv and the per-clip files."""
+    mod = _analyse()
+    results = STUDY / "results"
+    if not (results / "summary.csv").is_file():
+        pytest.skip("no study results committed yet")
+    runs, clips = mod.read_results(results)
+    recomputed = mod.summarise(runs, clips)
+    with open(results / "summary.csv", newline="") as handle:
+        committed = list(csv.DictReader(handle))
+    assert len(recomputed) == len(committed)
+    for new, old in zip(recomputed, committed):
+        assert (new["model"], new["method"], new["metric"]) == (old["model"], old["method"], old["metric"])
+        for key in ("mean", "lo", "hi"):
+            value = float(old[key]) if old[key] else math.nan
+            assert new[key] == pytest.approx(value, rel=1e-12, abs=1e-15, nan_ok=True), (old, key)
+        assert int(new["n"]) == int(old["n"])
+    readme = (STUDY / "README.md").read_text()
+    assert mod.tables(runs, committed) in readme
+    reliance = [r for r in committed if r["metric"] == "motion_reliance"]
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in reliance for k in ("mean", "lo", "hi") if r[k])
