@@ -289,7 +289,7 @@ def test_vivit_tubelet_embedding_relevance_equals_the_hand_computed_zb_rule() ->
     config = transformers.VivitConfig(image_size=SIZE, tubelet_size=list(tubelet), num_frames=4, num_labels=3,
                                       hidden_size=DIM, num_hidden_layers=1, num_attention_heads=HEADS,
                                       intermediate_size=32)
-    # float32: ViViT's attention computes its softmax in float32 (a dtype conversion without a rule in float64)
+    # float32, as ViViT runs on the data (its float32 softmax also canonizes in a float64 model)
     net = from_transformers(transformers.VivitForVideoClassification(config).eval())
     x = torch.randn(2, 3, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(2)).clamp(-2, 2)
     work = canonized(net, probe=x).model
