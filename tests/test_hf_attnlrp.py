@@ -186,17 +186,6 @@ def test_attnlrp_runs_on_timesformer_and_vivit(arch: str) -> None:
     assert float(relevance.abs().amax()) > 0
 
 
-def test_vjepa2_is_refused_naming_an_operation_without_a_rule() -> None:
-    torch.manual_seed(0)
-    config = transformers.VJEPA2Config(crop_size=SIZE, patch_size=8, frames_per_clip=FRAMES, tubelet_size=2,
-                                       mlp_ratio=2.0, pred_hidden_size=16, pred_num_hidden_layers=1,
-                                       pred_num_attention_heads=2, num_pooler_layers=1, num_labels=CLASSES,
-                                       hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-    net = from_transformers(transformers.VJEPA2ForVideoClassification(config).eval())
-    with pytest.raises(TypeError, match=r"AttnLRP has no rule for the operation torch\.\w+ at .*modeling_vjepa2\.py"):
-        AttnLRP(lower=-2.5, upper=2.5)(net, clips(), TARGET)
-
-
 class _Flagged(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -260,15 +260,24 @@ def test_flow_recorder_measures_timesformer_passes_and_refuses_another_add_rule(
         FlowRecorder(net, x, other)
 
 
-def test_vivit_is_not_measured_at_residual_sums() -> None:
+def test_vivit_is_measured_at_its_attention_products_not_at_residual_sums() -> None:
+    from motion_relevance.explain.rules import PositiveSplit
+    from motion_relevance.models.layers import MatMul
+
     torch.manual_seed(0)
     config = transformers.VivitConfig(image_size=SIZE, tubelet_size=[1, PATCH, PATCH], num_frames=FRAMES,
                                       num_labels=3, hidden_size=DIM, num_hidden_layers=1,
                                       num_attention_heads=HEADS, intermediate_size=32)
     net = from_transformers(transformers.VivitForVideoClassification(config).eval())
-    assert not measures_temporal_share(net, AttnLRP(lower=LOWER, upper=UPPER))
-    with pytest.raises(ValueError, match="temporal_share cannot measure HFVideoClassifier"):
-        temporal_share(net, clips(1, torch.float32))
+    assert measures_temporal_share(net, AttnLRP(lower=LOWER, upper=UPPER))
+    assert not measures_temporal_share(net, AttnLRP(lower=LOWER, upper=UPPER, rules={MatMul: PositiveSplit()}))
+    joint = transformers.TimesformerConfig(image_size=SIZE, patch_size=PATCH, num_frames=FRAMES, num_labels=3,
+                                           hidden_size=DIM, num_hidden_layers=1, num_attention_heads=HEADS,
+                                           intermediate_size=32, attention_type="joint_space_time")
+    other = from_transformers(transformers.TimesformerForVideoClassification(joint).eval())
+    with pytest.raises(ValueError, match=r"temporal_share cannot measure HFVideoClassifier "
+                                         r"\(TimesformerForVideoClassification\)"):
+        temporal_share(other, clips(1, torch.float32))
 
 
 # ------------------------------------------------------------------------------------ ViViT's tubelet embedding
@@ -280,7 +289,7 @@ def test_vivit_tubelet_embedding_relevance_equals_the_hand_computed_zb_rule() ->
     config = transformers.VivitConfig(image_size=SIZE, tubelet_size=list(tubelet), num_frames=4, num_labels=3,
                                       hidden_size=DIM, num_hidden_layers=1, num_attention_heads=HEADS,
                                       intermediate_size=32)
-    # float32: ViViT's attention computes its softmax in float32 (a dtype conversion without a rule in float64)
+    # float32, as ViViT runs on the data (its float32 softmax also canonizes in a float64 model)
     net = from_transformers(transformers.VivitForVideoClassification(config).eval())
     x = torch.randn(2, 3, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(2)).clamp(-2, 2)
     work = canonized(net, probe=x).model

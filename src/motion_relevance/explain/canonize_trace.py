@@ -187,7 +187,7 @@ _ROUTING_METHODS = frozenset({
     "flatten", "view", "view_as", "reshape", "reshape_as", "permute", "transpose", "contiguous", "squeeze",
     "unsqueeze", "size", "dim", "expand", "expand_as", "repeat", "chunk", "split", "unbind", "clone", "to", "type",
     "float", "double", "half", "narrow", "select", "flip", "roll", "movedim", "t", "__getitem__", "unflatten",
-    "numel", "type_as", "cpu", "cuda",
+    "numel", "type_as", "cpu", "cuda", "gather", "index_select",
 })
 _ROUTING_FUNCTIONS = frozenset({
     getattr(fx._symbolic_trace, "_assert_is_none", operator.getitem),  # the tracer's check of a None argument
@@ -196,7 +196,7 @@ _ROUTING_FUNCTIONS = frozenset({
     operator.getitem, getattr, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
     torch.unsqueeze, torch.stack, torch.chunk, torch.split, torch.unbind, torch.clone, torch.narrow, torch.flip,
     torch.roll, torch.movedim, torch.t, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-    F.feature_alpha_dropout, torch.numel,
+    F.feature_alpha_dropout, torch.numel, torch.gather, torch.index_select,  # selections by (constant) indices
 })
 #: With exactly one input-dependent operand (in the given positions) these stay plain operations: the propagation
 #: engine passes relevance through a bias added to, or a constant multiplying, one input-dependent tensor.
@@ -529,12 +529,12 @@ class _Rewriter:
                 continue
             if not any(a in dependent for a in ins):
                 continue
+            if node.op != "call_module" and node in self.values and not _holds_tensor(self.values[node]):
+                continue  # sizes, devices, dtypes: no relevance flows through them, so what they make is a constant
             dependent.add(node)
             if node.op == "call_module":
                 changed |= self._place(root, path, node)
                 continue
-            if node in self.values and not _holds_tensor(self.values[node]):
-                continue  # arithmetic on sizes (``batch * frames``): no relevance flows through it
             try:
                 made = self._convert(node, dependent)
             except _NoRule as err:
@@ -592,9 +592,12 @@ class _Rewriter:
             make = _ACTIVATION_METHODS[target] if is_method else _ACTIVATIONS[target]
             extra = {k: v for k, v in kwargs.items() if k != "inplace"}
             value = self.values.get(args[0]) if isinstance(args[0], fx.Node) else None
+            first = args[0]
             if isinstance(value, Tensor) and extra.get("dtype") == value.dtype:
                 del extra["dtype"]  # softmax(x, dtype=x.dtype): no conversion
-            return make(*args, **extra), (args[0],), in_place
+            elif isinstance(value, Tensor) and isinstance(extra.get("dtype"), torch.dtype) and make is _softmax:
+                first = _cast_before(node, first, extra.pop("dtype"))  # softmax(x, dtype=d) = softmax(x.to(d))
+            return make(first, *args[1:], **extra), (first,), in_place
         if not is_method and target in _POOLS:
             cls, names = _POOLS[target]
             options = dict(zip(names, args[1:]), **kwargs)
@@ -627,6 +630,9 @@ class _Rewriter:
             return None
         if not is_method and isinstance(target, type) and issubclass(target, Mapping):
             return None  # packs outputs into a dict-like class (transformers' ModelOutput)
+        if target in (operator.add, operator.iadd) and (isinstance(self.values.get(node), (tuple, list)) or any(
+                isinstance(a, (tuple, list)) for a in args)):
+            return None  # tuples of outputs concatenated (``(out,) + rest[1:]``): no arithmetic
         allowed = _ONE_OPERAND_METHODS.get(str(target)) if is_method else _ONE_OPERAND.get(target)
         if allowed is not None and len(live) == 1 and live[0] in allowed:
             return None
@@ -702,6 +708,16 @@ def _with_signature(generated: Callable[..., Any], original: Callable[..., Any],
         return generated(self, *positional, **keywords)
 
     return forward
+
+
+def _cast_before(node: fx.Node, value: Any, dtype: torch.dtype) -> fx.Node:
+    """A ``value.to(dtype)`` node inserted before ``node`` (a re-indexing for relevance: it routes unchanged).
+    ``F.softmax(x, dtype=d)`` casts ``x`` to ``d`` first (transformers' V-JEPA 2 runs its softmax in float32), so
+    the cast followed by ``nn.Softmax`` computes the same values."""
+    with node.graph.inserting_before(node):
+        cast = node.graph.call_method("to", (value,), {"dtype": dtype})
+    cast.meta = dict(node.meta)
+    return cast
 
 
 def _is_gate(root: nn.Module, value: Any) -> bool:

@@ -8,7 +8,9 @@ relevance flows through time").
 Which products are attention products, and which frame each query row and key column belongs to, is model
 knowledge: a function ``token_frames(model, clips) -> {module name: (query_frames, key_frames)}`` per model type,
 registered with :func:`register_token_frames`. VideoMAE (joint space-time attention, tokens ordered
-``(T', H', W')``) is registered here.
+``(T', H', W')``) is registered here, and so are transformers' joint-attention classifiers (``models.hf``: VideoMAE,
+ViViT, V-JEPA 2), whose products are found in the model's canonized copy. A token in no frame (a class token) has
+frame ``-1``: pairs with it are left out of the share.
 
 Divided space-time attention (TimeSformer) adds each attention's output to the residual stream in its own sum, so
 there the share is measured at those sums instead: a function ``branch_adds(model, clips) -> {name of a residual
@@ -35,8 +37,8 @@ from motion_relevance.models.hf import PREFIX, HFVideoClassifier
 from motion_relevance.models.layers import Add, MatMul
 from motion_relevance.models.videomae import VideoMAE
 
-__all__ = ["BRANCH_ADDS", "TOKEN_FRAMES", "FlowRecorder", "measures_temporal_share", "pair_flows",
-           "register_branch_adds", "register_token_frames", "temporal_share", "timesformer_branch_adds",
+__all__ = ["BRANCH_ADDS", "NO_FRAME", "TOKEN_FRAMES", "FlowRecorder", "hf_token_frames", "measures_temporal_share",
+           "pair_flows", "register_branch_adds", "register_token_frames", "temporal_share", "timesformer_branch_adds",
            "videomae_token_frames"]
 
 #: ``token_frames(model, clips) -> {name of an A @ V MatMul module: (query_frames (Nq,), key_frames (Nk,))}``.
@@ -44,15 +46,24 @@ TokenFrames = Callable[[nn.Module, Tensor], dict[str, tuple[Tensor, Tensor]]]
 
 #: The registered token -> frame maps, by model type (a subclass uses its base class's entry).
 TOKEN_FRAMES: dict[type[nn.Module], TokenFrames] = {}
+#: Whether an instance of a registered type has the layout its map describes (default: always).
+_TOKEN_FRAMES_APPLY: dict[type[nn.Module], Callable[[nn.Module], bool]] = {}
+
+#: The frame of a token that belongs to no frame (a class token): (query, key) pairs with it count in neither sum.
+NO_FRAME = -1
 
 
-def register_token_frames(model_type: type[nn.Module], fn: TokenFrames) -> None:
+def register_token_frames(model_type: type[nn.Module], fn: TokenFrames,
+                          applies: Callable[[nn.Module], bool] | None = None) -> None:
     """Let :func:`temporal_share` measure models of ``model_type``: ``fn(model, clips)`` names the modules computing
-    ``A @ V`` (``models.layers.MatMul`` with ``A`` of shape ``(B * groups, heads..., Nq, Nk)``, batch outermost)
-    and gives the frame index of each query row ``(Nq,)`` and each key column ``(Nk,)`` of ``A``."""
+    ``A @ V`` (``models.layers.MatMul`` with ``A`` of shape ``(B * groups, heads..., Nq, Nk)``, batch outermost; in
+    the model, or else in its canonized copy) and gives the frame index of each query row ``(Nq,)`` and each key
+    column ``(Nk,)`` of ``A`` (:data:`NO_FRAME` for a token in no frame); ``applies(model)`` (default: always) says
+    whether an instance has that layout (one adapter class wraps several architectures)."""
     if not (isinstance(model_type, type) and issubclass(model_type, nn.Module)):
         raise TypeError(f"register_token_frames takes an nn.Module subclass, got {model_type!r}")
     TOKEN_FRAMES[model_type] = fn
+    _TOKEN_FRAMES_APPLY[model_type] = applies or (lambda _model: True)
 
 
 def videomae_token_frames(model: nn.Module, clips: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
@@ -65,6 +76,41 @@ def videomae_token_frames(model: nn.Module, clips: Tensor) -> dict[str, tuple[Te
 
 
 register_token_frames(VideoMAE, videomae_token_frames)
+
+#: transformers' classifiers with joint space-time attention (``models.hf``): architecture -> the module paths of
+#: their ``A @ V`` products in the canonized copy (``explain.canonize_trace`` names a forward's second matmul
+#: ``matmul_1``), given the adapter.
+_HF_JOINT: dict[str, Callable[[nn.Module], list[str]]] = {
+    "VideoMAEForVideoClassification": lambda m: [
+        f"{PREFIX}videomae.encoder.layer.{i}.attention.attention.matmul_1"
+        for i in range(len(m.hf.videomae.encoder.layer))],
+    "VivitForVideoClassification": lambda m: [
+        f"{PREFIX}vivit.layers.{i}.attention.matmul_1" for i in range(len(m.hf.vivit.layers))],
+    # the encoder's blocks and the attentive pooler's self-attention layers (over the same tokens); not its
+    # cross-attention, whose one query is a learned token in no frame
+    "VJEPA2ForVideoClassification": lambda m: [
+        *(f"{PREFIX}vjepa2.encoder.layer.{i}.attention.matmul_1" for i in range(len(m.hf.vjepa2.encoder.layer))),
+        *(f"{PREFIX}pooler.self_attention_layers.{i}.self_attn.matmul_1"
+          for i in range(len(m.hf.pooler.self_attention_layers)))],
+}
+
+
+def _is_hf_joint(model: nn.Module) -> bool:
+    return getattr(model, "architecture", None) in _HF_JOINT
+
+
+def hf_token_frames(model: nn.Module, clips: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """transformers' VideoMAE, ViViT and V-JEPA 2 (``models.hf``): joint attention over the class tokens (ViViT's
+    one; frame :data:`NO_FRAME`) and the ``T' * H' * W'`` patch tokens in ``(T', H', W')`` order, patch token ``n``
+    in frame ``n // (H' * W')`` (V-JEPA 2's rotary positions do not change which tokens attend to which)."""
+    assert isinstance(model, HFVideoClassifier) and _is_hf_joint(model)
+    t, h, w = model.token_grid(clips.shape)  # refuses clips of another size, naming the config
+    patches = torch.arange(t * h * w, device=clips.device) // (h * w)
+    frames = torch.cat((torch.full((model.num_prefix_tokens,), NO_FRAME, device=clips.device), patches))
+    return {name: (frames, frames) for name in _HF_JOINT[model.architecture](model)}
+
+
+register_token_frames(HFVideoClassifier, hf_token_frames, _is_hf_joint)
 
 #: ``branch_adds(model, clips) -> {name of a residual models.layers.Add module: True where its second input is a
 #: temporal-attention branch, False where a spatial-attention one}`` (names in the model AttnLRP runs: the model
@@ -117,13 +163,22 @@ def _branch_adds_for(model: nn.Module) -> BranchAdds | None:
     return None
 
 
-def _token_frames_for(model: nn.Module) -> TokenFrames:
+def _registered_token_frames(model: nn.Module) -> TokenFrames | None:
     for cls in type(model).__mro__:
         if cls in TOKEN_FRAMES:
-            return TOKEN_FRAMES[cls]
-    supported = ", ".join(sorted({t.__name__ for t in TOKEN_FRAMES} | {"TimeSformer (models.hf)"}))
+            return TOKEN_FRAMES[cls] if _TOKEN_FRAMES_APPLY.get(cls, lambda _m: True)(model) else None
+    return None
+
+
+def _token_frames_for(model: nn.Module) -> TokenFrames:
+    found = _registered_token_frames(model)
+    if found is not None:
+        return found
+    supported = ", ".join(sorted({t.__name__ for t in TOKEN_FRAMES if t is not HFVideoClassifier}
+                                 | {"TimeSformer, VideoMAE, ViViT, V-JEPA 2 (models.hf)"}))
+    name = type(model).__name__ + (f" ({model.architecture})" if isinstance(model, HFVideoClassifier) else "")
     raise ValueError(
-        f"temporal_share cannot measure {type(model).__name__}: it needs attention products A @ V computed by "
+        f"temporal_share cannot measure {name}: it needs attention products A @ V computed by "
         f"models.layers.MatMul modules and a token->frame map, or divided attention's residual sums; supported: "
         f"{supported} (add one with motion_relevance.explain.temporal_flow.register_token_frames or "
         "register_branch_adds)"
@@ -170,9 +225,12 @@ class _Recorder:
         flows = pair_flows(a, v, out, relevance, self.epsilon)
         flows = flows.reshape(batch, -1, *flows.shape[-2:])
         total = flows.sum(-1).double().sum((1, 2))
-        query_frames, key_frames = self.frames[name]
-        same = (query_frames.view(-1, 1) == key_frames.view(1, -1)).to(flows.device)
-        cross = flows.masked_fill_(same, 0.0).sum(-1).double().sum((1, 2))
+        query_frames, key_frames = (f.to(flows.device) for f in self.frames[name])
+        query_frames, key_frames = query_frames.view(-1, 1), key_frames.view(1, -1)
+        if bool((query_frames == NO_FRAME).any() or (key_frames == NO_FRAME).any()):
+            flows = flows.masked_fill_((query_frames == NO_FRAME) | (key_frames == NO_FRAME), 0.0)
+            total = flows.sum(-1).double().sum((1, 2))
+        cross = flows.masked_fill_(query_frames == key_frames, 0.0).sum(-1).double().sum((1, 2))
         self.sums.setdefault(name, []).append((cross, total))
 
     def hook(self, name: str) -> Callable[..., None]:
@@ -263,10 +321,14 @@ class FlowRecorder:
         epsilon = _rule_epsilon(explainer, False)
         frames = token_frames(model, clips)
         modules = dict(model.named_modules())
+        if frames and not all(isinstance(modules.get(n), MatMul) for n in frames):
+            model = canonized(model, probe=clips).model  # the products are made by canonization (models.hf)
+            modules = dict(model.named_modules())
         missing = [n for n in frames if not isinstance(modules.get(n), MatMul)]
         if missing:
             raise ValueError(f"temporal_share: the token->frame map of {type(model).__name__} names {missing[0]!r}, "
-                             "which is not a models.layers.MatMul module of the model; fix its registered map")
+                             "which is not a models.layers.MatMul module of the model or its canonized copy; fix its "
+                             "registered map (register_token_frames)")
         self.model, self.modules = model, modules
         self.recorder = _Recorder(frames, epsilon)
 
@@ -309,7 +371,7 @@ def measures_temporal_share(model: nn.Module, explainer: Any) -> bool:
     module, rule_type, _ = _measured_rule(divided)
     if not isinstance(explainer.composite.rule_for(module), rule_type):
         return False
-    return divided or any(cls in TOKEN_FRAMES for cls in type(model).__mro__)
+    return divided or _registered_token_frames(model) is not None
 
 
 def _measured_rule(divided: bool) -> tuple[nn.Module, type, str]:
@@ -341,7 +403,8 @@ def temporal_share(model: nn.Module, clips: Tensor, target: Any = None, *, expla
     passes gets 0.
 
     Args:
-        model: a model with a registered token -> frame map (:func:`register_token_frames`; VideoMAE), or with
+        model: a model with a registered token -> frame map (:func:`register_token_frames`; VideoMAE, and
+            transformers' VideoMAE, ViViT and V-JEPA 2 through ``models.hf``), or with
             registered residual-branch sums (:func:`register_branch_adds`; transformers' TimeSformer, where the
             share is the temporal branches' part of the relevance the residual sums give the attention branches).
         clips: ``(B, C, T, H, W)``.

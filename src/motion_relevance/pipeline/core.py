@@ -226,7 +226,8 @@ class ExplanationPipeline:
 
         A multi-pathway model names its inputs in ``model.pathway_names`` (SlowFast: ``("slow", "fast")``); each
         pathway's share of the relevance is then measured too. AttnLRP explainers of a model with a registered
-        token -> frame map (``explain.temporal_flow.register_token_frames``; VideoMAE) also measure the cross-frame
+        token -> frame map (``explain.temporal_flow.register_token_frames``; VideoMAE, transformers' VideoMAE, ViViT
+        and V-JEPA 2) or residual-branch map (TimeSformer) also measure the cross-frame
         share of the relevance through the attention products (``temporal_share/<method>``); for other
         explainers and models the key is absent.
         """
