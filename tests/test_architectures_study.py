@@ -158,7 +158,7 @@ def test_summary_recomputes_from_tidy_files_and_leaves_out_runs_below_their_bar(
     assert at[("dtd_selective", "randomization_half")]["mean"] == pytest.approx(0.7)
     assert mod.best_sigma(summary, "toy", 0.0, "dtd")[0] == 4.0
     text = mod.tables(read_runs, summary)
-    assert "| toy | 0 | 3 | 2 (bar 0.9) | 0.95, 0.97, 0.5 |" in text
+    assert "| toy | 0 | 3 | 2 (bar 0.9) | 0.950, 0.970, 0.500 |" in text
     verdict = mod.verdict(read_runs, summary, "toy")
     assert "uses motion" in verdict and "sigma 4" in verdict and "baseline yes" in verdict
     mod.write_csv(results / "summary.csv", summary, mod.SUMMARY_COLUMNS)

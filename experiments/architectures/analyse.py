@@ -34,7 +34,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from motion_relevance.metrics.bootstrap import bootstrap_interval
-from motion_relevance.report import planned_jobs, read_metrics
+from motion_relevance.pipeline.record import read_metrics_file
+from motion_relevance.report import planned_jobs
 
 log = logging.getLogger("architectures")
 
@@ -79,7 +80,7 @@ def collect_train(folder: Path) -> list[dict[str, Any]]:
     """One row per training job with a finished record (RUN_COLUMNS)."""
     rows = []
     for job in _job_dirs(folder):
-        metrics = read_metrics(job / "metrics.json") if (job / "metrics.json").is_file() else {}
+        metrics = read_metrics_file(job / "metrics.json")
         if metrics.get("run_status") != "finished":
             log.warning("training job %s has no finished record; left out", job)
             continue
@@ -98,7 +99,7 @@ def collect_explain(folder: Path) -> dict[str, list[dict[str, Any]]]:
     """Run name -> the study's per-clip rows (CLIP_COLUMNS) of every finished explanation job."""
     out = {}
     for job in _job_dirs(folder):
-        metrics = read_metrics(job / "metrics.json") if (job / "metrics.json").is_file() else {}
+        metrics = read_metrics_file(job / "metrics.json")
         if metrics.get("run_status") != "finished" or not (job / "per_clip.csv").is_file():
             log.warning("explanation job %s has no finished record; left out", job)
             continue
@@ -118,7 +119,7 @@ def missing_jobs(outputs: Path) -> list[str]:
         folder = outputs / step
         plan = planned_jobs(folder) if (folder / "multirun.yaml").is_file() else None
         done = {p.name for p in _job_dirs(folder)
-                if read_metrics(p / "metrics.json").get("run_status") == "finished"} if folder.is_dir() else set()
+                if read_metrics_file(p / "metrics.json").get("run_status") == "finished"} if folder.is_dir() else set()
         for overrides in plan or []:
             values = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
             model = values.get("recipe", values.get("study.model"))
@@ -240,8 +241,13 @@ def fmt(row: Mapping[str, Any] | None, digits: int = 3) -> str:
     if row is None or not math.isfinite(_f(row["mean"])):
         return "–"
     mean, lo, hi = (_f(row[k]) for k in ("mean", "lo", "hi"))
-    text = f"{mean:.{digits}g}"
-    return f"{text} [{lo:.{digits}g}, {hi:.{digits}g}]" if math.isfinite(lo) else text
+    text = sig(mean, digits)
+    return f"{text} [{sig(lo, digits)}, {sig(hi, digits)}]" if math.isfinite(lo) else text
+
+
+def sig(value: float, digits: int = 3) -> str:
+    """``value`` at ``digits`` significant figures, trailing zeros kept (``1.00``, ``0.0599``)."""
+    return f"{value:#.{digits}g}".rstrip(".")
 
 
 def _f(value: Any) -> float:
@@ -268,7 +274,7 @@ def tables(runs: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any
              "train s (mean) |", "|---|---|---|---|---|---|---|---|"]
     for model, bias in cells:
         items = [r for r in runs if r["model"] == model and float(r["context_bias"]) == bias]
-        accs = ", ".join(f"{float(r['test_acc']):.3g}" for r in items)
+        accs = ", ".join(sig(float(r["test_acc"])) for r in items)
         epochs = ", ".join(str(r["epochs"]) for r in items)
         secs = np.mean([_f(r["train_seconds"]) for r in items])
         acc = fmt(at.get((model, bias, "model", "test_acc")))
@@ -398,7 +404,7 @@ def figures(summary: Sequence[Mapping[str, Any]], folder: Path, sigma: float = 4
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if bias == 0 else "s", color=colours[model], capsize=3,
                     label=f"{model} (cb {bias:g})")
     ax.set(xlabel=f"spatial bias (1 - mass ratio, sigma {sigma:g})", ylabel="motion reliance (share, causal)",
-           ylim=(0, 1), title="Does the paper's measure track the causal one?")
+           xlim=(0, 1.02), ylim=(0, 1.02), title="Does the paper's measure track the causal one?")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = folder / "reliance_vs_spatial_bias.png"
