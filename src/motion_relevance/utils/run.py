@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -100,7 +101,7 @@ def set_aside_earlier_record(output_dir: Path) -> None:
 
 
 #: ``metrics.json`` keys that mark a run that ended without an error, and the configuration it ran.
-RUN_STATUS, CONFIG_DIGEST = "run_status", "config_digest"
+RUN_STATUS, CONFIG_DIGEST, RUN_SECONDS = "run_status", "config_digest", "run_seconds"
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -303,14 +304,16 @@ def run_and_record(
     apply_extras(cfg)
     metrics: dict[str, Any] = {}
     failure: BaseException | None = None
+    started = time.perf_counter()
     try:
         metrics, _ = task(cfg)
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the record is safe
         failure = err
     finish_wandb()
     full = _full_disk(failure)
-    if metrics and failure is None:
-        metrics = {**metrics, RUN_STATUS: "finished", CONFIG_DIGEST: config_digest(cfg)}
+    if metrics and failure is None:  # run_seconds: wall time of the whole task (data, model, work, record)
+        metrics = {**metrics, RUN_STATUS: "finished", CONFIG_DIGEST: config_digest(cfg),
+                   RUN_SECONDS: time.perf_counter() - started}
     if metrics:
         try:
             run_record.write_metrics(output_dir, metrics, merge=True)
