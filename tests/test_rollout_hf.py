@@ -77,7 +77,8 @@ def transformers_attentions(model: nn.Module, arch: str, x: torch.Tensor) -> lis
     inputs = {SUPPORTED[arch].input_name: x.permute(0, 2, 1, 3, 4).contiguous()}
     extra: list[tuple[str, torch.Tensor]] = []
     handles = []
-    if arch == "TimesformerForVideoClassification":  # the time attention's probabilities are not returned: ask
+    divided = arch == "TimesformerForVideoClassification" and model.config.attention_type == "divided_space_time"
+    if divided:  # the time attention's probabilities are not returned: ask
         for block in model.timesformer.encoder.layer:
             handles.append(block.temporal_attention.register_forward_pre_hook(
                 lambda _m, args, kwargs: (args, {**kwargs, "output_attentions": True}), with_kwargs=True))
@@ -95,7 +96,7 @@ def transformers_attentions(model: nn.Module, arch: str, x: torch.Tensor) -> lis
         for handle in handles:
             handle.remove()
     out: list[tuple[str, np.ndarray]] = []
-    if arch == "TimesformerForVideoClassification":
+    if divided:
         assert len(returned) == len(extra)
         for time, space in zip(extra, returned):  # each block: time attention, then space attention
             out += [("time", time[1].double().numpy()), ("space", space.double().numpy())]
@@ -184,15 +185,19 @@ def test_rollout_on_transformers_videomae_equals_our_videomae(mean_pooling: bool
                                    rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch, layers", [(arch, 1) for arch in TUBELET] + [("TimesformerForVideoClassification", 2)])
-def test_rollout_equals_a_hand_written_rollout_of_transformers_attentions(arch: str, layers: int) -> None:
-    model = tiny(arch, layers)
+@pytest.mark.parametrize("arch, layers, extra", [
+    *((arch, 1, {}) for arch in TUBELET),
+    ("TimesformerForVideoClassification", 2, {}),
+    ("TimesformerForVideoClassification", 1, {"attention_type": "joint_space_time"}),  # tokens in (h, w, t) order
+])
+def test_rollout_equals_a_hand_written_rollout_of_transformers_attentions(arch: str, layers: int, extra: dict) -> None:
+    model = tiny(arch, layers, **extra)
     net, x = from_transformers(model), clips()
     attentions = transformers_attentions(model, arch, x)
     kinds = [kind for kind, _ in attentions]
     expected_kinds = {"TimesformerForVideoClassification": ["time", "space"] * layers,
                       "VJEPA2ForVideoClassification": ["joint"] * (layers + 1) + ["query"]}
-    assert kinds == expected_kinds.get(arch, ["joint"] * layers)
+    assert kinds == (["joint"] * layers if extra else expected_kinds.get(arch, ["joint"] * layers))
     got = AttentionRollout()(net, x)
     assert got.shape == (2, 1, FRAMES, SIZE, SIZE)
     want = rollout_by_hand(arch, attentions, 2)
@@ -200,7 +205,8 @@ def test_rollout_equals_a_hand_written_rollout_of_transformers_attentions(arch: 
     np.testing.assert_allclose(got[:, 0].double().numpy(), want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["hf_videomae_tiny", "hf_timesformer_tiny", "hf_vivit_tiny", "hf_vjepa2_tiny"])
+@pytest.mark.parametrize("model", ["hf_timesformer_tiny", *(pytest.param(m, marks=pytest.mark.slow) for m in (
+    "hf_videomae_tiny", "hf_vivit_tiny", "hf_vjepa2_tiny"))])
 def test_rollout_runs_on_the_tiny_configs_and_leaves_the_model_as_it_was(tmp_path: Path, model: str) -> None:
     from hydra.utils import instantiate
 
