@@ -180,7 +180,7 @@ def test_rollout_on_transformers_videomae_equals_our_videomae(mean_pooling: bool
     want, got = AttentionRollout()(ours, x), AttentionRollout()(net, x)
     assert float(want.std()) > 1e-3  # not uniform
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    for kwargs in ({"head_fusion": "max"}, {"discard_ratio": 0.5}):
+    for kwargs in ({"head_fusion": "max"}, {"discard_ratio": 0.5}) if mean_pooling else ():
         torch.testing.assert_close(AttentionRollout(**kwargs)(net, x), AttentionRollout(**kwargs)(ours, x),
                                    rtol=0, atol=1e-6)
 
@@ -292,3 +292,28 @@ def test_mr_explain_runs_rollout_on_a_transformers_timesformer_checkpoint(tmp_pa
     assert float(metrics["test/explained_clips"]) == 2
     keys = [k for k in metrics if k.endswith("/rollout")]
     assert "test/gt_precision/rollout" in keys, sorted(metrics)
+
+
+class _FunctionalSoftmax(nn.Module):
+    """A softmax that is no nn.Softmax: the attention it computes is invisible to rollout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.softmax(-1)
+
+
+@pytest.mark.parametrize("arch, path, match", [
+    ("TimesformerForVideoClassification", "hf.timesformer.encoder.layer.0.temporal_attention.attention.softmax",
+     r"found 0 time and 1 space attentions under 'hf.timesformer.encoder.layer'"),
+    ("VJEPA2ForVideoClassification", "hf.pooler.cross_attention_layer.cross_attn.softmax",
+     r"one cross-attention from the pooler's query to the 8 tokens, found 0"),
+])
+def test_rollout_refuses_a_layout_with_an_attention_it_cannot_see(arch: str, path: str, match: str) -> None:
+    from motion_relevance.explain import canonize
+
+    x = clips()
+    model = canonize(from_transformers(tiny(arch)), x, strict=False)  # every softmax an nn.Softmax: taken as is
+    parent, _, child = path.rpartition(".")
+    assert isinstance(model.get_submodule(path), nn.Softmax)
+    model.get_submodule(parent).add_module(child, _FunctionalSoftmax())
+    with pytest.raises(ValueError, match=match):
+        AttentionRollout()(model, x)

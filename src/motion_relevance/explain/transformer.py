@@ -425,11 +425,9 @@ class AttentionRollout(Explainer):
                 handle.remove()
         batch, size = clips.shape[0], layout.prefix + grid[0] * grid[1] * grid[2]
         dtype = captured[0][1].dtype
-        if layout.readout == "query":
-            name, probs = captured.pop()
-            if kinds[name] != "query" or any(kinds[n] == "query" for n, _ in captured):
-                raise ValueError(f"AttentionRollout needs the pooler's cross-attention {name!r} to run after every "
-                                 "block's attention; this model's order is not supported")
+        if layout.readout == "query":  # V-JEPA 2: the pooler's cross-attention, the last attention to run
+            probs = next(p for n, p in captured if kinds[n] == "query")
+            captured = [(n, p) for n, p in captured if kinds[n] != "query"]
             row = self._heads(probs).reshape(batch, 1, size).to(dtype)
             row = row / row.sum(dim=-1, keepdim=True)
         elif layout.readout == "first":  # the classifier reads output token 0 (the class token, if any)
