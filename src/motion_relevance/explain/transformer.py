@@ -1,9 +1,11 @@
 """Explanations of video transformers at token resolution: token Grad-CAM and attention rollout.
 
-Both work on models that cut clips into tubelets (``models.VideoMAE``: a ``token_grid(shape)`` method and
-``tubelet_size`` / ``patch_size`` attributes), compute one value per token on the grid ``(T / tubelet, H / patch,
-W / patch)`` and map it back to the input with :func:`tokens_to_frames`; the result is ``(B, 1, T, H, W)`` like
-:class:`~motion_relevance.explain.explainers.GradCAM`. The method is described in ``docs/method.md``
+Both work on models that cut clips into tubelets (``models.VideoMAE``, transformers' classifiers through
+``models.hf``: a ``token_grid(shape)`` method and ``tubelet_size`` / ``patch_size`` attributes), compute one value
+per token on the grid ``(T / tubelet, H / patch, W / patch)`` and map it back to the input with
+:func:`tokens_to_frames`; the result is ``(B, 1, T, H, W)`` like :class:`~motion_relevance.explain.explainers.GradCAM`.
+Rollout reads each model's attention layout (class tokens, token order, read-out, TimeSformer's divided attention)
+from :func:`_layout`. The method is described in ``docs/method.md``
 ("Video transformers (token maps, rollout, tubelet-resolution selective relevance)").
 
 Mapping tokens to frames is frame-aligned: a token covers exactly the ``tubelet`` frames and ``patch x patch``
