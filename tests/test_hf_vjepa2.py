@@ -283,7 +283,7 @@ def test_other_explainers_run_on_vjepa2() -> None:
     net, x = from_transformers(vjepa2(layers=2, double=False)), clips(dtype=torch.float32)
     ig = CaptumExplainer(method="captum.attr.IntegratedGradients", attribute_kwargs={"n_steps": 4})
     for explainer in (DeepTaylor(lower=LOWER, upper=UPPER), GuidedBackprop(), GradCAM(upsample="nearest"),
-                      TokenGradCAM(), ig):  # (rollout needs nn.Softmax modules: no transformers model has them)
+                      TokenGradCAM(), ig):  # (rollout: tests/test_rollout_hf.py)
         out = explainer(net, x, TARGET)
         assert out.shape[0] == 2 and out.shape[2:] == x.shape[2:] and bool(torch.isfinite(out).all())
         assert float(out.abs().amax()) > 0, type(explainer).__name__

@@ -69,7 +69,7 @@ class Explainer:
         structure = analyse_model(model, list(inputs) if multi else inputs[0])
         check_target_range(target_t, structure.num_outputs)
         record = None
-        if self.canonize:  # a user's functional ops / shared modules made modules (explain/canonize_trace.py)
+        if self.canonize and self._wants_canonical(model, structure):  # functional ops made modules (canonize_trace)
             model, structure, record = prepare_canonical(model, list(inputs) if multi else inputs[0], structure,
                                                          getattr(self, "composite", None),
                                                          str(getattr(self, "method", type(self).__name__)))
@@ -89,6 +89,11 @@ class Explainer:
         for i, part in enumerate(parts):
             check_finite(part, f"the {self.name} relevance" + (f" of input {i}" if len(parts) > 1 else ""))
         return parts if multi else parts[0]
+
+    def _wants_canonical(self, model: nn.Module, structure: ModelStructure) -> bool:
+        """Whether this call works on the canonized model when ``canonize`` is on (canonization still decides
+        whether the model needs a rewrite); default: always."""
+        return True
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Any) -> None:
         """Model checks of this method (before any hook); raise ``ValueError`` / ``TypeError``."""

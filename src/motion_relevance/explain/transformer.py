@@ -1,9 +1,11 @@
 """Explanations of video transformers at token resolution: token Grad-CAM and attention rollout.
 
-Both work on models that cut clips into tubelets (``models.VideoMAE``: a ``token_grid(shape)`` method and
-``tubelet_size`` / ``patch_size`` attributes), compute one value per token on the grid ``(T / tubelet, H / patch,
-W / patch)`` and map it back to the input with :func:`tokens_to_frames`; the result is ``(B, 1, T, H, W)`` like
-:class:`~motion_relevance.explain.explainers.GradCAM`. The method is described in ``docs/method.md``
+Both work on models that cut clips into tubelets (``models.VideoMAE``, transformers' classifiers through
+``models.hf``: a ``token_grid(shape)`` method and ``tubelet_size`` / ``patch_size`` attributes), compute one value
+per token on the grid ``(T / tubelet, H / patch, W / patch)`` and map it back to the input with
+:func:`tokens_to_frames`; the result is ``(B, 1, T, H, W)`` like :class:`~motion_relevance.explain.explainers.GradCAM`.
+Rollout reads each model's attention layout (class tokens, token order, read-out, TimeSformer's divided attention)
+from :func:`_layout`. The method is described in ``docs/method.md``
 ("Video transformers (token maps, rollout, tubelet-resolution selective relevance)").
 
 Mapping tokens to frames is frame-aligned: a token covers exactly the ``tubelet`` frames and ``patch x patch``
@@ -15,7 +17,8 @@ tubelet and interpolates linearly between neighbouring tubelets (smoother, as Gr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +27,7 @@ from torch.nn import functional as F
 from motion_relevance.checks import check_pair
 from motion_relevance.explain.base import Explainer
 from motion_relevance.explain.validation import ModelStructure, get_layer
+from motion_relevance.models.hf import HFVideoClassifier
 from motion_relevance.models.videomae import VideoMAELayer
 
 __all__ = ["AttentionRollout", "TokenGradCAM", "block_names", "token_model", "tokens_to_frames"]
@@ -178,24 +182,82 @@ class TokenGradCAM(Explainer):
         return tokens_to_frames(cam.reshape(cam.shape[0], *grid), tubelet, patch, clips.shape[2:], self.upsample)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a token model's attention is laid out, for rollout.
+
+    ``prefix``: class tokens before the patch tokens on the attention's token axis; ``order``: order of the patch
+    tokens (``"thw"``, or ``"hwt"`` for TimeSformer); ``readout``: what the classifier reads, ``"mean"`` (mean of the
+    output tokens), ``"first"`` (output token 0: the class token, or the first patch token without one) or
+    ``"query"`` (the cross-attention of one learned query, V-JEPA 2's attentive pooler); ``divided``: module path of
+    the block list when each block runs a time and a space attention (TimeSformer's divided space-time attention),
+    else ``None``.
+    """
+
+    prefix: int = 0
+    order: str = "thw"
+    readout: str = "mean"
+    divided: str | None = None
+
+
+def _layout(model: nn.Module) -> _Layout:
+    """The attention layout of ``model``'s token model (transformers' classes by their config, others by
+    ``use_mean_pooling``)."""
+    tokens = token_model(model)
+    if isinstance(tokens, HFVideoClassifier):
+        config, spec = tokens.hf.config, tokens.spec
+        where = next(name for name, module in model.named_modules() if module is tokens)
+        blocks = f"{where}.hf.{spec.blocks}" if where else f"hf.{spec.blocks}"
+        readout = {"videomae": "mean" if getattr(config, "use_mean_pooling", True) else "first",
+                   "vjepa2": "query"}.get(spec.model_type, "first")
+        divided = spec.model_type == "timesformer" and config.attention_type == "divided_space_time"
+        return _Layout(spec.prefix_tokens, spec.order, readout, blocks if divided else None)
+    return _Layout(readout="mean" if bool(getattr(tokens, "use_mean_pooling", True)) else "first")
+
+
+def _token_index(grid: Sequence[int], layout: _Layout, device: torch.device) -> Tensor:
+    """``(T', H' W')``: the position of patch token ``(t, s)`` (``s = h W' + w``) on the attention's token axis."""
+    t, h, w = grid
+    s = torch.arange(h * w, device=device)
+    frames = torch.arange(t, device=device)[:, None]
+    if layout.order == "hwt":
+        return layout.prefix + s[None, :] * t + frames
+    return layout.prefix + frames * (h * w) + s[None, :]
+
+
 class AttentionRollout(Explainer):
     """Attention rollout (Abnar & Zuidema, 2020) over every block, mapped to the clip; ``C = 1``, class-agnostic.
 
-    Each block's attention probabilities ``(B, heads, N, N)`` (the outputs of its ``nn.Softmax`` module, captured
-    with forward hooks) are fused over heads, mixed with the residual path as ``A_hat = 0.5 * A + 0.5 * I`` and
-    renormalised to rows summing to 1; the rollout is the product ``A_hat_L … A_hat_1`` (row i: how much output
-    token i draws from each input token). VideoMAE has no CLS token: with mean pooling the classifier sees the mean
-    of the output tokens, so input token j gets the mean over i of ``rollout[i, j]``; without mean pooling it sees
-    the first token, so token j gets ``rollout[0, j]``. The token values sum to 1 per clip.
+    Each attention's probabilities (the outputs of its ``nn.Softmax`` module, captured with forward hooks) are fused
+    over heads, written as a token-by-token matrix ``A`` over all tokens (class token first), mixed with the
+    residual path as ``A_hat = 0.5 * A + 0.5 * I`` and renormalised to rows summing to 1; the rollout is the
+    product of the ``A_hat`` in the order the attentions run (row i: how much output token i draws from each input
+    token), read out as the classifier reads the tokens:
 
-    The target is ignored: rollout depends on the attention only, not on the class (the same map for every class).
+    * mean pooling (VideoMAE): input token j gets the mean over i of ``rollout[i, j]``; first-token pooling or a
+      class token (ViViT, TimeSformer): ``rollout[0, j]``;
+    * V-JEPA 2's attentive pooler: its self-attention layers are blocks like the encoder's; its cross-attention from
+      the one learned query is the read-out row (fused over heads, no identity: the residual there is the query, a
+      constant);
+    * TimeSformer's divided attention: per block the time attention (each spatial position over the frames; the
+      class token passes unchanged) then the space attention (each frame with the class token; the class token's
+      output is the mean over frames of its per-frame rows), each its own ``A_hat``.
+
+    The class token's own share is dropped: the patch token values sum to 1 minus it (1 without a class token). The
+    model's method is described in ``docs/method.md`` ("Video transformers").
+
+    A model whose attention softmax is a function (transformers' models through ``models.hf``) is canonized first
+    (once per model; :mod:`.canonize_trace`): every softmax call becomes its own ``nn.Softmax`` module, with the same
+    parameters and logits. The target is ignored: rollout depends on the attention only.
 
     Args:
         head_fusion: ``"mean"`` (the paper's), ``"max"`` or ``"min"`` over heads.
-        discard_ratio: share of the smallest fused attention entries set to 0 per clip and block before the
-            identity is added (0 = the paper's rollout).
+        discard_ratio: share of the smallest fused attention entries set to 0 per clip and attention before the
+            identity is added (0 = the paper's rollout); for a divided attention, of the entries it computes (all
+            groups of the clip together).
         upsample: ``"nearest"`` or ``"trilinear"`` (see :func:`tokens_to_frames`).
         name: metric-key name (default ``"rollout"``).
+        canonize: canonize a model without attention ``nn.Softmax`` modules (``False`` refuses it).
     """
 
     name = "rollout"
@@ -206,6 +268,7 @@ class AttentionRollout(Explainer):
         discard_ratio: float = 0.0,
         upsample: str = "nearest",
         name: str | None = None,
+        canonize: bool = True,
     ) -> None:
         super().__init__(name)
         if head_fusion not in _FUSIONS:
@@ -217,6 +280,7 @@ class AttentionRollout(Explainer):
         self.head_fusion = head_fusion
         self.discard_ratio = float(discard_ratio)
         self.upsample = _check_upsample(upsample)
+        self.canonize = bool(canonize)
 
     def __repr__(self) -> str:
         return (
@@ -224,76 +288,161 @@ class AttentionRollout(Explainer):
             f"upsample={self.upsample!r}, name={self.name!r})"
         )
 
+    def _wants_canonical(self, model: nn.Module, structure: ModelStructure) -> bool:
+        """Canonize only a model with no attention-shaped ``nn.Softmax`` or with one that runs more than once."""
+        names = [name for name, module in model.named_modules()
+                 if isinstance(module, nn.Softmax) and len(structure.output_shapes.get(name) or ()) == 4]
+        return not names or any(structure.calls.get(name, 0) != 1 for name in names)
+
     @staticmethod
-    def _softmax_names(model: nn.Module, structure: ModelStructure, tokens: int) -> list[str]:
-        names = []
+    def _attentions(model: nn.Module, structure: ModelStructure, clips: Tensor) -> dict[str, str]:
+        """Attention softmax module path -> kind (``"joint"``, ``"time"``, ``"space"``, ``"query"``), from the
+        shapes of the analysis pass (one clip)."""
+        layout = _layout(model)
+        t, h, w = _grid(model, clips)[0]
+        n = layout.prefix + t * h * w
+        kinds: dict[str, str] = {}
         for name, module in model.named_modules():
-            if not isinstance(module, nn.Softmax):
-                continue
             shape = structure.output_shapes.get(name)
-            if shape is not None and len(shape) == 4 and shape[2] == shape[3] == tokens:
-                names.append(name)
-        return names
+            if not isinstance(module, nn.Softmax) or shape is None or len(shape) != 4:
+                continue
+            rows = tuple(shape[2:])
+            if layout.divided is not None and name.startswith(f"{layout.divided}."):
+                branch = name[len(layout.divided) + 1:].split(".")[1:2]
+                if branch == ["temporal_attention"] and shape[0] == h * w and rows == (t, t):
+                    kinds[name] = "time"
+                elif branch == ["attention"] and shape[0] == t and rows == (1 + h * w, 1 + h * w):
+                    kinds[name] = "space"
+            elif rows == (n, n):
+                kinds[name] = "joint"
+            elif layout.readout == "query" and rows == (1, n):
+                kinds[name] = "query"
+        return kinds
 
     def _validate(self, model: nn.Module, structure: ModelStructure, clips: Tensor) -> None:
-        grid, _, _ = _grid(model, clips)
-        tokens = grid[0] * grid[1] * grid[2]
-        names = self._softmax_names(model, structure, tokens)
-        if not names:
+        layout = _layout(model)
+        grid = _grid(model, clips)[0]
+        tokens = layout.prefix + grid[0] * grid[1] * grid[2]
+        kinds = self._attentions(model, structure, clips)
+        if not kinds:
             raise ValueError(
-                f"AttentionRollout found no attention softmax: it needs nn.Softmax modules whose output is the "
-                f"attention (B, heads, N={tokens}, N={tokens}); {type(model).__name__} has none"
+                f"AttentionRollout found no attention softmax: it needs the attention (B, heads, N={tokens}, "
+                f"N={tokens}) as the output of an nn.Softmax module, and {type(model).__name__} has none"
+                + ("" if self.canonize else "; pass canonize=True to rewrite a functional softmax as modules")
+                + "; explain models with attention (e.g. motion_relevance.models.VideoMAE or models.hf)"
             )
-        for name in names:
+        for name in kinds:
             if structure.calls.get(name, 0) != 1:
                 raise ValueError(
                     f"AttentionRollout needs each attention softmax to run once per forward pass, but {name!r} ran "
                     f"{structure.calls.get(name, 0)} times; give each block its own nn.Softmax module"
                 )
+        counts = {kind: list(kinds.values()).count(kind) for kind in ("time", "space", "query")}
+        if layout.divided is not None and not (counts["time"] == counts["space"] > 0):
+            raise ValueError(
+                f"AttentionRollout found {counts['time']} time and {counts['space']} space attentions under "
+                f"{layout.divided!r}, not one of each per block; explain this model with canonize=True"
+            )
+        if layout.readout == "query" and counts["query"] != 1:
+            raise ValueError(
+                f"AttentionRollout needs one cross-attention from the pooler's query to the {tokens} tokens, found "
+                f"{counts['query']}; only an attentive pooler with one query token is supported"
+            )
+
+    def _heads(self, probs: Tensor) -> Tensor:
+        """Heads fused: ``(..., heads, a, b) -> (..., a, b)``."""
+        if self.head_fusion == "mean":
+            return probs.mean(dim=-3)
+        if self.head_fusion == "max":
+            return probs.amax(dim=-3)
+        return probs.amin(dim=-3)
+
+    def _discard(self, fused: Tensor) -> Tensor:
+        """The ``discard_ratio`` share of each clip's smallest entries (first dimension: clips) set to 0."""
+        flat = fused.reshape(fused.shape[0], -1)
+        drop = int(self.discard_ratio * flat.shape[1])
+        if not drop:
+            return fused
+        flat = flat.clone()
+        flat.scatter_(1, flat.topk(drop, dim=1, largest=False).indices, 0.0)
+        return flat.reshape(fused.shape)
+
+    @staticmethod
+    def _mix(full: Tensor) -> Tensor:
+        """``(B, N, N)``: ``0.5 * A + 0.5 * I`` with rows renormalised to sum to 1."""
+        eye = torch.eye(full.shape[-1], dtype=full.dtype, device=full.device)
+        mixed = 0.5 * full + 0.5 * eye
+        return mixed / mixed.sum(dim=-1, keepdim=True)
 
     def _fuse(self, probs: Tensor) -> Tensor:
-        """``(B, heads, N, N) -> (B, N, N)``: heads fused, smallest entries discarded, identity mixed in."""
-        if self.head_fusion == "mean":
-            fused = probs.mean(dim=1)
-        elif self.head_fusion == "max":
-            fused = probs.amax(dim=1)
+        """Joint attention ``(B, heads, N, N) -> A_hat (B, N, N)``: heads fused, smallest entries discarded,
+        identity mixed in."""
+        return self._mix(self._discard(self._heads(probs)))
+
+    def _divided(self, probs: Tensor, kind: str, index: Tensor, batch: int) -> Tensor:
+        """One divided attention ``(B G, heads, a, a)`` -> ``A_hat (B, 1 + N, 1 + N)`` over all tokens.
+
+        ``index`` ``(T', S)``: each patch token's position. Time (``G = S`` positions, ``a = T'``): patch ``(t, s)``
+        draws ``A_s[t, u]`` from ``(u, s)``; the class token only from itself. Space (``G = T'`` frames, ``a = 1 + S``,
+        class token first): patch ``(t, s)`` draws ``A_t[s, s']`` from ``(t, s')`` and ``A_t[s, cls]`` from the class
+        token; the class token's output is the mean over frames of its rows, so it draws ``mean_t A_t[cls, cls]``
+        from itself and ``A_t[cls, s'] / T'`` from ``(t, s')``.
+        """
+        frames, positions = index.shape
+        fused = self._heads(probs)
+        fused = self._discard(fused.reshape(batch, -1, *fused.shape[-2:]))  # (B, G, a, a)
+        size = 1 + frames * positions
+        full = fused.new_zeros(batch, size, size)
+        if kind == "time":
+            by_position = index.t()  # (S, T')
+            rows = by_position[:, :, None].expand(positions, frames, frames)
+            cols = by_position[:, None, :].expand(positions, frames, frames)
+            full[:, rows, cols] = fused
+            full[:, 0, 0] = 1.0
         else:
-            fused = probs.amin(dim=1)
-        batch, n, _ = fused.shape
-        drop = int(self.discard_ratio * n * n)
-        if drop:
-            flat = fused.reshape(batch, -1).clone()
-            flat.scatter_(1, flat.topk(drop, dim=1, largest=False).indices, 0.0)
-            fused = flat.reshape(batch, n, n)
-        eye = torch.eye(n, dtype=fused.dtype, device=fused.device)
-        mixed = 0.5 * fused + 0.5 * eye
-        return mixed / mixed.sum(dim=-1, keepdim=True)
+            rows = index[:, :, None].expand(frames, positions, positions)
+            cols = index[:, None, :].expand(frames, positions, positions)
+            full[:, rows, cols] = fused[:, :, 1:, 1:]
+            full[:, index, 0] = fused[:, :, 1:, 0]
+            full[:, 0, index] = fused[:, :, 0, 1:] / frames
+            full[:, 0, 0] = fused[:, :, 0, 0].mean(dim=1)
+        return self._mix(full)
 
     def _explain(self, model: nn.Module, clips: Tensor, target: Tensor | None, structure: ModelStructure) -> Tensor:
         grid, tubelet, patch = _grid(model, clips)
-        tokens = grid[0] * grid[1] * grid[2]
+        layout = _layout(model)
+        kinds = self._attentions(model, structure, clips)
         modules = dict(model.named_modules())
-        captured: list[Tensor] = []
-        handles = [
-            modules[name].register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
-            for name in self._softmax_names(model, structure, tokens)
-        ]
+        captured: list[tuple[str, Tensor]] = []
+
+        def hook(name: str) -> Callable[..., None]:
+            return lambda _m, _i, out: captured.append((name, out.detach()))
+
+        handles = [modules[name].register_forward_hook(hook(name)) for name in kinds]
         try:
             with torch.no_grad():
                 model(clips)
         finally:
             for handle in handles:
                 handle.remove()
-        batch = clips.shape[0]
-        dtype = captured[0].dtype
-        first_token = not bool(getattr(token_model(model), "use_mean_pooling", True))
-        if first_token:  # the classifier reads output token 0
-            row = torch.zeros(batch, 1, tokens, dtype=dtype, device=clips.device)
+        batch, size = clips.shape[0], layout.prefix + grid[0] * grid[1] * grid[2]
+        dtype = captured[0][1].dtype
+        if layout.readout == "query":  # V-JEPA 2: the pooler's cross-attention, the last attention to run
+            probs = next(p for n, p in captured if kinds[n] == "query")
+            captured = [(n, p) for n, p in captured if kinds[n] != "query"]
+            row = self._heads(probs).reshape(batch, 1, size).to(dtype)
+            row = row / row.sum(dim=-1, keepdim=True)
+        elif layout.readout == "first":  # the classifier reads output token 0 (the class token, if any)
+            row = torch.zeros(batch, 1, size, dtype=dtype, device=clips.device)
             row[..., 0] = 1.0
         else:  # the classifier reads the mean of the output tokens
-            row = torch.full((batch, 1, tokens), 1.0 / tokens, dtype=dtype, device=clips.device)
+            row = torch.full((batch, 1, size), 1.0 / size, dtype=dtype, device=clips.device)
+        index = _token_index(grid, layout, clips.device)
         with torch.no_grad():
-            for probs in reversed(captured):  # row @ A_hat_L @ … @ A_hat_1, without forming the N x N product
-                row = row @ self._fuse(probs)
-        maps = row.reshape(batch, *grid).to(clips.dtype)
+            for name, probs in reversed(captured):  # row @ A_hat_L @ … @ A_hat_1, without forming the N x N product
+                kind = kinds[name]
+                step = self._fuse(probs) if kind == "joint" else self._divided(probs, kind, index, batch)
+                row = row @ step.to(row.dtype)
+        values = row[:, 0].gather(1, index.reshape(1, -1).expand(batch, -1))  # (B, T' S) in (t, s) order
+        maps = values.reshape(batch, *grid).to(clips.dtype)
         return tokens_to_frames(maps, tubelet, patch, clips.shape[2:], self.upsample)
