@@ -474,22 +474,28 @@ def _key(value: Any, own: bool = False, depth: int = 0) -> Any:
     return ("id", id(value))
 
 
-def _fingerprint(module: nn.Module, calls: Mapping[int, _Call]) -> tuple | None:
+def _fingerprint(module: nn.Module, calls: Mapping[int, _Call], memo: dict[tuple[int, bool], tuple] | None = None
+                 ) -> tuple | None:
     """What ``module``'s traced graph depends on, for every module of its subtree (relative names): class,
     attributes (parameters by shape; the module's own buffers and tensors by identity), recorded calls (argument and
-    output shapes, constants); None for a module with a ``forward`` of its own object (never reused)."""
+    output shapes, constants); None for a module with a ``forward`` of its own object (never reused). ``memo``:
+    each module's part, kept across calls (a module's subtree is keyed before any of it is rewritten)."""
+    memo = {} if memo is None else memo
     parts = []
     for name, m in module.named_modules(remove_duplicate=False):
         if "forward" in vars(m):
             return None
         own = m is module
-        state = tuple((k, _key(v, own)) for k, v in vars(m).items()
-                      if k not in ("_parameters", "_buffers", "_modules") and "hooks" not in k)
-        params = tuple((k, None if p is None else (tuple(p.shape), p.dtype)) for k, p in m._parameters.items())
-        buffers = tuple((k, _key(b, own)) for k, b in m._buffers.items())
-        call = calls.get(id(m))
-        recorded = None if call is None else (_key(call.arguments), _key(call.outputs), frozenset(call.varying))
-        parts.append((name, type(m), state, params, buffers, recorded))
+        part = memo.get((id(m), own))
+        if part is None:
+            state = tuple((k, _key(v, own)) for k, v in vars(m).items()
+                          if k not in ("_parameters", "_buffers", "_modules") and "hooks" not in k)
+            params = tuple((k, None if p is None else (tuple(p.shape), p.dtype)) for k, p in m._parameters.items())
+            buffers = tuple((k, _key(b, own)) for k, b in m._buffers.items())
+            call = calls.get(id(m))
+            recorded = None if call is None else (_key(call.arguments), _key(call.outputs), frozenset(call.varying))
+            part = memo[(id(m), own)] = (type(m), state, params, buffers, recorded)
+        parts.append((name, part))
     return tuple(parts)
 
 
@@ -538,6 +544,7 @@ class _Rewriter:
         #: structure key (:func:`_fingerprint`) -> a pristine copy of the graph traced for it, with its values
         self.traced: dict[tuple, tuple[fx.Graph, dict[fx.Node, Any]]] = {}
         self.reuse = True  #: trace each distinct module structure once (False: trace every module)
+        self.keys: dict[tuple[int, bool], tuple] = {}  #: each module's part of a structure key
 
     def module(self, module: nn.Module, path: str) -> None:
         if id(module) in self.done:
@@ -586,7 +593,7 @@ class _Rewriter:
     def _traced(self, module: nn.Module, constants: dict[str, Any] | None) -> tuple[fx.Graph, dict[fx.Node, Any]]:
         """``module``'s traced graph and its nodes' shape-only values: a copy of the graph traced for a module of
         the same structure (:func:`_fingerprint`: the 12 blocks of a ViT are traced once), or traced now."""
-        key = _fingerprint(module, self.calls) if self.reuse else None
+        key = _fingerprint(module, self.calls, self.keys) if self.reuse else None
         hit = self.traced.get(key) if key is not None else None
         if hit is not None:
             return _copy_graph(*hit)
