@@ -55,6 +55,7 @@ import linecache
 import operator
 import os
 import re
+import sys
 import time
 import traceback
 import weakref
@@ -231,6 +232,18 @@ def _user_frame(stack: str | None) -> str:
     return f"{path}:{line}" + (f" (`{code}`)" if code else "")
 
 
+def _caller() -> str | None:
+    """The innermost frame of the running stack outside torch and this file (the line of the user's ``forward``
+    being traced), in the traceback format :func:`_user_frame` reads."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(_TORCH_DIR) and path != __file__:
+            return f'File "{path}", line {frame.f_lineno}, in {frame.f_code.co_name}'
+        frame = frame.f_back
+    return None
+
+
 def _op_name(node: fx.Node) -> str:
     target = node.target
     if node.op == "call_method":
@@ -292,7 +305,9 @@ class _OneLevel(fx.Tracer):
 
     def __init__(self, calls: dict[int, _Call] | None = None) -> None:
         super().__init__(autowrap_modules=())
-        self.record_stack_traces = True
+        # the user's line of each node is recorded by create_proxy (_caller): torch's stack capture costs ~2 s of
+        # imports on its first use in a process
+        self.record_stack_traces = False
         self.calls = calls or {}
         self.values: dict[fx.Node, Any] = {}
         self.seen: dict[str, int] = {}  #: calls of each child traced so far (its index among its recorded calls)
@@ -338,6 +353,8 @@ class _OneLevel(fx.Tracer):
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None,
                      type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if proxy.node.stack_trace is None:
+            proxy.node.stack_trace = _caller()
         if self.call is not None:
             with contextlib.suppress(Exception):  # no shape-only value for this node: iterating over it is refused
                 self.values[proxy.node] = self._value(proxy.node)
