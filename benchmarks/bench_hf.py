@@ -12,7 +12,9 @@ through the cache vs AttnLRP on the canonized copy directly (the warm call; targ
 transformers model vs one gradient (forward + backward of the target logit; target <= 2x), and, for VideoMAE, vs
 AttnLRP on our own VideoMAE (models/videomae.py) with the same weights (target <= 1.1x), interleaved, median of
 ``--repeats``; (c) peak memory per call: ``VmHWM - VmRSS(before)`` after resetting the high-water mark via
-``/proc/self/clear_refs``. Run: ``.venv/bin/python benchmarks/bench_hf.py`` → ``benchmarks/results/bench_hf.{json,md}``.
+``/proc/self/clear_refs``; (d) last, the seconds of each phase of canonization on the old code path and the new one
+(``bench_canonize.phases``: recording, rewrite, the canonized copy's structure, the logits check).
+Run: ``.venv/bin/python benchmarks/bench_hf.py`` → ``benchmarks/results/bench_hf.{json,md}``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import torch
 from _common import interleaved_timings, reset_peak_rss, status_kib, write_results
+from bench_canonize import PHASE_NOTE, phase_table
 
 MEMORY = ("forward (no grad)", "gradient", "AttnLRP first call (canonizes)", "AttnLRP (canonized)",
           "AttnLRP canonized copy", "AttnLRP ours")
@@ -135,6 +138,9 @@ def child(arch: str, size: str, frames: int, repeats: int) -> dict[str, Any]:
     )
     if "AttnLRP ours" in timed:
         out["vs_ours"] = warm / timed["AttnLRP ours"]["median_ms"]
+    from bench_canonize import phases  # last: the first-call figures above are those of a fresh process
+
+    out["phases_s"] = phases(from_transformers(hf), x)
     return out
 
 
@@ -183,6 +189,9 @@ def to_markdown(rows: list[dict[str, Any]], load: tuple[float, float, float]) ->
         cells = [m.get(k) for k in MEMORY]
         lines.append(f"| {r['model']} {r['size']} | " + " | ".join("–" if v is None else f"{v:.0f}" for v in cells)
                      + " |")
+    lines += ["", "## Canonization per phase, seconds, old code path → new (one run each, same process)", ""]
+    lines += phase_table([(f"{r['model']} {r['size']}", r["phases_s"]) for r in rows if "phases_s" in r])
+    lines += ["", PHASE_NOTE]
     lines += ["", "canonize: the rewrite of a fresh wrapper incl. its logits check (two forward passes); "
               "first call extra: the first AttnLRP call minus the median later one; "
               "cache added: AttnLRP on the wrapper (canonized copy looked up) / AttnLRP on the canonized copy - 1; "

@@ -34,15 +34,18 @@ came from; :func:`require_rules_for_operations` refuses it for the rule-based ex
 
 With example clips (the explainers pass theirs), one forward pass of the first clip first records each module's
 call: arguments that were ``None`` or the same flag in every call, and empty ``*args`` / ``**kwargs``, are traced as
-those constants (the installed ``forward`` refuses another value), and iterating over a shape gives one symbolic
-entry per dimension. This, tracing through transformers' forward wrappers and rebuilding ``ModelOutput`` results,
-lets transformers' video classifiers (``models.hf``) be rewritten module by module although the whole model does
-not trace.
+those constants (the installed ``forward`` refuses another value), iterating over a shape gives one symbolic
+entry per dimension, and a Python branch on sizes is traced as it ran (a guard refuses sizes taking the other
+branch). This, tracing through transformers' forward wrappers and rebuilding ``ModelOutput`` results, lets
+transformers' video classifiers (``models.hf``) be rewritten module by module although the whole model does not
+trace. That pass runs on the ``meta`` device (shapes only) unless the logits check needs its output; modules of one
+structure (:func:`_fingerprint`) are traced once.
 
 A module whose ``forward`` cannot be traced (Python control flow on tensor values, checks on ``isinstance(x,
 Tensor)``) keeps its own ``forward`` (its children are still rewritten); the tracer's message, with the line it
 stopped at, is kept in :attr:`Canonized.notes` and added to any later refusal, or raised at once with
-``canonize(..., strict=True)``.
+``canonize(..., strict=True)``. A class may declare its ``forward`` free of operations that need a rule
+(``canonize_as_written = True``, ``models.hf``'s adapter): it is kept as written and its children are rewritten.
 """
 
 from __future__ import annotations
