@@ -387,3 +387,44 @@ def test_a_branch_on_sizes_is_traced_as_it_ran_and_guarded() -> None:
                                              r"True for the clips the model was canonized with and is not for these"):
             work(small)
         model(small)
+
+
+class Caching(nn.Module):
+    """Keeps tensors from its forward: a cache attribute, a buffer registered on the first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, CLASSES)
+        self.last = torch.zeros(1)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        tokens = clips.flatten(1).unflatten(1, (-1, 4))
+        self.last = tokens[:, 0]
+        if "seen" not in self._buffers:
+            self.register_buffer("seen", tokens[:1, :1].clone())
+        return self.fc(tokens.mean(1))
+
+
+def test_tensors_a_forward_keeps_during_the_meta_pass_are_undone() -> None:
+    model = Caching().eval()
+    before = model.last
+    work = eval_copy(model)
+    calls, out = ct._record_calls(work, clips(), on_meta=True)
+    assert out.is_meta and len(calls) == 2  # the pass ran on meta
+    assert work.last is before and "seen" not in work._buffers  # nothing of it stayed on the copy
+    assert model.last is before and "seen" not in model._buffers
+
+
+def test_a_subclass_with_its_own_forward_is_not_kept_as_written() -> None:
+    from motion_relevance.models.hf import HFVideoClassifier
+
+    class Changed(HFVideoClassifier):
+        def forward(self, clips: Tensor) -> Tensor:
+            return torch.exp(super().forward(clips))
+
+    net = from_transformers(hf_model("VideoMAEForVideoClassification"))
+    assert ct._kept_as_written(net)
+    net.__class__ = Changed
+    assert not ct._kept_as_written(net)
+    with pytest.raises(CanonizationError, match="torch.fx cannot trace Changed '<model>'"):
+        canonize(net, clips())

@@ -469,9 +469,11 @@ class _SizedProxy(fx.Proxy):
 
 
 def _kept_as_written(module: nn.Module) -> bool:
-    """Whether ``module``'s class declares its own ``forward`` free of operations that need a rule
-    (``canonize_as_written = True``): canonization keeps that forward and rewrites the children."""
-    return getattr(type(module), "canonize_as_written", False) is True and "forward" not in vars(module)
+    """Whether the class that defines ``module``'s ``forward`` declares it free of operations that need a rule
+    (``canonize_as_written = True`` in that class itself, so a subclass with another ``forward`` is traced):
+    canonization keeps that forward and rewrites the children."""
+    owner = next((c for c in type(module).__mro__ if "forward" in vars(c)), None)
+    return owner is not None and vars(owner).get("canonize_as_written") is True and "forward" not in vars(module)
 
 
 _PLAIN = (int, float, complex, str, bytes, bool, type(None), torch.dtype, torch.device, torch.Size)
@@ -970,16 +972,34 @@ def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor], on_meta: bo
         with torch.no_grad():
             if on_meta:
                 meta = tuple(torch.empty_like(x, device="meta") for x in xs)
+                saved = [(m, dict(vars(m)), dict(m._buffers)) for m in work.modules()]
                 try:
                     output = torch.func.functional_call(work, _meta_tensors(work), ([*meta],) if multi else meta)
                     return calls, output
                 except Exception:  # noqa: BLE001 - any failure on meta: record on the model's own device
                     calls.clear()
+                finally:  # a tensor a forward kept (a cache) must not stay on meta in the copy
+                    _restore_meta_state(saved)
             output = call_model(work, tuple(x.clone() if x.is_inference() else x for x in xs), multi)
     finally:
         for handle in handles:
             handle.remove()
     return calls, output
+
+
+def _restore_meta_state(saved: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]) -> None:
+    """Undo what a pass on the meta device left on the modules: attributes and buffers set to a meta tensor (a
+    forward that caches a tensor) get their value from before the pass back, or are removed if new."""
+    def on_meta(value: Any) -> bool:
+        return isinstance(value, Tensor) and value.is_meta
+
+    for module, attributes, buffers in saved:
+        for table, before in ((vars(module), attributes), (module._buffers, buffers)):
+            for key in [k for k, v in table.items() if on_meta(v) and before.get(k) is not v]:
+                if key in before:
+                    table[key] = before[key]
+                else:
+                    del table[key]
 
 
 def _constant_arguments(call: _Call | None) -> dict[str, Any] | None:
