@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from motion_relevance.explain import canonize
+from motion_relevance.explain import AttnLRP, canonize
 from motion_relevance.explain import canonize_trace as ct
 from motion_relevance.explain._copy import eval_copy
 from motion_relevance.explain.canonize_trace import CanonizationError, canonized
@@ -358,6 +358,9 @@ def test_strict_canonize_refuses_an_operation_without_a_rule_through_the_adapter
     assert "\n" not in str(info.value)
     record = ct._canonize(net, clips(), strict=False)  # not strict: recorded, the rest rewritten
     assert len(record.unsupported) == 1 and "layer.1.attention" in " ".join(record.rewritten)
+    with pytest.raises(TypeError, match=rf"AttnLRP has no rule for the operation torch\.exp at "
+                                        rf"\S+test_canonize_speed\.py:{line} "):
+        AttnLRP(lower=-2.5, upper=2.5)(net, clips(), torch.tensor([1, 2]))
 
 
 # ------------------------------------------------------------------------------ branches on sizes
