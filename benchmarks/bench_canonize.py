@@ -10,7 +10,9 @@ Reports, per network: ``canonize`` — the rewrite of a fresh model object with 
 forward passes), ``rewrite only`` — what an explainer pays once per model (median of repeats; also the first call
 in the process, which loads torch.fx), against one forward pass of the same clip; and Deep Taylor ms/clip on the user's
 model after its first explanation (canonized copy cached) against the zoo's module-written model with the same
-weights (interleaved; target: 0 % added). Run: ``.venv/bin/python benchmarks/bench_canonize.py`` →
+weights (interleaved; target: 0 % added); and the seconds of each phase of canonization with the old code path
+(every module traced, real forward passes to record calls and trace the copy's structure, a two-pass check) and the
+new one (:func:`phases`). Run: ``.venv/bin/python benchmarks/bench_canonize.py`` →
 ``benchmarks/results/bench_canonize.{json,md}``.
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from _common import interleaved_timings, write_results
@@ -81,6 +85,74 @@ def _pair(width: float, classes: int) -> tuple[nn.Module, nn.Module]:
     return user, zoo
 
 
+#: Phases of canonization, before (every module traced, calls recorded and the canonized copy's structure traced with
+#: real forward passes, the logits check with two more) and after (each module structure traced once, recording and
+#: structure on the meta device, the check reusing the recording pass's logits).
+PHASES = ("record calls", "rewrite", "structure of the copy", "logits check")
+PATHS = {  # what each use of canonization runs: phases of the old and the new code
+    "explainer's first call": (("record calls", "rewrite", "structure of the copy"),
+                               ("record calls", "rewrite", "structure of the copy")),
+    "canonize(model, clips)": (("record calls", "rewrite", "logits check"),
+                               ("record calls (real)", "rewrite", "logits check")),
+    "canonize(..., check=False)": (("record calls", "rewrite"), ("record calls", "rewrite")),
+}
+
+
+def phases(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
+    """Seconds per phase of canonizing ``model`` on the first clip of ``x``, old and new code paths, one run each
+    (``_canonize``'s switches and the phase functions of ``explain.canonize_trace``), and the totals of
+    :data:`PATHS`."""
+    from motion_relevance.explain import canonize_trace as ct
+    from motion_relevance.explain._copy import eval_copy
+    from motion_relevance.explain.validation import analyse_model
+
+    def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+        start = time.perf_counter()
+        value = fn(*args, **kwargs)
+        return value, time.perf_counter() - start
+
+    out: dict[str, dict[str, float]] = {"old": {}, "new": {}}
+    reference = None
+    for mode in ("old", "new"):
+        new = mode == "new"
+        work = eval_copy(model)
+        (calls, want), out[mode]["record calls"] = timed(ct._record_calls, work, x, on_meta=new)
+        record = ct.Canonized(model=work)
+        rewriter = ct._Rewriter(record, False, calls)
+        rewriter.reuse = new
+        _, out[mode]["rewrite"] = timed(rewriter.module, work, "")
+        if new:
+            _, out[mode]["structure of the copy"] = timed(ct._structure, record, x)
+            # the checked path records with a real pass, whose output is the reference
+            out[mode]["record calls (real)"] = out["old"]["record calls"]
+            _, out[mode]["logits check"] = timed(ct._check_logits, model, work, x, reference)
+        else:
+            reference = want
+            _, out[mode]["structure of the copy"] = timed(analyse_model, work, x)
+            _, out[mode]["logits check"] = timed(ct._check_logits, model, work, x)
+    for name, (old, new) in PATHS.items():
+        out["old"][name] = sum(out["old"][k] for k in old)
+        out["new"][name] = sum(out["new"][k] for k in new)
+    return out
+
+
+PHASE_NOTE = (
+    "record calls: one forward pass of the first clip recording each module's call (new: on the meta device); "
+    "rewrite: tracing and rewriting (new: each module structure traced once); structure of the copy: the canonized "
+    "copy's structure trace (new: on meta); logits check: two forward passes (new: one, the recording pass gives the "
+    "model's own logits, so the checked canonize() records with a real pass). Explainer's first call: what an "
+    "explainer adds once per model (it never ran the check); canonize(model, clips): the public API with its check.")
+
+
+def phase_table(rows: list[tuple[str, dict[str, dict[str, float]]]]) -> list[str]:
+    """Markdown: seconds per phase and per use, old -> new."""
+    cols = [*PHASES, *PATHS]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, p in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{p['old'][c]:.2f} → {p['new'][c]:.2f}" for c in cols) + " |")
+    return lines
+
+
 def _stats(seconds: list[float]) -> dict[str, float]:
     ms = [1e3 * s for s in seconds]
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms)}
@@ -111,7 +183,9 @@ def run(name: str, width: float, classes: int, shape: tuple[int, ...], repeats: 
     timed = interleaved_timings(cases, dict.fromkeys(cases, explain_repeats), warmup=1)
     per = {k: _stats(v) for k, v in timed.items()}
     added = 100.0 * (per["user (canonized, cached)"]["median_ms"] / per["zoo (modules)"]["median_ms"] - 1.0)
+    fresh, _ = _pair(width, classes)
     return {
+        "phases_s": phases(fresh, x),
         "network": name, "clip": list(shape), "parameters": sum(p.numel() for p in user.parameters()),
         "modules_added": len(record.added), "modules_rewritten": len(record.rewritten),
         "canonize_first_call_ms": 1e3 * first_s, "canonize": _stats(times), "rewrite_only": _stats(rewrite),
@@ -143,7 +217,10 @@ def main() -> None:
             f"{d['zoo (modules)']['median_ms']:.0f} ms | {r['dtd_added_percent']:+.1f} % |")
     lines += ["", "canonize: rewrite of a fresh model object incl. the logits check on one clip (two forward passes; "
               "target <= 2 s); rewrite only: without that check; "
-              "DTD: ms/clip after the first explanation, interleaved; added = user / zoo - 1 (target 0 %)."]
+              "DTD: ms/clip after the first explanation, interleaved; added = user / zoo - 1 (target 0 %).", "",
+              "## Phases, seconds, old code path → new (one run each, same process)", ""]
+    lines += phase_table([(r["network"], r["phases_s"]) for r in rows])
+    lines += ["", PHASE_NOTE]
     json_path, _ = write_results("bench_canonize", {"rows": rows}, "\n".join(lines))
     print("\n".join(lines))
     print(json_path)

@@ -12,7 +12,9 @@ through the cache vs AttnLRP on the canonized copy directly (the warm call; targ
 transformers model vs one gradient (forward + backward of the target logit; target <= 2x), and, for VideoMAE, vs
 AttnLRP on our own VideoMAE (models/videomae.py) with the same weights (target <= 1.1x), interleaved, median of
 ``--repeats``; (c) peak memory per call: ``VmHWM - VmRSS(before)`` after resetting the high-water mark via
-``/proc/self/clear_refs``. Run: ``.venv/bin/python benchmarks/bench_hf.py`` → ``benchmarks/results/bench_hf.{json,md}``.
+``/proc/self/clear_refs``; (d) last, the seconds of each phase of canonization on the old code path and the new one
+(``bench_canonize.phases``: recording, rewrite, the canonized copy's structure, the logits check).
+Run: ``.venv/bin/python benchmarks/bench_hf.py`` → ``benchmarks/results/bench_hf.{json,md}``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import torch
 from _common import interleaved_timings, reset_peak_rss, status_kib, write_results
+from bench_canonize import PHASE_NOTE, phase_table
 
 MEMORY = ("forward (no grad)", "gradient", "AttnLRP first call (canonizes)", "AttnLRP (canonized)",
           "AttnLRP canonized copy", "AttnLRP ours")
@@ -66,8 +69,9 @@ def _stats(seconds: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms)}
 
 
-def child(arch: str, size: str, frames: int, repeats: int) -> dict[str, Any]:
-    """One model's figures, measured in this process."""
+def child(arch: str, size: str, frames: int, repeats: int, phases_only: bool = False) -> dict[str, Any]:
+    """One model's figures, measured in this process (``phases_only``: the phases of canonization and one forward
+    pass)."""
     import transformers
 
     from motion_relevance.explain import AttnLRP
@@ -94,6 +98,17 @@ def child(arch: str, size: str, frames: int, repeats: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {"model": arch, "size": size, "clip": [1, 3, *shape],
                            "parameters": sum(p.numel() for p in hf.parameters())}
+    if phases_only:
+        from bench_canonize import phases
+
+        small, small_shape = _config(arch, "tiny", 4)  # one-off imports and first calls out of the figures
+        phases(from_transformers(cls(small).eval()), torch.rand(1, 3, *small_shape))
+        out["phases_s"] = phases(from_transformers(hf), x)
+        start = time.perf_counter()
+        with torch.no_grad():
+            net(x)
+        out["forward_s"] = time.perf_counter() - start
+        return out
     mem: dict[str, float | None] = {}
     with torch.no_grad():
         mem["forward (no grad)"] = _peak_mib(lambda: net(x))
@@ -135,11 +150,16 @@ def child(arch: str, size: str, frames: int, repeats: int) -> dict[str, Any]:
     )
     if "AttnLRP ours" in timed:
         out["vs_ours"] = warm / timed["AttnLRP ours"]["median_ms"]
+    from bench_canonize import phases  # last: the first-call figures above are those of a fresh process
+
+    out["phases_s"] = phases(from_transformers(hf), x)
     return out
 
 
-def _run_child(arch: str, size: str, frames: int, repeats: int, timeout: float) -> dict[str, Any]:
+def _run_child(arch: str, size: str, frames: int, repeats: int, timeout: float, phases_only: bool = False
+               ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", arch, size, str(frames), "--repeats", str(repeats)]
+    cmd += ["--phases-only"] if phases_only else []
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -183,6 +203,9 @@ def to_markdown(rows: list[dict[str, Any]], load: tuple[float, float, float]) ->
         cells = [m.get(k) for k in MEMORY]
         lines.append(f"| {r['model']} {r['size']} | " + " | ".join("–" if v is None else f"{v:.0f}" for v in cells)
                      + " |")
+    lines += ["", "## Canonization per phase, seconds, old code path → new (one run each, same process)", ""]
+    lines += phase_table([(f"{r['model']} {r['size']}", r["phases_s"]) for r in rows if "phases_s" in r])
+    lines += ["", PHASE_NOTE]
     lines += ["", "canonize: the rewrite of a fresh wrapper incl. its logits check (two forward passes); "
               "first call extra: the first AttnLRP call minus the median later one; "
               "cache added: AttnLRP on the wrapper (canonized copy looked up) / AttnLRP on the canonized copy - 1; "
@@ -199,11 +222,14 @@ def main() -> None:
     parser.add_argument("--videomae-frames", type=int, default=16, help="frames of the base VideoMAE clip")
     parser.add_argument("--timesformer-frames", type=int, default=8, help="frames of the base TimeSformer clip")
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds per model process")
+    parser.add_argument("--phases-only", action="store_true",
+                        help="only canonization's phases, old vs new code path, and one forward pass per model → "
+                             "results/bench_hf_phases.{json,md}")
     parser.add_argument("--child", nargs=3, metavar=("ARCH", "SIZE", "FRAMES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         arch, size, frames = args.child
-        print(json.dumps(child(arch, size, int(frames), args.repeats)))
+        print(json.dumps(child(arch, size, int(frames), args.repeats, args.phases_only)))
         return
     load = os.getloadavg()
     plan = [("videomae", "tiny", 4), ("timesformer", "tiny", 4)]
@@ -211,8 +237,23 @@ def main() -> None:
         plan += [("videomae", "base", args.videomae_frames), ("timesformer", "base", args.timesformer_frames)]
     rows = []
     for arch, size, frames in plan:
-        rows.append(_run_child(arch, size, frames, args.repeats, args.timeout))
+        rows.append(_run_child(arch, size, frames, args.repeats, args.timeout, args.phases_only))
         print(json.dumps(rows[-1])[:400], flush=True)
+    if args.phases_only:
+        lines = ["# Canonization of transformers' video classifiers per phase", "",
+                 f"Load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, at the end "
+                 "{:.2f} / {:.2f} / {:.2f} (1/5/15 min); batch 1; seconds, old code path → new (one run each, "
+                 "same process).".format(*os.getloadavg()), ""]
+        lines += phase_table([(f"{r['model']} {r['size']} {'x'.join(map(str, r['clip'][2:]))}", r["phases_s"])
+                              for r in rows if "phases_s" in r])
+        lines += [f"| {r['model']} {r['size']} | error: {r['error']} |" for r in rows if "error" in r]
+        lines += ["", "One forward pass (no grad), seconds: " + ", ".join(
+            f"{r['model']} {r['size']} {r['forward_s']:.2f}" for r in rows if "forward_s" in r) + ".", "",
+            PHASE_NOTE]
+        write_results("bench_hf_phases", {"rows": rows, "load_average_start": load,
+                                          "load_average_end": os.getloadavg()}, "\n".join(lines))
+        print("\n".join(lines))
+        return
     markdown = to_markdown(rows, load)
     json_path, _ = write_results("bench_hf", {"rows": rows, "targets": TARGETS, "load_average_start": load,
                                               "load_average_end": os.getloadavg()}, markdown)

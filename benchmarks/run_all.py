@@ -1,7 +1,7 @@
 """Run every ``benchmarks/bench_*.py`` (each in its own subprocess) and write the machine summary.
 
 ``make bench`` = ``.venv/bin/python benchmarks/run_all.py``: the benchmarks are discovered by glob, run one after
-the other with the arguments in ``PLAN`` (sized so that the whole run takes at most 20 minutes on 2 CPU cores;
+the other with the arguments in ``PLAN`` (sized so that the whole run takes about 31 minutes on 2 CPU cores;
 a benchmark missing from ``PLAN`` runs with its defaults, or ``--quick`` in a smoke run when it accepts it), each
 under its own timeout. Their ``results/<name>.json`` files are collected into ``results/<machine>.json`` and a
 markdown summary ``results/<machine>.md`` with one section per item of the benchmarks issue (our figure, the
@@ -37,7 +37,8 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 #: Per benchmark: arguments of the full and the quick run, timeout (s) of the full run, estimated full-run
-#: seconds on 2 quiet CPU cores, and whether it takes ``--device``. The estimates add up to ~17 minutes.
+#: seconds on 2 quiet CPU cores, and whether it takes ``--device``. The estimates add up to ~31 minutes (``--list``
+#: prints the sum).
 PLAN: dict[str, dict[str, Any]] = {
     "bench_table4": {
         "full": ["--clips", "30", "--warmup", "2", "--b8-batches", "2", "--b8-warmup", "0"],
@@ -609,6 +610,8 @@ def main() -> int:
         for p in paths:
             a, t = plan_for(p, args.quick, args.device)
             print(f"{p.stem:20s} est {PLAN.get(p.stem, UNKNOWN)['est_s']} s, timeout {t:.0f} s: {' '.join(a)}")
+        total = sum(PLAN.get(p.stem, UNKNOWN)["est_s"] or 0 for p in paths)
+        print(f"estimated total {total / 60:.0f} min (full run, 2 quiet CPU cores)")
         return 0
     runs: list[dict[str, Any]] = []
     if not args.collect_only:

@@ -34,15 +34,18 @@ came from; :func:`require_rules_for_operations` refuses it for the rule-based ex
 
 With example clips (the explainers pass theirs), one forward pass of the first clip first records each module's
 call: arguments that were ``None`` or the same flag in every call, and empty ``*args`` / ``**kwargs``, are traced as
-those constants (the installed ``forward`` refuses another value), and iterating over a shape gives one symbolic
-entry per dimension. This, tracing through transformers' forward wrappers and rebuilding ``ModelOutput`` results,
-lets transformers' video classifiers (``models.hf``) be rewritten module by module although the whole model does
-not trace.
+those constants (the installed ``forward`` refuses another value), iterating over a shape gives one symbolic
+entry per dimension, and a Python branch on sizes is traced as it ran (a guard refuses sizes taking the other
+branch). This, tracing through transformers' forward wrappers and rebuilding ``ModelOutput`` results, lets
+transformers' video classifiers (``models.hf``) be rewritten module by module although the whole model does not
+trace. That pass runs on the ``meta`` device (shapes only) unless the logits check needs its output; modules of one
+structure (:func:`_fingerprint`) are traced once.
 
 A module whose ``forward`` cannot be traced (Python control flow on tensor values, checks on ``isinstance(x,
 Tensor)``) keeps its own ``forward`` (its children are still rewritten); the tracer's message, with the line it
 stopped at, is kept in :attr:`Canonized.notes` and added to any later refusal, or raised at once with
-``canonize(..., strict=True)``.
+``canonize(..., strict=True)``. A class may declare its ``forward`` free of operations that need a rule
+(``canonize_as_written = True``, ``models.hf``'s adapter): it is kept as written and its children are rewritten.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import linecache
 import operator
 import os
 import re
+import sys
 import time
 import traceback
 import weakref
@@ -231,6 +235,18 @@ def _user_frame(stack: str | None) -> str:
     return f"{path}:{line}" + (f" (`{code}`)" if code else "")
 
 
+def _caller() -> str | None:
+    """The innermost frame of the running stack outside torch and this file (the line of the user's ``forward``
+    being traced), in the traceback format :func:`_user_frame` reads."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(_TORCH_DIR) and path != __file__:
+            return f'File "{path}", line {frame.f_lineno}, in {frame.f_code.co_name}'
+        frame = frame.f_back
+    return None
+
+
 def _op_name(node: fx.Node) -> str:
     target = node.target
     if node.op == "call_method":
@@ -247,7 +263,8 @@ def _op_name(node: fx.Node) -> str:
 
 def _trace_error(err: BaseException, path: str, module: nn.Module) -> str:
     """One line: the tracer's message, the user's line it stopped at, and what to change."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith(_TORCH_DIR) and f.filename != __file__]
     where = ""
     if frames:
         f = frames[-1]
@@ -291,7 +308,9 @@ class _OneLevel(fx.Tracer):
 
     def __init__(self, calls: dict[int, _Call] | None = None) -> None:
         super().__init__(autowrap_modules=())
-        self.record_stack_traces = True
+        # the user's line of each node is recorded by create_proxy (_caller): torch's stack capture costs ~2 s of
+        # imports on its first use in a process
+        self.record_stack_traces = False
         self.calls = calls or {}
         self.values: dict[fx.Node, Any] = {}
         self.seen: dict[str, int] = {}  #: calls of each child traced so far (its index among its recorded calls)
@@ -337,6 +356,8 @@ class _OneLevel(fx.Tracer):
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None,
                      type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if proxy.node.stack_trace is None:
+            proxy.node.stack_trace = _caller()
         if self.call is not None:
             with contextlib.suppress(Exception):  # no shape-only value for this node: iterating over it is refused
                 self.values[proxy.node] = self._value(proxy.node)
@@ -352,8 +373,9 @@ class _OneLevel(fx.Tracer):
             raise KeyError(name)
         if node.op == "get_attr":
             value: Any = self.root
-            for part in str(node.target).split("."):
-                value = getattr(value, part)
+            for part in str(node.target).split("."):  # the tables first: fx's patched getattr gives proxies
+                tables = [t for t in ("_parameters", "_buffers", "_modules") if part in vars(value).get(t, {})]
+                value = vars(value)[tables[0]][part] if tables else getattr(value, part)
             return _meta(value)
         if node.op == "call_module":
             child = self.calls.get(id(self.root.get_submodule(str(node.target))))
@@ -373,6 +395,15 @@ class _OneLevel(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _SizedProxy(node, self)
 
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """A condition on sizes (``if num_channels != self.num_channels:``) is traced as it ran, with a guard node
+        that refuses sizes taking the other branch; a condition on tensor values stays a tracer error."""
+        taken = self.values.get(obj.node)
+        if type(taken) is not bool:
+            return super().to_bool(obj)
+        self.create_proxy("call_function", _same_branch, (obj, taken, _user_frame(obj.node.stack_trace)), {})
+        return taken
+
     def length(self, obj: fx.Proxy) -> int | None:
         """The number of entries of a shape-like node (a ``torch.Size`` or tuple), None if unknown."""
         value = self.values.get(obj.node)
@@ -381,6 +412,13 @@ class _OneLevel(fx.Tracer):
     def iter(self, obj: fx.Proxy) -> Any:
         n = self.length(obj)
         return iter([obj[i] for i in range(n)]) if n is not None else super().iter(obj)
+
+
+def _same_branch(condition: Any, taken: bool, where: str) -> None:
+    """The guard of a branch on sizes traced as it ran (:meth:`_OneLevel.to_bool`)."""
+    if bool(condition) is not taken:
+        raise ValueError(f"canonize: the condition at {where} was {taken} for the clips the model was canonized with "
+                         "and is not for these; canonize the model again with clips of these sizes")
 
 
 _TRANSFORMERS_DIR = f"{os.sep}transformers{os.sep}"
@@ -430,6 +468,72 @@ class _SizedProxy(fx.Proxy):
         return n if n is not None else super().__len__()
 
 
+def _kept_as_written(module: nn.Module) -> bool:
+    """Whether the class that defines ``module``'s ``forward`` declares it free of operations that need a rule
+    (``canonize_as_written = True`` in that class itself, so a subclass with another ``forward`` is traced):
+    canonization keeps that forward and rewrites the children."""
+    owner = next((c for c in type(module).__mro__ if "forward" in vars(c)), None)
+    return owner is not None and vars(owner).get("canonize_as_written") is True and "forward" not in vars(module)
+
+
+_PLAIN = (int, float, complex, str, bytes, bool, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def _key(value: Any, own: bool = False, depth: int = 0) -> Any:
+    """A hashable stand-in for an attribute or recorded value: plain values and containers by content, tensors by
+    shape and dtype (``own``: a module's own buffer or tensor attribute, whose values its forward may branch on, by
+    identity), anything else (a shared config, a function) by identity."""
+    if isinstance(value, Tensor):
+        return ("tensor", id(value)) if own else ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, _PLAIN):
+        return (type(value), value)
+    if depth < 4 and isinstance(value, (tuple, list)):
+        return (type(value), tuple(_key(v, own, depth + 1) for v in value))
+    if depth < 4 and isinstance(value, Mapping):
+        return (type(value), tuple((_key(k, own, depth + 1), _key(v, own, depth + 1)) for k, v in value.items()))
+    if depth < 4 and isinstance(value, (set, frozenset)):
+        return (type(value), frozenset(_key(v, own, depth + 1) for v in value))
+    return ("id", id(value))
+
+
+def _fingerprint(module: nn.Module, calls: Mapping[int, _Call], memo: dict[tuple[int, bool], tuple] | None = None
+                 ) -> tuple | None:
+    """What ``module``'s traced graph depends on, for every module of its subtree (relative names): class,
+    attributes (parameters by shape; the module's own buffers and tensors by identity), recorded calls (argument and
+    output shapes, constants); None for a module with a ``forward`` of its own object (never reused). ``memo``:
+    each module's part, kept across calls (a module's subtree is keyed before any of it is rewritten)."""
+    memo = {} if memo is None else memo
+    parts = []
+    for name, m in module.named_modules(remove_duplicate=False):
+        if "forward" in vars(m):
+            return None
+        own = m is module
+        part = memo.get((id(m), own))
+        if part is None:
+            state = tuple((k, _key(v, own)) for k, v in vars(m).items()
+                          if k not in ("_parameters", "_buffers", "_modules") and "hooks" not in k)
+            params = tuple((k, None if p is None else (tuple(p.shape), p.dtype)) for k, p in m._parameters.items())
+            buffers = tuple((k, _key(b, own)) for k, b in m._buffers.items())
+            call = calls.get(id(m))
+            recorded = None if call is None else (_key(call.arguments), _key(call.outputs), frozenset(call.varying))
+            part = memo[(id(m), own)] = (type(m), state, params, buffers, recorded)
+        parts.append((name, part))
+    return tuple(parts)
+
+
+def _copy_graph(graph: fx.Graph, values: Mapping[fx.Node, Any]) -> tuple[fx.Graph, dict[fx.Node, Any]]:
+    """A copy of a traced graph (node names, stack traces and code generation as in ``graph``) and ``values``
+    re-keyed by its nodes."""
+    mapping: dict[fx.Node, fx.Node] = {}
+    new = fx.Graph(tracer_cls=graph._tracer_cls)
+    out = new.graph_copy(graph, mapping, return_output_node=True)
+    assert isinstance(out, tuple)
+    value, old_output = out
+    new._codegen = copy.deepcopy(graph._codegen)
+    new.output(value, type_expr=getattr(old_output, "type", None)).meta = copy.copy(old_output.meta)
+    return new, {mapping[n]: v for n, v in values.items() if n in mapping}
+
+
 def _has_rule(module: nn.Module) -> bool:
     return DTD.rule_for(module) is not None or ATTNLRP.rule_for(module) is not None
 
@@ -459,6 +563,10 @@ class _Rewriter:
         self.done: set[int] = set()  # modules whose forward was handled
         self.placed: set[int] = set()  # parameter-free leaves already called at one place
         self.classes: dict[tuple[type, str], type] = {}
+        #: structure key (:func:`_fingerprint`) -> a pristine copy of the graph traced for it, with its values
+        self.traced: dict[tuple, tuple[fx.Graph, dict[fx.Node, Any]]] = {}
+        self.reuse = True  #: trace each distinct module structure once (False: trace every module)
+        self.keys: dict[tuple[int, bool], tuple] = {}  #: each module's part of a structure key
 
     def module(self, module: nn.Module, path: str) -> None:
         if id(module) in self.done:
@@ -476,16 +584,16 @@ class _Rewriter:
                     self.placed.add(id(child))
                 self._visit_child(child, _join(path, name))
             return
-        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers without a forward of their own
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)) or _kept_as_written(module):
+            # containers without a forward of their own; a forward its class declares free of operations that need
+            # a rule (models.hf's adapter: input checks, a permute, the wrapped model's call)
             for name, child in list(module._modules.items()):
                 if child is not None:
                     self._visit_child(child, _join(path, name))
             return
         try:
-            tracer = _OneLevel(self.calls)
             constants = _constant_arguments(self.calls.get(id(module)))
-            graph = tracer.trace(module, concrete_args=constants)
-            self.values = tracer.values
+            graph, self.values = self._traced(module, constants)
         except Exception as err:  # noqa: BLE001 - any tracer failure: keep the module as written
             note = _trace_error(err, path, module)
             if self.strict:
@@ -503,6 +611,20 @@ class _Rewriter:
         if changed:
             self._install(module, graph, constants)
             self.result.rewritten.append(path or "<model>")
+
+    def _traced(self, module: nn.Module, constants: dict[str, Any] | None) -> tuple[fx.Graph, dict[fx.Node, Any]]:
+        """``module``'s traced graph and its nodes' shape-only values: a copy of the graph traced for a module of
+        the same structure (:func:`_fingerprint`: the 12 blocks of a ViT are traced once), or traced now."""
+        key = _fingerprint(module, self.calls, self.keys) if self.reuse else None
+        hit = self.traced.get(key) if key is not None else None
+        if hit is not None:
+            return _copy_graph(*hit)
+        tracer = _OneLevel(self.calls)
+        graph = tracer.trace(module, concrete_args=constants)
+        if key is not None and not any(n.op == "get_attr" and str(n.target).startswith("_tensor_constant")
+                                       for n in graph.nodes):  # a tensor made in forward: its own per module
+            self.traced[key] = _copy_graph(graph, tracer.values)
+        return graph, tracer.values
 
     def _visit_child(self, child: nn.Module, path: str) -> None:
         if _opaque(child):
@@ -772,12 +894,14 @@ def _first_clip(clips: Tensor | Sequence[Tensor]) -> tuple[tuple[Tensor, ...], b
     return tuple(x[:1].detach() for x in clips), True
 
 
-def _check_logits(model: nn.Module, work: nn.Module, clips: Tensor | Sequence[Tensor]) -> None:
+def _check_logits(model: nn.Module, work: nn.Module, clips: Tensor | Sequence[Tensor], want: Any = None) -> None:
+    """The rewritten ``work``'s logits on the first clip against ``model``'s (``want``: already computed)."""
     xs, multi = _first_clip(clips)
     xs = tuple(x.clone() if x.is_inference() else x for x in xs)
-    reference = eval_copy(model)
     with torch.no_grad():
-        want, got = call_model(reference, xs, multi), call_model(work, xs, multi)
+        if want is None:
+            want = call_model(eval_copy(model), xs, multi)
+        got = call_model(work, xs, multi)
     if not isinstance(want, Tensor) or not isinstance(got, Tensor) or want.shape != got.shape:
         raise CanonizationError(f"canonize: the rewritten {type(model).__name__} returns a different output "
                                 "structure; explain the model written with modules (models.layers.Add, nn.ReLU)")
@@ -790,27 +914,45 @@ def _check_logits(model: nn.Module, work: nn.Module, clips: Tensor | Sequence[Te
 
 
 def canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None = None, *,
-             strict: bool = True) -> nn.Module:
+             strict: bool = True, check: bool = True) -> nn.Module:
     """``model`` rewritten so every operation that needs a relevance rule is a module (see the module docstring).
 
     Args:
         model: any ``nn.Module`` returning logits; it is never modified (the rewrite is made on a weight-sharing
             eval copy, so parameters are shared, not cloned).
-        example_clips: clips ``(B, C, T, H, W)`` (a list for a multi-input model): when given, the rewritten
-            model's logits on the first clip are checked against the model's own.
-        strict: raise :class:`CanonizationError` (the tracer's message and line) when a module's forward cannot be
-            traced; ``False`` keeps such a module as written and records the message in the result's ``notes``.
+        example_clips: clips ``(B, C, T, H, W)`` (a list for a multi-input model): their first clip is run once to
+            record each module's call (shapes, arguments that are ``None``) and, with ``check``, the rewritten model's
+            logits on it are checked against the model's own.
+        strict: raise :class:`CanonizationError` when a module's forward cannot be traced (the tracer's message and
+            line) or an operation got no module (the operation and its line); ``False`` keeps such a module as
+            written and records the message in the result's ``notes``, and such operations in ``unsupported``.
+        check: with ``example_clips``, compare the logits (two forward passes of the first clip: the recording one
+            and one of the rewritten model); ``False`` records the calls on the ``meta`` device (shapes only, no
+            arithmetic), which costs a fraction of one forward pass, as the explainers do.
 
     Returns:
         The rewritten eval copy; :func:`canonized` gives the full record (added modules with their source lines,
         operations without a rule, notes).
     """
-    return _canonize(model, example_clips, strict).model
+    return _canonize(model, example_clips, strict, check=check).model
 
 
-def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor]) -> dict[int, _Call]:
-    """Each module's first call in one forward pass of ``work`` on the first clip (arguments bound to the names of
-    its ``forward``, tensors kept as shapes on the ``meta`` device)."""
+def _meta_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer of ``model`` (by name; tied ones once) as an empty tensor on the ``meta`` device."""
+    return {name: torch.empty_like(t, device="meta") for name, t in itertools.chain(model.named_parameters(),
+                                                                                     model.named_buffers())}
+
+
+def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor], on_meta: bool = False
+                  ) -> tuple[dict[int, _Call], Any]:
+    """Each module's calls in one forward pass of ``work`` on the first clip (arguments bound to the names of its
+    ``forward``, tensors kept as shapes on the ``meta`` device), and the pass's output.
+
+    ``on_meta``: the pass runs on the ``meta`` device (``work``'s parameters and buffers swapped for shape-only
+    tensors by ``torch.func.functional_call``, the module objects unchanged), so it costs no arithmetic; a model that
+    does not run there (``.item()``, a branch on tensor values, a tensor attribute used with an input) is run on its
+    own device instead. Only shapes, ``None`` and flags are recorded, so both passes record the same calls; the output
+    is then the meta one (shapes only)."""
     calls: dict[int, _Call] = {}
 
     def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -844,11 +986,36 @@ def _record_calls(work: nn.Module, clips: Tensor | Sequence[Tensor]) -> dict[int
     try:
         xs, multi = _first_clip(clips)
         with torch.no_grad():
-            call_model(work, tuple(x.clone() if x.is_inference() else x for x in xs), multi)
+            if on_meta:
+                meta = tuple(torch.empty_like(x, device="meta") for x in xs)
+                saved = [(m, dict(vars(m)), dict(m._buffers)) for m in work.modules()]
+                try:
+                    output = torch.func.functional_call(work, _meta_tensors(work), ([*meta],) if multi else meta)
+                    return calls, output
+                except Exception:  # noqa: BLE001 - any failure on meta: record on the model's own device
+                    calls.clear()
+                finally:  # a tensor a forward kept (a cache) must not stay on meta in the copy
+                    _restore_meta_state(saved)
+            output = call_model(work, tuple(x.clone() if x.is_inference() else x for x in xs), multi)
     finally:
         for handle in handles:
             handle.remove()
-    return calls
+    return calls, output
+
+
+def _restore_meta_state(saved: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]) -> None:
+    """Undo what a pass on the meta device left on the modules: attributes and buffers set to a meta tensor (a
+    forward that caches a tensor) get their value from before the pass back, or are removed if new."""
+    def on_meta(value: Any) -> bool:
+        return isinstance(value, Tensor) and value.is_meta
+
+    for module, attributes, buffers in saved:
+        for table, before in ((vars(module), attributes), (module._buffers, buffers)):
+            for key in [k for k, v in table.items() if on_meta(v) and before.get(k) is not v]:
+                if key in before:
+                    table[key] = before[key]
+                else:
+                    del table[key]
 
 
 def _constant_arguments(call: _Call | None) -> dict[str, Any] | None:
@@ -870,18 +1037,36 @@ def _is_constant(value: Any) -> bool:
 
 
 def _canonize(model: nn.Module, example_clips: Tensor | Sequence[Tensor] | None, strict: bool,
-              probe: Tensor | Sequence[Tensor] | None = None) -> Canonized:
+              probe: Tensor | Sequence[Tensor] | None = None, check: bool = True, reuse: bool = True,
+              on_meta: bool = True) -> Canonized:
+    """The rewrite (module docstring). ``check``: compare the logits on ``example_clips``'s first clip; ``probe``:
+    clips to record the calls with instead of ``example_clips``; ``reuse`` (trace each distinct module structure
+    once) and ``on_meta`` (record the calls on the meta device where no logits check needs the pass's output) are
+    switches for tests and benchmarks: the result is the same either way."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"canonize needs a torch.nn.Module, got {type(model).__name__}")
     start = time.perf_counter()
     work = eval_copy(model)
     result = Canonized(model=work)
+    check = check and example_clips is not None
     probe = example_clips if probe is None else probe
-    calls = _record_calls(work, probe) if probe is not None else None
-    _Rewriter(result, strict, calls).module(work, "")
+    calls, want = None, None
+    if probe is not None:  # with a check on the same clip, the recording pass gives the model's own logits
+        reference = check and probe is example_clips
+        calls, want = _record_calls(work, probe, on_meta=on_meta and not reference)
+        want = want if reference else None
+    rewriter = _Rewriter(result, strict, calls)
+    rewriter.reuse = reuse
+    rewriter.module(work, "")
+    if strict and result.unsupported:
+        more = f" (and {len(result.unsupported) - 1} more)" if len(result.unsupported) > 1 else ""
+        raise CanonizationError(f"canonize: no module with a rule for the operation {result.unsupported[0]}{more}; "
+                                "write it with a module that has a rule (nn.ReLU, models.layers.Add / GateMul / "
+                                "MatMul) or pass strict=False to keep it as written")
     work.__dict__[_RECORD] = result
-    if example_clips is not None:
-        _check_logits(model, work, example_clips)
+    if check:
+        assert example_clips is not None
+        _check_logits(model, work, example_clips, want)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -968,10 +1153,39 @@ def prepare(model: nn.Module, clips: Tensor | Sequence[Tensor], structure: Any, 
         require_rules_for_operations(record, composite, method)
     if not record.changed:
         return model, structure, record
-    return record.model, analyse_model(record.model, clips), record
+    return record.model, _structure(record, clips), record
 
 
 _NEEDED = "canonize-needed"
+
+
+def _structure(record: Canonized, clips: Tensor | Sequence[Tensor]) -> Any:
+    """The canonized copy's structure for clips of this shape, traced once on the ``meta`` device (a structure holds
+    names, shapes and module types only, no values; tested against the real trace), or with a forward pass on the
+    clips' device where the copy does not run on meta."""
+    inputs = (clips,) if isinstance(clips, Tensor) else tuple(clips)
+    key = (not isinstance(clips, Tensor), tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in inputs))
+    structures = record.model.__dict__.setdefault(_STRUCTURES, {})
+    if key not in structures:
+        try:
+            shadow = eval_copy(record.model)
+            meta: dict[int, Tensor] = {}
+            for module in shadow.modules():
+                for table in (module._parameters, module._buffers):
+                    for name, t in table.items():
+                        if t is not None:
+                            table[name] = meta.setdefault(id(t), type(t)(torch.empty_like(t, device="meta"))
+                                                          if isinstance(t, nn.Parameter)
+                                                          else torch.empty_like(t, device="meta"))
+            xs = [torch.empty_like(x, device="meta") for x in inputs]
+            structure = analyse_model(shadow, xs if key[0] else xs[0])
+        except Exception:  # noqa: BLE001 - the copy does not run on meta: trace it on the clips' device
+            structure = analyse_model(record.model, clips)
+        structures[key] = structure
+    return structures[key]
+
+
+_STRUCTURES = "_mr_canonized_structures"
 
 
 def with_notes(err: Exception, record: Canonized | None) -> Exception:

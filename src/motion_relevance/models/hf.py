@@ -198,6 +198,11 @@ class HFVideoClassifier(nn.Module):
         num_classes: output classes; ``None`` keeps the config's ``num_labels``.
     """
 
+    #: Canonization (``explain.canonize``) keeps :meth:`forward` as written and rewrites ``hf``: it holds no
+    #: operation that needs a relevance rule (input checks, the token grid, a permute), only Python checks that
+    #: torch.fx cannot trace.
+    canonize_as_written = True
+
     def __init__(self, architecture: str, config: Mapping[str, Any], num_classes: int | None = None) -> None:
         super().__init__()
         spec = _spec(architecture, "architecture")
