@@ -5,8 +5,9 @@ spatial positions in every time step, so that a masked patch cannot be copied fr
 reconstructing it needs where things are at each time, i.e. their motion. The encoder sees masked tokens as one
 learnt mask token (SimMIM's encoder, Xie et al., 2022) instead of dropping them (VideoMAE's), so that the same code
 serves joint attention (VideoMAE, ViViT) and TimeSformer's divided attention, whose blocks need the full grid.
-A linear head reads the last block's tokens and predicts the pixels of each masked tubelet, normalised per tubelet
-(VideoMAE's ``norm_pix_loss``); the loss is the mean squared error over masked tubelets only.
+A linear head reads the last block's tokens and predicts the pixels of each masked tubelet, either as they are
+(in the data's normalisation) or normalised per tubelet (VideoMAE's ``norm_pix_loss``); the loss is the mean
+squared error over masked tubelets only.
 
 Supported networks (:func:`embedding_and_features`): :class:`~motion_relevance.models.VideoMAE` and the adapter
 :class:`~motion_relevance.models.hf.HFVideoClassifier` around VideoMAE, ViViT and TimeSformer. Token order is
