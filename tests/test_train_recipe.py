@@ -230,3 +230,16 @@ def test_pretrain_config_builds_and_is_refused_with_resume_or_test_only(train_cf
         build_pretraining(cfg)
     with pytest.raises(Exception, match="pretrain.mask_ratio"):
         build_pretraining(train_cfg("model=videomae_tiny", "pretrain=mae", "pretrain.mask_ratio=1.0"))
+
+
+def test_mr_train_pretrains_then_trains_and_records_the_numbers(train_cfg) -> None:
+    from motion_relevance.train import train
+
+    cfg = train_cfg("model=videomae_tiny", "pretrain=mae", "pretrain.epochs=1", "pretrain.max_steps=2",
+                    "trainer.max_epochs=1", "test=false")
+    metrics, objects = train(cfg)
+    assert metrics["pretrain/steps"] == 2
+    assert math.isfinite(metrics["pretrain/loss"])
+    net = objects["model"].net
+    assert not net.videomae.embeddings.patch_embeddings._forward_hooks  # the classifier trains without the mask
+    assert "val/acc" in metrics

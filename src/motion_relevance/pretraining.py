@@ -64,13 +64,16 @@ class MaskedPretraining:
         grid = net.token_grid((net.num_frames, *_pair(net.image_size)))
         tube_mask(1, grid, self.mask_ratio)
 
-    def fit(self, net: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+    def fit(self, net: nn.Module, batches: Iterable[dict[str, Any]],
+            device: torch.device | str | None = None) -> dict[str, float]:
         """Pre-train ``net`` in place on the clips of ``batches`` (a re-iterable loader of dicts with ``clip``
-        ``(B, C, T, H, W)``); returns ``{"pretrain/loss_first": …, "pretrain/loss": …, "pretrain/steps": …,
-        "pretrain/seconds": …}`` (the first and last epochs' mean reconstruction losses)."""
+        ``(B, C, T, H, W)``) on ``device`` (``None``: where ``net`` is; ``net`` goes back there afterwards); returns
+        ``{"pretrain/loss_first": …, "pretrain/loss": …, "pretrain/steps": …, "pretrain/seconds": …}`` (the first
+        and last epochs' mean reconstruction losses)."""
         self.check_net(net)
+        home = next(net.parameters()).device
+        device = torch.device(device) if device is not None else home
         model = MaskedVideoModel(net, norm_targets=self.norm_targets)
-        device = next(net.parameters()).device
         model.to(device)
         steps_per_epoch = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
         total = self.epochs * steps_per_epoch if steps_per_epoch else None
@@ -112,6 +115,7 @@ class MaskedPretraining:
         finally:
             model.remove()
             net.train(was_training)
+            net.to(home)
         if not losses or not all(math.isfinite(v) for v in losses):
             raise RuntimeError(f"pre-training gave no finite loss (losses per epoch: {losses}); lower pretrain.lr")
         return {"pretrain/loss_first": losses[0], "pretrain/loss": losses[-1], "pretrain/steps": float(step),

@@ -111,13 +111,15 @@ def build_pretraining(cfg: DictConfig) -> Any:
     return hydra.utils.instantiate(node, _convert_="all")
 
 
-def run_pretraining(pretrainer: Any, model: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> dict[str, Any]:
-    """Pre-train ``model.net`` in place on the training clips; its numbers (``pretrain/*``) go to the loggers and
-    the run record."""
+def run_pretraining(pretrainer: Any, model: pl.LightningModule, datamodule: Any, trainer: pl.Trainer,
+                    loggers: list[Any]) -> dict[str, Any]:
+    """Pre-train ``model.net`` in place on the training clips, on the trainer's device; its numbers
+    (``pretrain/*``) go to the loggers and the run record. Under DDP every process pre-trains on the whole training
+    set, and DDP starts training from rank 0's weights."""
     datamodule.prepare_data()
     datamodule.setup("fit")
     log.info("Pre-training <%s> on the training clips (labels unused)", type(pretrainer).__name__)
-    numbers = pretrainer.fit(model.net, datamodule.train_dataloader())
+    numbers = pretrainer.fit(model.net, datamodule.train_dataloader(), device=trainer.strategy.root_device)
     for logger in loggers:
         logger.log_metrics(numbers, step=0)
     log.info("Pre-training done: %s", {k: round(v, 4) for k, v in numbers.items()})
@@ -180,7 +182,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics["resumed_from"] = str(Path(resume).resolve())
     checkpoint_cb = trainer.checkpoint_callback
     if pretrainer is not None:
-        metrics.update(run_pretraining(pretrainer, model, datamodule, loggers))
+        metrics.update(run_pretraining(pretrainer, model, datamodule, trainer, loggers))
     if cfg.get("train"):
         log.info("Starting training")
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
