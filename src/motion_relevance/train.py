@@ -96,6 +96,37 @@ def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
     )
 
 
+def build_pretraining(cfg: DictConfig) -> Any:
+    """The configured pre-training (``pretrain=mae``: :class:`~motion_relevance.pretraining.MaskedPretraining`), its
+    settings checked, or ``None``; refused with a resumed or test-only run (no fresh weights to pre-train)."""
+    node = cfg.get("pretrain")
+    if not node:
+        return None
+    if cfg.get("ckpt_path"):
+        raise ValueError(f"pretrain={node.get('_target_')} with ckpt_path={cfg.ckpt_path!r}: the checkpoint's weights "
+                         "would replace the pre-trained ones; drop pretrain= when resuming")
+    if not cfg.get("train"):
+        raise ValueError("pretrain= with train=false: pre-trained weights would only be tested, never fine-tuned; "
+                         "set train=true or drop pretrain=")
+    log.info("Instantiating pre-training <%s>", node.get("_target_"))
+    return hydra.utils.instantiate(node, _convert_="all")
+
+
+def run_pretraining(pretrainer: Any, model: pl.LightningModule, datamodule: Any, trainer: pl.Trainer,
+                    loggers: list[Any]) -> dict[str, Any]:
+    """Pre-train ``model.net`` in place on the training clips, on the trainer's device; its numbers
+    (``pretrain/*``) go to the loggers and the run record. Under DDP every process pre-trains on the whole training
+    set, and DDP starts training from rank 0's weights."""
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    log.info("Pre-training <%s> on the training clips (labels unused)", type(pretrainer).__name__)
+    numbers = pretrainer.fit(model.net, datamodule.train_dataloader(), device=trainer.strategy.root_device)
+    for logger in loggers:
+        logger.log_metrics(numbers, step=0)
+    log.info("Pre-training done: %s", {k: round(v, 4) for k, v in numbers.items()})
+    return dict(numbers)
+
+
 def check_resume(ckpt_path: str, datamodule: Any, net: Any = None) -> dict[str, Any]:
     """Hold a checkpoint to resume from (or test) against this run before any work: read as data, its weights
     those its description gives (``models.checkpoint.check_checkpoint``), its model the one ``net`` (the run's
@@ -127,6 +158,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     validate_train_config(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")
+    pretrainer = build_pretraining(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -137,6 +169,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("Continuing from %s (its run folder: %s); this run's record goes to %s", resume,
                  Path(resume).resolve().parent.parent, cfg.paths.output_dir)
     model = build_model(cfg, datamodule)
+    if pretrainer is not None:
+        pretrainer.check_net(model.net)
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -148,6 +182,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if resume:
         metrics["resumed_from"] = str(Path(resume).resolve())
     checkpoint_cb = trainer.checkpoint_callback
+    if pretrainer is not None:
+        metrics.update(run_pretraining(pretrainer, model, datamodule, trainer, loggers))
     if cfg.get("train"):
         log.info("Starting training")
         started, cpu_started = time.perf_counter(), time.process_time()
