@@ -17,6 +17,7 @@ Generation is deterministic: every video draws from its own ``numpy`` generator 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -52,6 +53,8 @@ GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
 #: Written before the first file and removed after the manifest: marks the files of an interrupted generation.
 PARTIAL = ".motion_shapes-in-progress.json"
+#: Lock file of concurrent generations into one root (bookkeeping, never deleted or counted as foreign).
+LOCK = ".motion_shapes.lock"
 _S2 = math.sqrt(0.5)
 #: Motion kinds -> (class folder name, translation direction (dx, dy) in image coordinates, y down).
 MOTIONS: dict[str, tuple[str, tuple[float, float]]] = {
@@ -496,7 +499,7 @@ def _foreign_entries(root: Path, owned: dict[str, Any]) -> list[str]:
             if rel not in folders and not any(path.iterdir()):
                 foreign.append(rel + "/")
             continue
-        if rel in owned or rel in (MANIFEST, PARTIAL) or path.name.startswith((f".{MANIFEST}.", ".write-test-")):
+        if rel in owned or rel in (MANIFEST, PARTIAL, LOCK) or path.name.startswith((f".{MANIFEST}.", ".write-test-")):
             continue
         foreign.append(rel)
     return foreign
@@ -603,9 +606,32 @@ def generate_motion_shapes(root: str | Path, cfg: MotionShapesConfig | None = No
     The generator deletes only what it wrote: files listed in its manifest (or, after an interrupted run, in its
     progress marker), never other files, and not those changed since it wrote them. A root holding anything it did
     not write is refused before any work, so a user's videos, split lists or masks are never touched.
+    Processes that generate the same root at once (parallel sweep jobs) take turns through a lock file in it
+    (``LOCK``, the generator's own bookkeeping): the first generates, the others then find the finished tree.
     """
-    cfg = cfg or MotionShapesConfig()
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with _generation_lock(root / LOCK):
+        return _generate(root, cfg or MotionShapesConfig())
+
+
+@contextlib.contextmanager
+def _generation_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``; elsewhere no lock)."""
+    try:
+        import fcntl  # deferred: POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _generate(root: Path, cfg: MotionShapesConfig) -> GeneratedSet:
     key = cfg.hash()
     manifest = read_manifest(root)
     if manifest is not None and manifest.get("hash") == key and not (root / PARTIAL).exists():
