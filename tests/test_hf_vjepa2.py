@@ -24,6 +24,7 @@ from motion_relevance.explain.transformer import TokenGradCAM  # noqa: E402
 from motion_relevance.models import from_transformers  # noqa: E402
 from motion_relevance.models.layers import Add, Concat, MatMul  # noqa: E402
 from tests.test_hf_references import add_back, lin, lin_back, ln, ln_back, matmul_back, stab  # noqa: E402
+from tests.tiny_models import bounded_clips, perturbed  # noqa: E402
 
 FRAMES, SIZE, PATCH, TUBELET, DIM, HEADS = 4, 16, 8, 2, 28, 2  # head size 14: three rotary parts of 4, 2 left
 EPS, ZB_EPS, LOWER, UPPER = 1e-6, 1e-9, -2.5, 2.5
@@ -38,15 +39,11 @@ def vjepa2(layers: int = 1, frames: int = FRAMES, seed: int = 0, double: bool = 
         num_hidden_layers=layers, num_attention_heads=HEADS, mlp_ratio=2.0, num_pooler_layers=pooler_layers,
         pred_hidden_size=16, pred_num_hidden_layers=1, pred_num_attention_heads=2, num_labels=3)
     model = transformers.VJEPA2ForVideoClassification(config).eval()
-    with torch.no_grad():  # weights and biases large enough that every rule sees non-trivial values
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.double() if double else model
+    return perturbed(model, double=double)  # weights large enough that every rule sees non-trivial values
 
 
 def clips(batch: int = 2, frames: int = FRAMES, dtype: torch.dtype = torch.float64) -> Tensor:
-    x = torch.randn(batch, 3, frames, SIZE, SIZE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return x.clamp(-2, 2).to(dtype)
+    return bounded_clips(batch, frames, SIZE, dtype)
 
 
 # ------------------------------------------------------------------------------------ the rules, written out

@@ -24,6 +24,7 @@ from motion_relevance.explain.transformer import TokenGradCAM  # noqa: E402
 from motion_relevance.models import from_transformers  # noqa: E402
 from motion_relevance.pipeline import ExplanationPipeline  # noqa: E402
 from tests.test_hf_references import add_back, lin, lin_back, ln, ln_back, matmul_back, stab  # noqa: E402
+from tests.tiny_models import bounded_clips, perturbed  # noqa: E402
 
 FRAMES, SIZE, PATCH, TUBELET, DIM, HEADS = 4, 16, 8, 2, 16, 2
 EPS, LOWER, UPPER = 1e-6, -2.5, 2.5
@@ -36,15 +37,11 @@ def vivit(layers: int = 2, frames: int = FRAMES, double: bool = True, seed: int 
                                       num_labels=3, hidden_size=DIM, num_hidden_layers=layers,
                                       num_attention_heads=HEADS, intermediate_size=32)
     model = transformers.VivitForVideoClassification(config).eval()
-    with torch.no_grad():  # weights large enough that every branch carries relevance; a non-zero class token
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.double() if double else model
+    return perturbed(model, double=double)  # weights large enough that every rule sees non-trivial values
 
 
 def clips(batch: int = 2, frames: int = FRAMES, dtype: torch.dtype = torch.float64) -> Tensor:
-    x = torch.randn(batch, 3, frames, SIZE, SIZE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return x.clamp(-2, 2).to(dtype)
+    return bounded_clips(batch, frames, SIZE, dtype)
 
 
 def heads(t: Tensor) -> Tensor:

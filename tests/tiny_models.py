@@ -285,3 +285,19 @@ class FrameReader(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         z = x[:, 0, self.k].mean(dim=(1, 2)) * 4
         return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+def perturbed(model: nn.Module, scale: float = 0.3, double: bool = True) -> nn.Module:
+    """``model`` in eval mode with N(0, scale²) noise (from torch's global generator) added to every parameter, so
+    that every rule sees non-trivial weights, biases and tokens; float64 unless ``double=False``."""
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.double() if double else model
+
+
+def bounded_clips(batch: int, frames: int, size: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``(batch, 3, frames, size, size)`` standard-normal clips (seed 1) clamped to [-2, 2]."""
+    x = torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return x.clamp(-2, 2).to(dtype)
