@@ -24,7 +24,7 @@ from motion_relevance.explain.transformer import TokenGradCAM  # noqa: E402
 from motion_relevance.models import from_transformers  # noqa: E402
 from motion_relevance.pipeline import ExplanationPipeline  # noqa: E402
 from tests.test_hf_references import add_back, lin, lin_back, ln, ln_back, matmul_back, stab  # noqa: E402
-from tests.tiny_models import bounded_clips, perturbed  # noqa: E402
+from tests.tiny_models import bounded_clips, merge_heads, perturbed, split_heads  # noqa: E402
 
 FRAMES, SIZE, PATCH, TUBELET, DIM, HEADS = 4, 16, 8, 2, 16, 2
 EPS, LOWER, UPPER = 1e-6, -2.5, 2.5
@@ -45,13 +45,10 @@ def clips(batch: int = 2, frames: int = FRAMES, dtype: torch.dtype = torch.float
 
 
 def heads(t: Tensor) -> Tensor:
-    b, n, d = t.shape
-    return t.reshape(b, n, HEADS, d // HEADS).transpose(1, 2)
+    return split_heads(t, HEADS)
 
 
-def merge(t: Tensor) -> Tensor:
-    b, h, n, d = t.shape
-    return t.transpose(1, 2).reshape(b, n, h * d)
+merge = merge_heads
 
 
 def reference(hf: nn.Module, h: Tensor, target: Tensor) -> tuple[Tensor, list[Tensor]]:

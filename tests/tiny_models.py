@@ -301,3 +301,15 @@ def bounded_clips(batch: int, frames: int, size: int, dtype: torch.dtype = torch
     """``(batch, 3, frames, size, size)`` standard-normal clips (seed 1) clamped to [-2, 2]."""
     x = torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     return x.clamp(-2, 2).to(dtype)
+
+
+def split_heads(t: Tensor, heads: int) -> Tensor:
+    """``(B, N, heads·d)`` -> ``(B, heads, N, d)``, as attention layers split their projections."""
+    b, n, d = t.shape
+    return t.reshape(b, n, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(t: Tensor) -> Tensor:
+    """``(B, heads, N, d)`` -> ``(B, N, heads·d)``: the inverse of :func:`split_heads`."""
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
