@@ -291,7 +291,7 @@ def tables(runs: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any
         secs = np.mean([_f(r["train_seconds"]) for r in items])
         acc = fmt(at.get((model, bias, "model", "test_acc")))
         lines.append(f"| {model} | {bias:g} | {len(items)} | {sum(int(r['learned']) for r in items)} "
-                     f"(bar {_f(items[0]['competence']):g}) | {accs} | {acc} | {epochs} | {secs:.3g} |")
+                     f"(bar {_f(items[0]['competence']):g}) | {accs} | {acc} | {epochs} | {secs:.0f} |")
     lines += ["", f"### Motion, explanations and faithfulness (summary.csv; main method, sigma {sigma:g})", "",
               "| model | context bias | method | motion reliance | spatial bias | GT precision selective | "
               "GT precision baseline | drop selective | drop baseline top | drop random | temporal share | "
