@@ -13,7 +13,7 @@ import pytest
 
 from motion_relevance.data import VideoIndex, load_split
 from motion_relevance.data.splits import LIST_DIR, VIDEO_DIR, count_duplicates, read_class_ind, split_overlap
-from motion_relevance.data.synthetic import MANIFEST, PARTIAL, MotionShapesConfig, generate_motion_shapes
+from motion_relevance.data.synthetic import LOCK, MANIFEST, PARTIAL, MotionShapesConfig, generate_motion_shapes
 from tests.conftest import SHARED_DATA
 
 MINI = SHARED_DATA / "ucf101_mini"
@@ -249,7 +249,7 @@ def test_a_malformed_manifest_is_refused_naming_the_file(tmp_path: Path, files: 
     _manifest(root, files)
     with pytest.raises(ValueError, match=match):
         generate_motion_shapes(root, MotionShapesConfig(**SMALL))
-    assert keep.read_text() == "keep" and sorted(p.name for p in root.iterdir()) == [MANIFEST]
+    assert keep.read_text() == "keep" and sorted(p.name for p in root.iterdir()) == sorted([LOCK, MANIFEST])
 
 
 def test_an_interrupted_marker_deletes_only_files_written_after_it(tmp_path: Path) -> None:

@@ -610,9 +610,13 @@ def generate_motion_shapes(root: str | Path, cfg: MotionShapesConfig | None = No
     (``LOCK``, the generator's own bookkeeping): the first generates, the others then find the finished tree.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or MotionShapesConfig()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return _generate(root, cfg)  # its checks name what is in the way (a file, no write permission)
     with _generation_lock(root / LOCK):
-        return _generate(root, cfg or MotionShapesConfig())
+        return _generate(root, cfg)
 
 
 @contextlib.contextmanager

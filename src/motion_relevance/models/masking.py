@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from motion_relevance.checks import check_clips, check_float
+from motion_relevance.models.videomae import VideoMAE
 
 __all__ = ["MaskedVideoModel", "embedding_and_features", "normalize_targets", "patchify", "tube_mask"]
 
@@ -68,8 +69,6 @@ def normalize_targets(pixels: Tensor, eps: float = 1e-6) -> Tensor:
 def embedding_and_features(net: nn.Module) -> tuple[str, str, int]:
     """Module paths of ``net``'s tubelet embedding and of the module whose output is the last block's patch tokens
     ``(B, N, D)`` in t-major order, and the width ``D``; ``ValueError`` for networks without them."""
-    from motion_relevance.models.videomae import VideoMAE
-
     if isinstance(net, VideoMAE):
         return "videomae.embeddings.patch_embeddings", net.block_names[-1], int(net.hidden_size)
     architecture = getattr(net, "architecture", None)
