@@ -133,8 +133,7 @@ def register_branch_adds(model_type: type[nn.Module], fn: BranchAdds,
 
 
 def _is_divided_timesformer(model: nn.Module) -> bool:
-    return (getattr(model, "architecture", None) == "TimesformerForVideoClassification"
-            and getattr(model.hf.config, "attention_type", None) == "divided_space_time")
+    return isinstance(model, HFVideoClassifier) and model.divided_attention
 
 
 def timesformer_branch_adds(model: nn.Module, clips: Tensor) -> dict[str, bool]:

@@ -210,8 +210,7 @@ def _layout(model: nn.Module) -> _Layout:
         blocks = f"{where}.hf.{spec.blocks}" if where else f"hf.{spec.blocks}"
         readout = {"videomae": "mean" if getattr(config, "use_mean_pooling", True) else "first",
                    "vjepa2": "query"}.get(spec.model_type, "first")
-        divided = spec.model_type == "timesformer" and config.attention_type == "divided_space_time"
-        return _Layout(spec.prefix_tokens, spec.order, readout, blocks if divided else None)
+        return _Layout(spec.prefix_tokens, spec.order, readout, blocks if tokens.divided_attention else None)
     return _Layout(readout="mean" if bool(getattr(tokens, "use_mean_pooling", True)) else "first")
 
 

@@ -266,6 +266,12 @@ class HFVideoClassifier(nn.Module):
         #: head reads only the class token, so the last block's patch tokens get no gradient).
         self.explain_layer = f"token_views.{max(len(blocks) - 1 - (spec.prefix_tokens > 0), 0)}"
 
+    @property
+    def divided_attention(self) -> bool:
+        """TimeSformer with divided space-time attention: each block runs a time attention, then a space one."""
+        return (self.spec.model_type == "timesformer"
+                and getattr(self.hf.config, "attention_type", None) == "divided_space_time")
+
     # ------------------------------------------------------------------ geometry
     def token_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """Token grid ``(T / tubelet, H / patch_h, W / patch_w)`` of a clip shape ``(..., T, H, W)``; ``ValueError``
