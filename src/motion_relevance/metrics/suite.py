@@ -52,10 +52,13 @@ class ClipRecords:
         """The last update of ``metric`` (its ``last_values``), each quantity under its logged metric name."""
         for quantity, name in names.items():
             values = getattr(metric, "last_values", {}).get(quantity)
-            if values is None:
-                continue
-            self.rows += [{"clip": self.offset + i, "metric": name, "method": method, "value": float(v)}
-                          for i, v in enumerate(values.tolist())]
+            if values is not None:
+                self.add_values(name, method, values)
+
+    def add_values(self, name: str, method: str, values: Tensor) -> None:
+        """One value per clip of the current batch ``(B,)`` under the metric ``name`` and ``method``."""
+        self.rows += [{"clip": self.offset + i, "metric": name, "method": method, "value": float(v)}
+                      for i, v in enumerate(values.tolist())]
 
     def clear(self) -> None:
         self.rows, self.offset = [], 0

@@ -490,10 +490,8 @@ class RandomizationStage:
     def _record(self, name: str, result: RandomizationResult) -> None:
         assert self.records is not None
         for quantity, method in (("baseline", name), ("selective", keys.selective(name, self.sigma, False))):
-            values = getattr(result, quantity)  # (stages, clips)
-            for k in range(values.shape[0]):
-                self.records.rows += [{"clip": self.records.offset + i, "metric": f"randomization_s{k}",
-                                       "method": method, "value": float(v)} for i, v in enumerate(values[k].tolist())]
+            for k, values in enumerate(getattr(result, quantity)):  # (stages, clips)
+                self.records.add_values(f"randomization_s{k}", method, values)
 
     def results(self, stage: str) -> dict[str, float]:
         prefix = keys.stage_prefix(stage)
