@@ -178,12 +178,24 @@ def read_results(results: Path) -> tuple[list[dict[str, Any]], dict[str, list[di
 
 
 # --------------------------------------------------------------------------------------------- summary
-def _per_clip(rows: Sequence[Mapping[str, Any]], metric: str, method: str) -> dict[int, float]:
-    return {int(r["clip"]): float(r["value"]) for r in rows if r["metric"] == metric and r["method"] == method}
+#: One run's per-clip values by (metric, method): clip -> value.
+ClipIndex = dict[tuple[str, str], dict[int, float]]
 
 
-def _methods(rows: Sequence[Mapping[str, Any]], metric: str) -> set[str]:
-    return {str(r["method"]) for r in rows if r["metric"] == metric}
+def index_clips(rows: Sequence[Mapping[str, Any]]) -> ClipIndex:
+    """A run's per-clip rows indexed once by (metric, method)."""
+    index: ClipIndex = defaultdict(dict)
+    for r in rows:
+        index[(str(r["metric"]), str(r["method"]))][int(r["clip"])] = float(r["value"])
+    return index
+
+
+def _per_clip(index: ClipIndex, metric: str, method: str) -> dict[int, float]:
+    return index.get((metric, method), {})
+
+
+def _methods(index: ClipIndex, metric: str) -> set[str]:
+    return {method for m, method in index if m == metric}
 
 
 def selective_name(method: str) -> str:
@@ -208,7 +220,8 @@ def summarise(runs: Sequence[Mapping[str, Any]], clips: Mapping[str, Sequence[Ma
         cells[(str(run["model"]), float(run["context_bias"]))].append(run)
     for (model, bias), items in sorted(cells.items()):
         out.append(_row(model, bias, "model", "test_acc", [[r["test_acc"]] for r in items]))
-        learned = [clips[n] for n in (run_name(model, bias, r["seed"]) for r in items if r["learned"]) if n in clips]
+        learned = [index_clips(clips[n]) for n in (run_name(model, bias, r["seed"]) for r in items if r["learned"])
+                   if n in clips]
         if not learned:
             continue
         drops = []
@@ -232,8 +245,8 @@ def summarise(runs: Sequence[Mapping[str, Any]], clips: Mapping[str, Sequence[Ma
                     else:
                         groups.append(list(_per_clip(rows, metric, method).values()))
                 out.append(_row(model, bias, method, metric, groups))
-        stages = sorted({int(r["metric"][len("randomization_s"):]) for rows in learned for r in rows
-                         if r["metric"].startswith("randomization_s")})
+        stages = sorted({int(metric[len("randomization_s"):]) for index in learned for metric, _ in index
+                         if metric.startswith("randomization_s")})
         if stages:
             last = stages[-1]
             for method in sorted(_methods(learned[0], f"randomization_s{last}")):
