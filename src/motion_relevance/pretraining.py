@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from motion_relevance.checks import check_float, check_int, check_positive
-from motion_relevance.models.masking import MaskedVideoModel, embedding_and_features, tube_mask
+from motion_relevance.models.masking import MaskedVideoModel, embedding_and_features, native_grid, tube_mask
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ class MaskedPretraining:
         """Refuse a network pre-training does not support (before any data is read); checks the mask ratio leaves
         a position visible and masks one on its token grid."""
         embedding_and_features(net)
-        grid = net.token_grid((net.num_frames, *_pair(net.image_size)))
-        tube_mask(1, grid, self.mask_ratio)
+        tube_mask(1, native_grid(net), self.mask_ratio)
 
     def fit(self, net: nn.Module, batches: Iterable[dict[str, Any]],
             device: torch.device | str | None = None) -> dict[str, float]:
@@ -130,6 +129,3 @@ class MaskedPretraining:
         progress = min((step - warmup) / (total - warmup), 1.0)
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))

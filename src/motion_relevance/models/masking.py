@@ -21,10 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from motion_relevance.checks import check_clips, check_float
+from motion_relevance.checks import check_clips, check_float, check_pair
 from motion_relevance.models.videomae import VideoMAE
 
-__all__ = ["MaskedVideoModel", "embedding_and_features", "normalize_targets", "patchify", "tube_mask"]
+__all__ = ["MaskedVideoModel", "embedding_and_features", "native_grid", "normalize_targets", "patchify", "tube_mask"]
+
+
+def native_grid(net: nn.Module) -> tuple[int, int, int]:
+    """Token grid ``(T', H', W')`` of the clips ``net`` was built for (its ``num_frames`` and ``image_size``)."""
+    return net.token_grid((net.num_frames, *check_pair("image_size", net.image_size)))
 
 
 def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float, generator: torch.Generator | None = None) -> Tensor:
@@ -97,7 +102,7 @@ class MaskedVideoModel(nn.Module):
         embedding, features, dim = embedding_and_features(net)
         self.net = net
         self.norm_targets = bool(norm_targets)
-        grid = net.token_grid((net.num_frames, *_pair(net.image_size)))
+        grid = native_grid(net)
         self.tubelet = (int(net.num_frames) // grid[0], int(net.patch_size[0]), int(net.patch_size[1]))
         self.grid = grid
         self.mask_token = nn.Parameter(torch.zeros(dim))
@@ -150,6 +155,3 @@ class MaskedVideoModel(nn.Module):
         pred = self.head(features)
         return ((pred - target) ** 2).mean(dim=-1)[mask.to(clips.device)].mean()
 
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
