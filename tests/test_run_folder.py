@@ -7,20 +7,38 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from motion_relevance.report import main as report_main
 from motion_relevance.train import train
-from motion_relevance.utils.run import CONFIG_DIGEST, RUN_SECONDS, RUN_STATUS, run_and_record
+from motion_relevance.utils.run import (
+    CONFIG_DIGEST,
+    RUN_CPU_SECONDS,
+    RUN_SECONDS,
+    RUN_STATUS,
+    cpu_seconds,
+    run_and_record,
+)
 
 
 def _record(run: Path) -> dict:
     """The run's metrics.json without the bookkeeping every finished run adds (checked here)."""
     record = json.loads((run / "metrics.json").read_text())
     assert record.pop(RUN_STATUS) == "finished" and record.pop(RUN_SECONDS) >= 0 and record.pop(CONFIG_DIGEST)
+    assert record.pop(RUN_CPU_SECONDS) > 0
     return record
+
+
+def test_cpu_seconds_counts_this_process_and_its_finished_children() -> None:
+    """A job's CPU time includes its data-loader workers: a child that spins 0.3 CPU seconds adds at least that."""
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass"
+    before = cpu_seconds()
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    assert cpu_seconds() - before >= 0.3
 
 FEW_EXPLAINERS = ["~explainer@explainers.gbp", "~explainer@explainers.guided_gradcam"]
 

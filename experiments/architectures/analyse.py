@@ -112,15 +112,20 @@ def collect_explain(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+COMPUTE_COLUMNS = ("step", "run", "seconds", "cpu_seconds")
+
+
 def collect_compute(outputs: Path) -> list[dict[str, Any]]:
-    """Wall seconds of every finished job of both sweeps (``run_seconds`` of its record): the study's compute."""
+    """Wall and CPU seconds of every finished job of both sweeps (``run_seconds`` and ``run_cpu_seconds`` of its
+    record; records written before CPU time was recorded leave that cell empty): the study's compute."""
     rows = []
     for step in ("train", "explain"):
         for job in _job_dirs(outputs / step):
             metrics = read_metrics_file(job / "metrics.json")
             seconds = metrics.get("run_seconds", metrics.get("train_seconds"))  # older records: fit time only
             if metrics.get("run_status") == "finished" and seconds is not None:
-                rows.append({"step": step, "run": job.name, "seconds": float(seconds)})
+                rows.append({"step": step, "run": job.name, "seconds": float(seconds),
+                             "cpu_seconds": metrics.get("run_cpu_seconds")})
     return rows
 
 
@@ -341,16 +346,32 @@ def tables(runs: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any
     return "\n".join(lines) + "\n"
 
 
+def trials_table(path: Path) -> str:
+    """The recipe trials behind the transformers' recipe (``recipe_trials.csv``, one row per trial) as a table."""
+    if not path.is_file():
+        return ""
+    lines = ["", "### Training the transformers on small data (recipe_trials.csv: one seed each, context bias 0)", "",
+             "| model | recipe | epochs | val acc | test acc | outcome |", "|---|---|---|---|---|---|"]
+    for r in read_csv(path):
+        cells = [sig(_f(r[k])) if r[k] else "–" for k in ("val_acc", "test_acc")]
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['epochs']} | {cells[0]} | {cells[1]} | {r['note']} |")
+    return "\n".join(lines) + "\n"
+
+
 def compute_line(path: Path) -> str:
-    """How much wall time the finished jobs took (``compute.csv``), per step."""
+    """How much wall and CPU time the finished jobs took (``compute.csv``), per step."""
     if not path.is_file():
         return ""
     rows = read_csv(path)
-    hours = {step: sum(_f(r["seconds"]) for r in rows if r["step"] == step) / 3600 for step in ("train", "explain")}
-    counts = {step: sum(r["step"] == step for r in rows) for step in hours}
-    return (f"\nCompute so far (`compute.csv`, wall time of each job on the machine above): training "
-            f"{hours['train']:.2f} h ({counts['train']} jobs), explanation {hours['explain']:.2f} h "
-            f"({counts['explain']} jobs).\n")
+    parts = []
+    for step, name in (("train", "training"), ("explain", "explanation")):
+        items = [r for r in rows if r["step"] == step]
+        timed = [_f(r["cpu_seconds"]) for r in items if r.get("cpu_seconds")]
+        wall = sum(_f(r["seconds"]) for r in items) / 3600
+        cpu = f"; CPU {sum(timed) / 3600:.2f} h over the {len(timed)} jobs that record it" if timed else ""
+        parts.append(f"{name} {wall:.2f} h wall ({len(items)} jobs{cpu})")
+    return (f"\nCompute so far (`compute.csv`: each job's wall and CPU seconds on the machine above, CPU counting "
+            f"its data-loader workers): {', '.join(parts)}.\n")
 
 
 def passes(row: Mapping[str, Any] | None) -> str:
@@ -498,14 +519,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_csv(args.results / "runs.csv", runs, RUN_COLUMNS)
         for name, rows in collect_explain(args.outputs / "explain").items():
             write_csv(args.results / "clips" / f"{name}.csv", rows, CLIP_COLUMNS)
-        write_csv(args.results / "compute.csv", collect_compute(args.outputs), ("step", "run", "seconds"))
+        write_csv(args.results / "compute.csv", collect_compute(args.outputs), COMPUTE_COLUMNS)
         for line in missing_jobs(args.outputs):
             log.info("planned, not finished: %s", line)
     runs, clips = read_results(args.results)
     summary = summarise(runs, clips)
     write_csv(args.results / "summary.csv", summary, SUMMARY_COLUMNS)
     summary = read_csv(args.results / "summary.csv")  # the README is generated from the file as committed
-    text = tables(runs, summary) + compute_line(args.results / "compute.csv")
+    text = (tables(runs, summary) + trials_table(args.results / "recipe_trials.csv")
+            + compute_line(args.results / "compute.csv"))
     figures(summary, args.results / "figures")
     text += ("\n![motion reliance against spatial bias](results/figures/reliance_vs_spatial_bias.png)\n"
              "![temporal and fast-pathway share](results/figures/temporal_and_fast_share.png)\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -100,8 +101,16 @@ def set_aside_earlier_record(output_dir: Path) -> None:
         log.warning("%s held an earlier run's metrics: renamed metrics.previous.json", path)
 
 
-#: ``metrics.json`` keys that mark a run that ended without an error, and the configuration it ran.
+#: ``metrics.json`` keys that mark a run that ended without an error, the configuration it ran, and its cost.
 RUN_STATUS, CONFIG_DIGEST, RUN_SECONDS = "run_status", "config_digest", "run_seconds"
+RUN_CPU_SECONDS = "run_cpu_seconds"
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (data-loader workers), all threads:
+    a job's difference of two readings is its CPU time, whatever else shares the machine."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -304,16 +313,16 @@ def run_and_record(
     apply_extras(cfg)
     metrics: dict[str, Any] = {}
     failure: BaseException | None = None
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     try:
         metrics, _ = task(cfg)
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the record is safe
         failure = err
     finish_wandb()
     full = _full_disk(failure)
-    if metrics and failure is None:  # run_seconds: wall time of the whole task (data, model, work, record)
+    if metrics and failure is None:  # wall and CPU time of the whole task (data, model, work, record)
         metrics = {**metrics, RUN_STATUS: "finished", CONFIG_DIGEST: config_digest(cfg),
-                   RUN_SECONDS: time.perf_counter() - started}
+                   RUN_SECONDS: time.perf_counter() - started, RUN_CPU_SECONDS: cpu_seconds() - cpu_started}
     if metrics:
         try:
             run_record.write_metrics(output_dir, metrics, merge=True)
