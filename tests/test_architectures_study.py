@@ -4,8 +4,11 @@ reproduce the README), checked on hand-made runs and on the committed results.""
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from motion_relevance.conf import CONFIG_DIR
-from motion_relevance.utils.run import CONFIG_DIGEST, RUN_STATUS, run_and_record
+from motion_relevance.utils.run import CONFIG_DIGEST, INPUT_DIGESTS, RUN_STATUS, run_and_record
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "experiments" / "architectures"
@@ -102,6 +105,44 @@ def test_a_finished_job_of_the_same_config_is_skipped_and_a_changed_or_failed_on
     with pytest.raises(RuntimeError):  # a failed job has no finished record: it runs again
         run_and_record(_job_cfg(failed), failing, page=False)
     assert calls.count(-1) == 2
+
+
+def test_an_explanation_of_a_checkpoint_trained_again_is_not_skipped(tmp_path: Path) -> None:
+    """The same configuration over a changed checkpoint is another run: by the digest the record keeps, and for
+    records without one by the checkpoint's modification time."""
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"weights of the first training")
+    calls = []
+
+    def task(cfg):  # type: ignore[no-untyped-def]
+        calls.append(ckpt.read_bytes())
+        return {"score": 0.5}, {}
+
+    def cfg():  # type: ignore[no-untyped-def]
+        job = _job_cfg(tmp_path / "explain")
+        with open_dict(job):
+            job.ckpt_path = str(ckpt)
+        return job
+
+    first = run_and_record(cfg(), task, page=False)
+    assert first[INPUT_DIGESTS] == {"ckpt_path": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    run_and_record(cfg(), task, page=False)
+    assert len(calls) == 1  # same checkpoint: skipped
+    ckpt.write_bytes(b"weights of the second training")
+    run_and_record(cfg(), task, page=False)
+    assert calls == [b"weights of the first training", b"weights of the second training"]
+
+    record = tmp_path / "explain" / "metrics.json"  # a record written before input digests were kept
+    metrics = json.loads(record.read_text())
+    del metrics[INPUT_DIGESTS]
+    record.write_text(json.dumps(metrics))
+    os.utime(ckpt, (record.stat().st_mtime - 60,) * 2)
+    run_and_record(cfg(), task, page=False)
+    assert len(calls) == 2  # checkpoint older than the record: skipped (the record is left as it was)
+    os.utime(ckpt, (record.stat().st_mtime + 60,) * 2)
+    run_and_record(cfg(), task, page=False)
+    assert len(calls) == 3  # checkpoint written after the record: run again
+    assert INPUT_DIGESTS in json.loads(record.read_text())
 
 
 # ------------------------------------------------------------------------------------------- analysis

@@ -17,6 +17,7 @@ from motion_relevance.report import main as report_main
 from motion_relevance.train import train
 from motion_relevance.utils.run import (
     CONFIG_DIGEST,
+    INPUT_DIGESTS,
     RUN_CPU_SECONDS,
     RUN_SECONDS,
     RUN_STATUS,
@@ -29,7 +30,7 @@ def _record(run: Path) -> dict:
     """The run's metrics.json without the bookkeeping every finished run adds (checked here)."""
     record = json.loads((run / "metrics.json").read_text())
     assert record.pop(RUN_STATUS) == "finished" and record.pop(RUN_SECONDS) >= 0 and record.pop(CONFIG_DIGEST)
-    assert record.pop(RUN_CPU_SECONDS) > 0
+    assert record.pop(RUN_CPU_SECONDS) >= 0 and isinstance(record.pop(INPUT_DIGESTS), dict)
     return record
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["KEY_FORMAT", "cache_key", "canonical", "state_digest", "tensor_digest"]
+__all__ = ["KEY_FORMAT", "cache_key", "canonical", "file_digest", "state_digest", "tensor_digest"]
 
 #: Bumped whenever the key layout changes, so old entries are never read under a new meaning.
 KEY_FORMAT = 2
@@ -41,6 +41,15 @@ def tensor_digest(value: torch.Tensor | np.ndarray) -> str:
     digest = hashlib.sha256(f"{dtype}|{shape}|".encode())
     digest.update(data)
     return digest.hexdigest()[:32]
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (read in ``chunk``-byte pieces): the identity of an input file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(chunk), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def state_digest(module: nn.Module) -> str:

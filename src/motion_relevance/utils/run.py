@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from motion_relevance.checks import to_plain, writable_problem
-from motion_relevance.digests import cache_key
+from motion_relevance.digests import cache_key, file_digest
 from motion_relevance.pipeline import record as run_record
 from motion_relevance.pipeline.record import METRICS_FILE, RunFolderFull
 from motion_relevance.pipeline.report_page import write_report_page
@@ -104,6 +104,11 @@ def set_aside_earlier_record(output_dir: Path) -> None:
 #: ``metrics.json`` keys that mark a run that ended without an error, the configuration it ran, and its cost.
 RUN_STATUS, CONFIG_DIGEST, RUN_SECONDS = "run_status", "config_digest", "run_seconds"
 RUN_CPU_SECONDS = "run_cpu_seconds"
+#: ``metrics.json`` key of the SHA-256 of each input file the run read (:data:`INPUT_FILE_KEYS`).
+INPUT_DIGESTS = "input_digests"
+#: Config keys that name an input file whose content, not only its path, makes the run (the checkpoint explained
+#: or resumed): a finished record of the same configuration is stale once that file has changed.
+INPUT_FILE_KEYS = ("ckpt_path",)
 
 
 def cpu_seconds() -> float:
@@ -119,9 +124,29 @@ def config_digest(cfg: DictConfig) -> str:
     return cache_key("run_config", config=plain)
 
 
+def input_digests(cfg: DictConfig) -> dict[str, str]:
+    """SHA-256 of each existing input file named by :data:`INPUT_FILE_KEYS` in ``cfg`` (a missing one is left to the
+    run's own check)."""
+    found = {key: cfg.get(key) for key in INPUT_FILE_KEYS}
+    return {key: file_digest(path) for key, path in found.items() if path and Path(str(path)).is_file()}
+
+
+def _stale_inputs(cfg: DictConfig, metrics: Mapping[str, Any], record: Path) -> list[str]:
+    """The input files that changed since ``record`` was written: by digest where the record holds one, else (a
+    record written before digests were kept) by a modification time later than the record's."""
+    stored = metrics.get(INPUT_DIGESTS)
+    if isinstance(stored, Mapping):
+        now = input_digests(cfg)
+        return [f"{key}={cfg.get(key)}" for key in now if stored.get(key) != now[key]]
+    written = record.stat().st_mtime
+    return [f"{key}={cfg.get(key)}" for key in INPUT_FILE_KEYS
+            if cfg.get(key) and Path(str(cfg.get(key))).is_file() and Path(str(cfg.get(key))).stat().st_mtime > written]
+
+
 def finished_record(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
     """With ``skip_finished``: the record in ``output_dir`` if it holds a finished run of this very configuration
-    (a resumed sweep does not run its finished jobs again), else ``None`` (the run goes ahead, and logs why)."""
+    and input files (a resumed sweep does not run its finished jobs again, and re-explains a checkpoint that was
+    trained again), else ``None`` (the run goes ahead, and logs why)."""
     if not cfg.get("skip_finished"):
         return None
     path = output_dir / METRICS_FILE
@@ -130,6 +155,11 @@ def finished_record(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
         return None
     if metrics.get(CONFIG_DIGEST) != config_digest(cfg):
         log.info("skip_finished: %s holds a finished run of another configuration; running this one", path)
+        return None
+    stale = _stale_inputs(cfg, metrics, path)
+    if stale:
+        log.info("skip_finished: %s holds a finished run of this configuration, but %s changed since; running it "
+                 "again", path, ", ".join(stale))
         return None
     log.info("skip_finished: %s holds a finished run of this configuration; not run again", path)
     return metrics
@@ -313,7 +343,7 @@ def run_and_record(
     apply_extras(cfg)
     metrics: dict[str, Any] = {}
     failure: BaseException | None = None
-    started, cpu_started = time.perf_counter(), cpu_seconds()
+    started, cpu_started, inputs = time.perf_counter(), cpu_seconds(), input_digests(cfg)
     try:
         metrics, _ = task(cfg)
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the record is safe
@@ -322,7 +352,8 @@ def run_and_record(
     full = _full_disk(failure)
     if metrics and failure is None:  # wall and CPU time of the whole task (data, model, work, record)
         metrics = {**metrics, RUN_STATUS: "finished", CONFIG_DIGEST: config_digest(cfg),
-                   RUN_SECONDS: time.perf_counter() - started, RUN_CPU_SECONDS: cpu_seconds() - cpu_started}
+                   RUN_SECONDS: time.perf_counter() - started, RUN_CPU_SECONDS: cpu_seconds() - cpu_started,
+                   INPUT_DIGESTS: inputs}
     if metrics:
         try:
             run_record.write_metrics(output_dir, metrics, merge=True)
