@@ -517,8 +517,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_collect:
         runs = collect_train(args.outputs / "train")
         write_csv(args.results / "runs.csv", runs, RUN_COLUMNS)
-        for name, rows in collect_explain(args.outputs / "explain").items():
+        explained = collect_explain(args.outputs / "explain")
+        for name, rows in explained.items():
             write_csv(args.results / "clips" / f"{name}.csv", rows, CLIP_COLUMNS)
+        for stale in sorted((args.results / "clips").glob("*.csv")):  # generated folder: a run no longer explained
+            if stale.stem not in explained:
+                log.info("removing %s: no finished explanation of that run in %s", stale, args.outputs / "explain")
+                stale.unlink()
         write_csv(args.results / "compute.csv", collect_compute(args.outputs), COMPUTE_COLUMNS)
         for line in missing_jobs(args.outputs):
             log.info("planned, not finished: %s", line)
