@@ -218,6 +218,26 @@ def test_a_cell_whose_runs_all_missed_the_bar_has_no_explanation_rows(tmp_path: 
     assert "missed its bar" in mod.verdict(runs, summary, "toy")
 
 
+def test_calibration_ranks_the_explanations_motion_share_against_motion_reliance() -> None:
+    mod = _analyse()
+
+    def rows(model: str, bias: float, reliance: float, spatial: float) -> list[dict]:
+        return [{"model": model, "context_bias": bias, "method": "model", "metric": "motion_reliance",
+                 "mean": reliance, "lo": reliance, "hi": reliance, "n": 8},
+                {"model": model, "context_bias": bias, "method": "dtd@s4", "metric": "spatial_bias",
+                 "mean": spatial, "lo": spatial, "hi": spatial, "n": 8},
+                {"model": model, "context_bias": bias, "method": "dtd", "metric": "gt_precision",
+                 "mean": 0.5, "lo": 0.5, "hi": 0.5, "n": 8}]
+
+    # less spatial bias where more reliance: the same order (rank correlation 1); one model reversed: 0.5
+    agree = rows("a", 0.0, 0.9, 0.1) + rows("b", 0.0, 0.5, 0.4) + rows("c", 0.0, 0.2, 0.8) + rows("a", 1.0, 0.3, 0.6)
+    text = mod.calibration(agree)
+    assert "over 3 architectures" in text and "motion reliance is 1.00 " in text
+    assert "a, context bias 0 → 1: motion reliance 0.900 → 0.300, spatial bias 0.100 → 0.600" in text
+    swapped = rows("a", 0.0, 0.9, 0.4) + rows("b", 0.0, 0.5, 0.1) + rows("c", 0.0, 0.2, 0.8)
+    assert "motion reliance is 0.500 " in mod.calibration(swapped)
+
+
 def test_committed_results_reproduce_summary_and_readme() -> None:
     """summary.csv and the README's tables are what the analysis computes from runs.csv and the per-clip files."""
     mod = _analyse()
