@@ -238,6 +238,23 @@ def test_calibration_ranks_the_explanations_motion_share_against_motion_reliance
     assert "motion reliance is 0.500 " in mod.calibration(swapped)
 
 
+def test_trials_table_lists_each_trial_and_the_models_without_a_study_run(tmp_path: Path) -> None:
+    mod = _analyse()
+    path = tmp_path / "recipe_trials.csv"
+    columns = ("model", "recipe", "overrides", "seed", "epochs", "train_seconds", "cpu_seconds", "val_acc",
+               "test_acc", "note")
+    mod.write_csv(path, [
+        {"model": "vit", "recipe": "plain", "epochs": 30, "val_acc": 0.5, "test_acc": 0.4567, "note": "missed"},
+        {"model": "vit", "recipe": "stopped", "epochs": 3, "note": "not tested"},
+        {"model": "cnn", "recipe": "plain", "epochs": 9, "val_acc": 1.0, "test_acc": 0.99, "note": "learned"}],
+        columns)
+    text = mod.trials_table(path, runs=[{"model": "cnn"}])
+    assert "| vit | plain | 30 | 0.500 | 0.457 | missed |" in text
+    assert "| vit | stopped | 3 | – | – | not tested |" in text
+    assert "**vit** has no finished run in the study grid yet (best tested trial 0.457 above)" in text
+    assert "**cnn** has no" not in text
+
+
 def test_committed_results_reproduce_summary_and_readme() -> None:
     """summary.csv and the README's tables are what the analysis computes from runs.csv and the per-clip files."""
     mod = _analyse()

@@ -346,15 +346,23 @@ def tables(runs: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any
     return "\n".join(lines) + "\n"
 
 
-def trials_table(path: Path) -> str:
-    """The recipe trials behind the transformers' recipe (``recipe_trials.csv``, one row per trial) as a table."""
+def trials_table(path: Path, runs: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The recipe trials behind the transformers' recipe (``recipe_trials.csv``, one row per trial) as a table, and
+    the models tried there that have no study run yet, with their best trial."""
     if not path.is_file():
         return ""
+    trials = read_csv(path)
     lines = ["", "### Training the transformers on small data (recipe_trials.csv: one seed each, context bias 0)", "",
              "| model | recipe | epochs | val acc | test acc | outcome |", "|---|---|---|---|---|---|"]
-    for r in read_csv(path):
+    for r in trials:
         cells = [sig(_f(r[k])) if r[k] else "–" for k in ("val_acc", "test_acc")]
-        lines.append(f"| {r['model']} | {r['recipe']} | {r['epochs']} | {cells[0]} | {cells[1]} | {r['note']} |")
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['epochs']} | {cells[0]} | "
+                     f"{cells[1]} | {r['note']} |")
+    trained = {str(r["model"]) for r in runs}
+    for model in sorted({r["model"] for r in trials} - trained):
+        tested = [_f(r["test_acc"]) for r in trials if r["model"] == model and r["test_acc"]]
+        best = f"best tested trial {sig(max(tested))}" if tested else "no trial reached a test"
+        lines.append(f"\n**{model}** has no finished run in the study grid yet ({best} above).")
     return "\n".join(lines) + "\n"
 
 
@@ -564,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = summarise(runs, clips)
     write_csv(args.results / "summary.csv", summary, SUMMARY_COLUMNS)
     summary = read_csv(args.results / "summary.csv")  # the README is generated from the file as committed
-    text = (tables(runs, summary) + calibration(summary) + trials_table(args.results / "recipe_trials.csv")
+    text = (tables(runs, summary) + calibration(summary) + trials_table(args.results / "recipe_trials.csv", runs)
             + compute_line(args.results / "compute.csv"))
     figures(summary, args.results / "figures")
     text += ("\n![motion reliance against spatial bias](results/figures/reliance_vs_spatial_bias.png)\n"
