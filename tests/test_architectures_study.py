@@ -234,6 +234,8 @@ def test_calibration_ranks_the_explanations_motion_share_against_motion_reliance
     text = mod.calibration(agree)
     assert "over 3 architectures" in text and "motion reliance is 1.00 " in text
     assert "a, context bias 0 → 1: motion reliance 0.900 → 0.300, spatial bias 0.100 → 0.600" in text
+    assert "for 1 of 1 architectures" in text
+    assert "for 0 of 1 architectures" in mod.calibration(agree[:-6] + rows("a", 1.0, 0.3, 0.05))
     swapped = rows("a", 0.0, 0.9, 0.4) + rows("b", 0.0, 0.5, 0.1) + rows("c", 0.0, 0.2, 0.8)
     assert "motion reliance is 0.500 " in mod.calibration(swapped)
 

@@ -19,6 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from motion_relevance.callbacks import ExplanationCallback
+from motion_relevance.datamodules import VideoDataModule, worker_start_method
 from motion_relevance.digests import state_digest
 from motion_relevance.explain.cache import AttributionCache, describe, explainer_config
 from motion_relevance.explain_app import explain, objective_values, sigmas_of, validate_objective
@@ -250,6 +251,38 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path, data_root:
     proc = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (sweep / ".submitit").is_dir()
+    for job in ("0", "1"):
+        assert "test/gt_f1/dtd_selective" in _metrics(sweep / job)
+
+
+def _start_method_in_a_loky_worker(num_workers: int) -> str | None:
+    from motion_relevance.datamodules import worker_start_method
+
+    return worker_start_method(num_workers)
+
+
+def test_dataloader_workers_fork_inside_a_joblib_worker_and_keep_the_default_elsewhere() -> None:
+    """Hydra's joblib launcher runs jobs in loky workers, whose default context cannot start DataLoader workers."""
+    joblib = pytest.importorskip("joblib")
+    assert worker_start_method(0) is None and worker_start_method(2) is None  # this process: Python's default
+    assert worker_start_method(2, "spawn") == "spawn"
+    in_loky = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(_start_method_in_a_loky_worker)(n)
+                                                       for n in (0, 2))
+    assert in_loky == [None, "fork"]
+    with pytest.raises(ValueError, match="multiprocessing_context"):
+        VideoDataModule(root=".", multiprocessing_context="threads")
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_whose_dataloaders_have_workers(tmp_path: Path, data_root: Path,
+                                                                 checkpoint: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[sweeps]'")
+    sweep = tmp_path / "joblib"
+    cmd = [sys.executable, "-m", "motion_relevance.explain_app", "-m", "hydra/launcher=joblib",
+           "hydra.launcher.n_jobs=2", "selective.sigma=1,4", f"hydra.sweep.dir={sweep}", "logger=csv",
+           *_common(data_root, checkpoint, tmp_path / "attr"), "data.num_workers=1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):
         assert "test/gt_f1/dtd_selective" in _metrics(sweep / job)
 

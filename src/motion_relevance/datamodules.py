@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,24 @@ from motion_relevance.models.slowfast import pack_pathways
 
 log = logging.getLogger(__name__)
 
+#: Start methods a DataLoader's workers may use.
+WORKER_START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def worker_start_method(num_workers: int, configured: str | None = None) -> str | None:
+    """How DataLoader workers start: ``configured`` if given, else Python's default (``None``), except inside a
+    joblib (loky) worker such as Hydra's joblib launcher runs each job in. Its default context is loky's, which
+    cannot start DataLoader workers (``'Process' object has no attribute 'env'``); there they fork, as the
+    PyTorch and joblib issues on it advise. No workers, no start method."""
+    if num_workers == 0:
+        return None
+    if configured is not None:
+        return configured
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        log.info("DataLoader workers in a joblib (loky) worker: started by fork")
+        return "fork"
+    return None
+
 
 class VideoDataModule(pl.LightningDataModule):
     """Train / val / test clips from a root in UCF-101 layout (``UCF-101/`` + ``ucfTrainTestlist/``).
@@ -64,6 +83,9 @@ class VideoDataModule(pl.LightningDataModule):
             classes of the list; ``"listed"`` keeps the split file's order. Metrics over all clips do not change.
         test_sampling, clips_per_video: evaluation clips, ``"all"`` non-overlapping or ``"uniform"`` K.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
+        multiprocessing_context: how DataLoader workers start (``"fork"``, ``"spawn"``, ``"forkserver"``); ``None``
+            (default, and not in the data configs: ``+data.multiprocessing_context=...`` sets it): see
+            :func:`worker_start_method`.
         decoder, decoder_threads: ``"decord"`` or ``"opencv"`` and threads per reader.
         allow_missing: skip listed but absent videos (count in ``num_missing``) instead of failing.
         allow_duplicates: keep videos listed twice in one list (refused by default; counted in ``data_counts``).
@@ -107,6 +129,7 @@ class VideoDataModule(pl.LightningDataModule):
         index_threads: int = 4,
         masks: bool | None = None,
         pathways: Mapping[str, Any] | None = None,
+        multiprocessing_context: str | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -128,6 +151,9 @@ class VideoDataModule(pl.LightningDataModule):
         self.eval_order = check_choice("eval_order", eval_order, ("shuffled", "listed"))
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        if multiprocessing_context is not None:
+            check_choice("multiprocessing_context", multiprocessing_context, WORKER_START_METHODS)
+        self.multiprocessing_context = worker_start_method(self.num_workers, multiprocessing_context)
         self.allow_missing = bool(allow_missing)
         self.allow_duplicates = bool(allow_duplicates)
         self.allow_overlap = bool(allow_overlap)
@@ -304,6 +330,7 @@ class VideoDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            multiprocessing_context=self.multiprocessing_context,
             collate_fn=functools.partial(collate_skipping, dataset=ds),
         )
 
