@@ -392,10 +392,14 @@ def calibration(summary: Sequence[Mapping[str, Any]], sigma: float = 4.0) -> str
                          f"explanation's motion share (1 − spatial bias) with motion reliance is {sig(rho)} (1: the "
                          "explanations order the architectures as the causal share does).")
     both = {m: (r, b) for m, r, b in pairs.get(0.0, [])}
-    for model, rel, sb in pairs.get(1.0, []):
-        if model in both:
-            lines.append(f"- {model}, context bias 0 → 1: motion reliance {sig(both[model][0])} → {sig(rel)}, "
-                         f"spatial bias {sig(both[model][1])} → {sig(sb)}.")
+    changes = [(model, both[model], (rel, sb)) for model, rel, sb in pairs.get(1.0, []) if model in both]
+    for model, (rel0, sb0), (rel1, sb1) in changes:
+        lines.append(f"- {model}, context bias 0 → 1: motion reliance {sig(rel0)} → {sig(rel1)}, "
+                     f"spatial bias {sig(sb0)} → {sig(sb1)}.")
+    if changes:  # less motion used should read as more spatial bias
+        agree = sum((rel1 - rel0) * (sb1 - sb0) < 0 for _, (rel0, sb0), (rel1, sb1) in changes)
+        lines.append(f"- Where the context gives the class away, spatial bias moves against motion reliance (the way "
+                     f"a calibrated reading would) for {agree} of {len(changes)} architectures.")
     return "\n".join(lines) + "\n"
 
 
