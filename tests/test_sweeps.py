@@ -241,18 +241,25 @@ def _cli_env() -> dict[str, str]:
     return env
 
 
+def _two_job_sigma_sweep(tmp_path: Path, data_root: Path, checkpoint: Path, *launcher: str) -> Path:
+    """``mr-explain -m selective.sigma=1,4`` in a subprocess with the given launcher overrides; checks both jobs."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "motion_relevance.explain_app", "-m", "selective.sigma=1,4",
+           f"hydra.sweep.dir={sweep}", "logger=csv", *_common(data_root, checkpoint, tmp_path / "attr"),
+           *launcher]  # the launcher's overrides last: they win over _common's
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        assert "test/gt_f1/dtd_selective" in _metrics(sweep / job)
+    return sweep
+
+
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path, data_root: Path, checkpoint: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweeps]'")
-    sweep = tmp_path / "submitit"
-    cmd = [sys.executable, "-m", "motion_relevance.explain_app", "-m", "hydra/launcher=submitit_local",
-           "hydra.launcher.timeout_min=10", "selective.sigma=1,4", f"hydra.sweep.dir={sweep}", "logger=csv",
-           *_common(data_root, checkpoint, tmp_path / "attr")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = _two_job_sigma_sweep(tmp_path, data_root, checkpoint, "hydra/launcher=submitit_local",
+                                 "hydra.launcher.timeout_min=10")
     assert (sweep / ".submitit").is_dir()
-    for job in ("0", "1"):
-        assert "test/gt_f1/dtd_selective" in _metrics(sweep / job)
 
 
 def _start_method_in_a_loky_worker(num_workers: int) -> str | None:
@@ -277,14 +284,9 @@ def test_dataloader_workers_fork_inside_a_joblib_worker_and_keep_the_default_els
 def test_joblib_launcher_runs_jobs_whose_dataloaders_have_workers(tmp_path: Path, data_root: Path,
                                                                  checkpoint: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[sweeps]'")
-    sweep = tmp_path / "joblib"
-    cmd = [sys.executable, "-m", "motion_relevance.explain_app", "-m", "hydra/launcher=joblib",
-           "hydra.launcher.n_jobs=2", "selective.sigma=1,4", f"hydra.sweep.dir={sweep}", "logger=csv",
-           *_common(data_root, checkpoint, tmp_path / "attr"), "data.num_workers=1"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for job in ("0", "1"):
-        assert "test/gt_f1/dtd_selective" in _metrics(sweep / job)
+    sweep = _two_job_sigma_sweep(tmp_path, data_root, checkpoint, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                 "data.num_workers=1")
+    assert all(OmegaConf.load(sweep / job / ".hydra" / "config.yaml").data.num_workers == 1 for job in ("0", "1"))
 
 
 @pytest.mark.slow
