@@ -124,11 +124,16 @@ def config_digest(cfg: DictConfig) -> str:
     return cache_key("run_config", config=plain)
 
 
+def _input_files(cfg: DictConfig) -> dict[str, Path]:
+    """The existing input files named by :data:`INPUT_FILE_KEYS` in ``cfg`` (a missing one is left to the run's own
+    check)."""
+    paths = {key: Path(str(cfg.get(key))) for key in INPUT_FILE_KEYS if cfg.get(key)}
+    return {key: path for key, path in paths.items() if path.is_file()}
+
+
 def input_digests(cfg: DictConfig) -> dict[str, str]:
-    """SHA-256 of each existing input file named by :data:`INPUT_FILE_KEYS` in ``cfg`` (a missing one is left to the
-    run's own check)."""
-    found = {key: cfg.get(key) for key in INPUT_FILE_KEYS}
-    return {key: file_digest(path) for key, path in found.items() if path and Path(str(path)).is_file()}
+    """SHA-256 of each input file of ``cfg`` (:func:`_input_files`)."""
+    return {key: file_digest(path) for key, path in _input_files(cfg).items()}
 
 
 def _stale_inputs(cfg: DictConfig, metrics: Mapping[str, Any], record: Path) -> list[str]:
@@ -136,11 +141,11 @@ def _stale_inputs(cfg: DictConfig, metrics: Mapping[str, Any], record: Path) -> 
     record written before digests were kept) by a modification time later than the record's."""
     stored = metrics.get(INPUT_DIGESTS)
     if isinstance(stored, Mapping):
-        now = input_digests(cfg)
-        return [f"{key}={cfg.get(key)}" for key in now if stored.get(key) != now[key]]
-    written = record.stat().st_mtime
-    return [f"{key}={cfg.get(key)}" for key in INPUT_FILE_KEYS
-            if cfg.get(key) and Path(str(cfg.get(key))).is_file() and Path(str(cfg.get(key))).stat().st_mtime > written]
+        changed = [key for key, digest in input_digests(cfg).items() if stored.get(key) != digest]
+    else:
+        written = record.stat().st_mtime
+        changed = [key for key, path in _input_files(cfg).items() if path.stat().st_mtime > written]
+    return [f"{key}={cfg.get(key)}" for key in changed]
 
 
 def finished_record(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
