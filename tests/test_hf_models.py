@@ -448,3 +448,25 @@ def test_bad_paths_configs_and_channels_are_refused(tmp_path: Path) -> None:
     net = from_transformers(tiny_hf("VideoMAEForVideoClassification"))
     with pytest.raises(ValueError, match=r"built for 3 channels, got clips \(2, 1, 4, 16, 16\)"):
         net(clips()[:, :1])
+
+
+def test_timesformer_as_built_is_blind_to_frame_order_until_its_time_embeddings_move() -> None:
+    """transformers starts TimeSformer's time embeddings at zero; with per-frame patches, time attention that only
+    mixes the frames of one position and a class token averaged over frames, the network is then exactly invariant
+    to the order of the frames: a clip and its time reversal (MoveLeft vs MoveRight) get the same logits. ViViT's
+    tubelets span frames, so its logits tell them apart from the start (docs/method.md, "Seeds, batch size and
+    schedule")."""
+    x = clips()
+    reverse = x.flip(2)
+    shuffled = x[:, :, torch.tensor([2, 0, 3, 1])]
+    timesformer = tiny_hf("TimesformerForVideoClassification")
+    arch = "TimesformerForVideoClassification"
+    assert not timesformer.timesformer.embeddings.time_embeddings.any()
+    torch.testing.assert_close(hf_logits(timesformer, arch, reverse), hf_logits(timesformer, arch, x))
+    torch.testing.assert_close(hf_logits(timesformer, arch, shuffled), hf_logits(timesformer, arch, x))
+    with torch.no_grad():
+        timesformer.timesformer.embeddings.time_embeddings.normal_(0.0, 0.5)
+    assert (hf_logits(timesformer, arch, reverse) - hf_logits(timesformer, arch, x)).abs().max() > 1e-3
+    vivit = tiny_hf("VivitForVideoClassification")
+    arch = "VivitForVideoClassification"
+    assert (hf_logits(vivit, arch, reverse) - hf_logits(vivit, arch, x)).abs().max() > 1e-3

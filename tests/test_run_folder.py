@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from motion_relevance.report import main as report_main
-from motion_relevance.train import train
+from motion_relevance.train import set_aside_checkpoints, train
 from motion_relevance.utils.run import (
     CONFIG_DIGEST,
     INPUT_DIGESTS,
@@ -94,6 +94,36 @@ def test_an_earlier_runs_metrics_are_set_aside_not_merged(tmp_path: Path) -> Non
     run_and_record(cfg, lambda c: ({"shared": 2, "test/acc": 0.5}, {}))
     assert _record(run) == {"shared": 2, "test/acc": 0.5}
     assert json.loads((run / "metrics.previous.json").read_text())["test/precision/old"] == 0.9
+
+
+def test_a_run_again_in_its_folder_owns_best_ckpt_and_the_old_checkpoints_are_kept(train_cfg) -> None:
+    """A study job run again in its own folder (its configuration changed): Lightning would keep the earlier run's
+    best.ckpt and write best-v1.ckpt beside it, so what reads best.ckpt would get the old weights."""
+    overrides = ("trainer.max_epochs=1", "test=false", "callbacks.model_checkpoint.filename=best")
+    first = train_cfg(*overrides, "seed=1")
+    run_and_record(first, train)
+    folder = Path(first.paths.output_dir) / "checkpoints"
+    old_best = (folder / "best.ckpt").read_bytes()
+    second = train_cfg(*overrides, "seed=2")
+    assert second.paths.output_dir == first.paths.output_dir
+    run_and_record(second, train)
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert _record(Path(second.paths.output_dir))["best_checkpoint"] == str(folder / "best.ckpt")
+    assert (folder / "best.ckpt").read_bytes() != old_best  # seed 2's weights
+    (aside,) = (folder.parent / "replaced_checkpoints").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert (aside / "best.ckpt").read_bytes() == old_best
+
+
+def test_checkpoints_set_aside_twice_in_one_second_keep_both(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for n in (1, 2):
+        (folder / "best.ckpt").write_text(str(n))
+        set_aside_checkpoints(folder)
+    kept = sorted(p.read_text() for p in (tmp_path / "replaced_checkpoints").glob("*/best.ckpt"))
+    assert kept == ["1", "2"] and not list(folder.glob("*.ckpt"))
+    assert set_aside_checkpoints(folder) is None and set_aside_checkpoints(tmp_path / "absent") is None
 
 
 def test_the_final_record_merges_with_what_the_run_wrote(tmp_path: Path) -> None:

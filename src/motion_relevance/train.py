@@ -182,6 +182,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if resume:
         metrics["resumed_from"] = str(Path(resume).resolve())
     checkpoint_cb = trainer.checkpoint_callback
+    # only inside this run's folder: a checkpoint folder configured elsewhere is the user's to manage
+    ckpt_dir = Path(checkpoint_cb.dirpath) if checkpoint_cb is not None and checkpoint_cb.dirpath else None
+    if cfg.get("train") and not resume and ckpt_dir and ckpt_dir.resolve().is_relative_to(
+            Path(cfg.paths.output_dir).resolve()):
+        set_aside_checkpoints(ckpt_dir)
     if pretrainer is not None:
         metrics.update(run_pretraining(pretrainer, model, datamodule, trainer, loggers))
     if cfg.get("train"):
@@ -204,6 +209,31 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     # what the explanation callback recorded in the run folder (faithfulness curves, randomisation stages) too
     metrics = {**read_metrics_file(Path(trainer.default_root_dir) / METRICS_FILE), **metrics}
     return metrics, objects
+
+
+def set_aside_checkpoints(folder: Path) -> Path | None:
+    """Move the ``*.ckpt`` files an earlier run left in ``folder`` to ``replaced_checkpoints/<UTC time>/`` beside it
+    (in the run folder); returns where.
+
+    A run that trains into a job folder of its own (a study job run again because its configuration or inputs
+    changed) would otherwise find the old ``best.ckpt`` there, and Lightning would write its own as
+    ``best-v1.ckpt`` beside it: what reads ``best.ckpt`` would get the earlier run's weights. Nothing is deleted.
+    """
+    old = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not old:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = folder.parent / "replaced_checkpoints" / stamp
+    n = 1
+    while aside.exists():  # two runs within one second: never rename onto a kept file
+        n += 1
+        aside = folder.parent / "replaced_checkpoints" / f"{stamp}_{n}"
+    aside.mkdir(parents=True)
+    for file in old:
+        file.rename(aside / file.name)
+    log.warning("%s held %d checkpoints of an earlier run (%s); moved to %s so that this run's are the ones there",
+                folder, len(old), ", ".join(f.name for f in old), aside)
+    return aside
 
 
 def _test_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:
