@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from motion_relevance.conf import CONFIG_DIR
-from motion_relevance.utils.run import CONFIG_DIGEST, INPUT_DIGESTS, RUN_STATUS, run_and_record
+from motion_relevance.utils.run import CONFIG_DIGEST, INPUT_DIGESTS, RUN_STATUS, config_digest, run_and_record
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "experiments" / "architectures"
@@ -105,6 +105,23 @@ def test_a_finished_job_of_the_same_config_is_skipped_and_a_changed_or_failed_on
     with pytest.raises(RuntimeError):  # a failed job has no finished record: it runs again
         run_and_record(_job_cfg(failed), failing, page=False)
     assert calls.count(-1) == 2
+
+
+def test_a_job_whose_task_fills_in_config_keys_is_still_skipped(tmp_path: Path) -> None:
+    """mr-train copies a model's preprocessing into ``data`` and mr-explain a checkpoint's pathways: the record's
+    digest is of the configuration as given, so the next run of the same job is skipped (mc3_small and SlowFast
+    were trained again on every rerun while the digest was taken after the task)."""
+    calls = []
+
+    def task(cfg):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        with open_dict(cfg):
+            cfg.filled_in = {"pathways": 4}
+        return {"score": 0.5}, {}
+
+    first = run_and_record(_job_cfg(tmp_path), task, page=False)
+    again = run_and_record(_job_cfg(tmp_path), task, page=False)
+    assert calls == [1] and again[CONFIG_DIGEST] == first[CONFIG_DIGEST] == config_digest(_job_cfg(tmp_path))
 
 
 def test_an_explanation_of_a_checkpoint_trained_again_is_not_skipped(tmp_path: Path) -> None:

@@ -338,6 +338,9 @@ def run_and_record(
     the run with one line (:class:`OneLineError`)."""
     output_dir = Path(cfg.paths.output_dir)
     check_interpolations(cfg)
+    # the configuration as given: the task may fill in keys (a model's preprocessing, a checkpoint's pathways), and
+    # the next run's skip_finished compares against the configuration as given too
+    digest = config_digest(cfg)
     done = finished_record(cfg, output_dir)
     if done is not None:
         if summary is not None:
@@ -356,7 +359,7 @@ def run_and_record(
     finish_wandb()
     full = _full_disk(failure)
     if metrics and failure is None:  # wall and CPU time of the whole task (data, model, work, record)
-        metrics = {**metrics, RUN_STATUS: "finished", CONFIG_DIGEST: config_digest(cfg),
+        metrics = {**metrics, RUN_STATUS: "finished", CONFIG_DIGEST: digest,
                    RUN_SECONDS: time.perf_counter() - started, RUN_CPU_SECONDS: cpu_seconds() - cpu_started,
                    INPUT_DIGESTS: inputs}
     if metrics:
