@@ -295,3 +295,21 @@ def test_committed_results_reproduce_summary_and_readme() -> None:
     assert mod.tables(runs, committed) in readme
     reliance = [r for r in committed if r["metric"] == "motion_reliance"]
     assert all(0.0 <= float(r[k]) <= 1.0 for r in reliance for k in ("mean", "lo", "hi") if r[k])
+
+
+def test_the_recipe_probe_writes_one_row_per_epoch(tmp_path: Path, data_root: Path) -> None:
+    """experiments/architectures/timesformer_probe.py on the tiny data: a row per epoch, accuracies in [0, 1]."""
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY_DATA
+
+    pytest.importorskip("transformers")
+    out = tmp_path / "probe.csv"
+    subprocess.run([sys.executable, str(STUDY / "timesformer_probe.py"), "--epochs", "2", "--out", str(out),
+                    "--time-embeddings-std", "0.02", "model=hf_timesformer_tiny", f"paths.data_dir={data_root}",
+                    f"paths.cache_dir={data_root}/cache", *TINY_DATA], check=True, cwd=ROOT, capture_output=True)
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in rows for k in ("train_acc", "val_acc"))
+    assert all(math.isfinite(float(r["train_loss"])) for r in rows)

@@ -362,7 +362,9 @@ def trials_table(path: Path, runs: Sequence[Mapping[str, Any]] = ()) -> str:
     for model in sorted({r["model"] for r in trials} - trained):
         tested = [_f(r["test_acc"]) for r in trials if r["model"] == model and r["test_acc"]]
         best = f"best tested trial {sig(max(tested))}" if tested else "no trial reached a test"
-        lines.append(f"\n**{model}** has no finished run in the study grid yet ({best} above).")
+        lines.append(f"\n**{model}** has no finished run in the study grid yet ({best} above; what the trials show "
+                     "and why: docs/method.md, \"Seeds, batch size and schedule\"; the probes' per-epoch records: "
+                     "results/probes/).")
     return "\n".join(lines) + "\n"
 
 
