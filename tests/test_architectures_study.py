@@ -107,6 +107,28 @@ def test_a_finished_job_of_the_same_config_is_skipped_and_a_changed_or_failed_on
     assert calls.count(-1) == 2
 
 
+def test_a_second_process_in_a_busy_run_folder_stops_before_touching_it(tmp_path: Path) -> None:
+    """Two sweeps over the same grid (or a job started twice) must not write one folder at once: the second stops
+    with one line naming the folder, and the first run's record is left where it is."""
+    import fcntl
+
+    from motion_relevance.utils.run import RUN_LOCK, OneLineError
+
+    run_and_record(_job_cfg(tmp_path), lambda cfg: ({"score": 1.0}, {}), page=False)
+    before = (tmp_path / "metrics.json").read_bytes()
+    calls = []
+    with open(tmp_path / RUN_LOCK, "a") as held:  # what the running process holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        cfg = _job_cfg(tmp_path, value=2)
+        with pytest.raises(OneLineError, match=rf"{tmp_path} is in use.*hydra.sweep.subdir"):
+            run_and_record(cfg, lambda cfg: (calls.append(1) or {"score": 2.0}, {}), page=False)
+        assert calls == [] and (tmp_path / "metrics.json").read_bytes() == before
+        assert not (tmp_path / "metrics.previous.json").exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    run_and_record(_job_cfg(tmp_path, value=2), lambda cfg: (calls.append(1) or {"score": 2.0}, {}), page=False)
+    assert calls == [1]  # the folder is free again once the first run ended
+
+
 def test_a_job_whose_task_fills_in_config_keys_is_still_skipped(tmp_path: Path) -> None:
     """mr-train copies a model's preprocessing into ``data`` and mr-explain a checkpoint's pathways: the record's
     digest is of the configuration as given, so the next run of the same job is skipped (mc3_small and SlowFast

@@ -7,12 +7,13 @@ does not exist) end the run with one line (:class:`OneLineError`: Hydra prints i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,55 @@ def run_and_record(
     the run with one line (:class:`OneLineError`)."""
     output_dir = Path(cfg.paths.output_dir)
     check_interpolations(cfg)
+    with run_folder_lock(output_dir):
+        return _run_and_record(cfg, task, summary, page, output_dir)
+
+
+#: The file in a run folder whose lock the running process holds (:func:`run_folder_lock`).
+RUN_LOCK = ".run.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(output_dir: Path) -> Iterator[None]:
+    """One run at a time in a run folder: an exclusive, non-blocking lock (POSIX ``flock``) on
+    ``<output_dir>/.run.lock`` for the whole run. A second process given the same folder (two sweeps over the same
+    grid, a job started twice) stops with one line before it touches the first one's record or checkpoints. Rank
+    zero only: a DDP run's other ranks share its folder."""
+    try:
+        import fcntl  # deferred: POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    if process_rank() != 0:
+        yield
+        return
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(output_dir / RUN_LOCK, "a")  # noqa: SIM115 - held until the run ends
+    except OSError:  # the run's own checks name what is in the way (a file, no write permission)
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OneLineError(f"{output_dir} is in use: another process is running there (it holds "
+                           f"{output_dir / RUN_LOCK}); wait for it to end, or give this run a folder of its own "
+                           "(hydra.run.dir, or hydra.sweep.dir / hydra.sweep.subdir in a multirun)") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _run_and_record(
+    cfg: DictConfig,
+    task: Callable[[DictConfig], tuple[dict[str, Any], dict[str, Any]]],
+    summary: Callable[[dict[str, Any]], None] | None,
+    page: bool,
+    output_dir: Path,
+) -> dict[str, Any]:
     # the configuration as given: the task may fill in keys (a model's preprocessing, a checkpoint's pathways), and
     # the next run's skip_finished compares against the configuration as given too
     digest = config_digest(cfg)
