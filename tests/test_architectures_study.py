@@ -292,7 +292,7 @@ def test_trials_table_lists_each_trial_and_the_models_without_a_study_run(tmp_pa
     text = mod.trials_table(path, runs=[{"model": "cnn"}])
     assert "| vit | plain | 30 | 0.500 | 0.457 | missed |" in text
     assert "| vit | stopped | 3 | – | – | not tested |" in text
-    assert "**vit** has no finished run in the study grid yet (best tested trial 0.457 above)" in text
+    assert "**vit** has no finished run in the study grid yet (best tested trial 0.457 above; " in text
     assert "**cnn** has no" not in text
 
 
