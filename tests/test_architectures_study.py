@@ -296,6 +296,16 @@ def test_trials_table_lists_each_trial_and_the_models_without_a_study_run(tmp_pa
     assert "**cnn** has no" not in text
 
 
+def test_a_row_with_a_stray_comma_is_refused_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "recipe_trials.csv"
+    path.write_text("model,recipe,note\nvit,plain,fine\nvit,plain,missed (0.1, 0.2)\n")
+    with pytest.raises(ValueError, match=r"recipe_trials.csv, line 3: 3 columns"):
+        _analyse().read_csv(path)
+    path.write_text("model,recipe,note\nvit,plain\n")
+    with pytest.raises(ValueError, match="line 2"):
+        _analyse().read_csv(path)
+
+
 def test_committed_results_reproduce_summary_and_readme() -> None:
     """summary.csv and the README's tables are what the analysis computes from runs.csv and the per-clip files."""
     mod = _analyse()

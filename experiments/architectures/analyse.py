@@ -164,8 +164,16 @@ def _cell(value: Any) -> Any:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a committed CSV; a row with more or fewer cells than the header (an unquoted comma in a note) is
+    refused naming its line, rather than read with its cells shifted."""
     with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise ValueError(f"{path}, line {line}: {len(reader.fieldnames or [])} columns in the header but not in "
+                             "this row; quote a cell that holds a comma")
+    return rows
 
 
 def _num(text: str) -> float:
