@@ -289,11 +289,13 @@ def test_trials_table_lists_each_trial_and_the_models_without_a_study_run(tmp_pa
         {"model": "vit", "recipe": "stopped", "epochs": 3, "note": "not tested"},
         {"model": "cnn", "recipe": "plain", "epochs": 9, "val_acc": 1.0, "test_acc": 0.99, "note": "learned"}],
         columns)
-    text = mod.trials_table(path, runs=[{"model": "cnn"}])
+    text = mod.trials_table(path, runs=[{"model": "cnn", "learned": 1}])
     assert "| vit | plain | 30 | 0.500 | 0.457 | missed |" in text
     assert "| vit | stopped | 3 | – | – | not tested |" in text
     assert "**vit** has no finished run in the study grid yet (best tested trial 0.457 above; " in text
     assert "**cnn** has no" not in text
+    text = mod.trials_table(path, runs=[{"model": "cnn", "learned": 1}, {"model": "vit", "learned": 0}])
+    assert "**vit** missed its bar in every study run (best tested trial 0.457 above; " in text
 
 
 def test_a_row_with_a_stray_comma_is_refused_naming_its_line(tmp_path: Path) -> None:

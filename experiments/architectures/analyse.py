@@ -367,12 +367,14 @@ def trials_table(path: Path, runs: Sequence[Mapping[str, Any]] = ()) -> str:
         lines.append(f"| {r['model']} | {r['recipe']} | {r['epochs']} | {cells[0]} | "
                      f"{cells[1]} | {r['note']} |")
     trained = {str(r["model"]) for r in runs}
-    for model in sorted({r["model"] for r in trials} - trained):
+    learned = {str(r["model"]) for r in runs if int(r.get("learned") or 0)}
+    why = ("what the trials show and why: docs/method.md, \"Seeds, batch size and schedule\"; the probes' per-epoch "
+           "records: results/probes/")
+    for model in sorted({r["model"] for r in trials} - learned):
         tested = [_f(r["test_acc"]) for r in trials if r["model"] == model and r["test_acc"]]
         best = f"best tested trial {sig(max(tested))}" if tested else "no trial reached a test"
-        lines.append(f"\n**{model}** has no finished run in the study grid yet ({best} above; what the trials show "
-                     "and why: docs/method.md, \"Seeds, batch size and schedule\"; the probes' per-epoch records: "
-                     "results/probes/).")
+        state = "missed its bar in every study run" if model in trained else "has no finished run in the study grid yet"
+        lines.append(f"\n**{model}** {state} ({best} above; {why}).")
     return "\n".join(lines) + "\n"
 
 
