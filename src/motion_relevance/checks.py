@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -220,6 +220,23 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], wait: bool = True) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``; elsewhere no lock) for the ``with`` block. With
+    ``wait=False`` a lock that another process holds raises :class:`BlockingIOError` at once instead of waiting."""
+    try:
+        import fcntl  # deferred: POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------------- values

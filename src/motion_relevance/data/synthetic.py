@@ -17,7 +17,6 @@ Generation is deterministic: every video draws from its own ``numpy`` generator 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,6 +40,7 @@ from ..checks import (
     check_range_pair,
     check_size,
     check_unique,
+    file_lock,
     normalize_relpath,
     resolve_inside,
 )
@@ -615,24 +615,8 @@ def generate_motion_shapes(root: str | Path, cfg: MotionShapesConfig | None = No
         root.mkdir(parents=True, exist_ok=True)
     except OSError:
         return _generate(root, cfg)  # its checks name what is in the way (a file, no write permission)
-    with _generation_lock(root / LOCK):
+    with file_lock(root / LOCK):
         return _generate(root, cfg)
-
-
-@contextlib.contextmanager
-def _generation_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``; elsewhere no lock)."""
-    try:
-        import fcntl  # deferred: POSIX only
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _generate(root: Path, cfg: MotionShapesConfig) -> GeneratedSet:

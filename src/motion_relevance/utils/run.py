@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from motion_relevance.checks import to_plain, writable_problem
+from motion_relevance.checks import file_lock, to_plain, writable_problem
 from motion_relevance.digests import cache_key, file_digest
 from motion_relevance.pipeline import record as run_record
 from motion_relevance.pipeline.record import METRICS_FILE, RunFolderFull
@@ -149,17 +149,18 @@ def _stale_inputs(cfg: DictConfig, metrics: Mapping[str, Any], record: Path) -> 
     return [f"{key}={cfg.get(key)}" for key in changed]
 
 
-def finished_record(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+def finished_record(cfg: DictConfig, output_dir: Path, digest: str) -> dict[str, Any] | None:
     """With ``skip_finished``: the record in ``output_dir`` if it holds a finished run of this very configuration
-    and input files (a resumed sweep does not run its finished jobs again, and re-explains a checkpoint that was
-    trained again), else ``None`` (the run goes ahead, and logs why)."""
+    (``digest``: :func:`config_digest` of the configuration as given) and input files (a resumed sweep does not run
+    its finished jobs again, and re-explains a checkpoint that was trained again), else ``None`` (the run goes
+    ahead, and logs why)."""
     if not cfg.get("skip_finished"):
         return None
     path = output_dir / METRICS_FILE
     metrics = run_record.read_metrics_file(path)
     if metrics.get(RUN_STATUS) != "finished":
         return None
-    if metrics.get(CONFIG_DIGEST) != config_digest(cfg):
+    if metrics.get(CONFIG_DIGEST) != digest:
         log.info("skip_finished: %s holds a finished run of another configuration; running this one", path)
         return None
     stale = _stale_inputs(cfg, metrics, path)
@@ -349,36 +350,23 @@ RUN_LOCK = ".run.lock"
 
 @contextlib.contextmanager
 def run_folder_lock(output_dir: Path) -> Iterator[None]:
-    """One run at a time in a run folder: an exclusive, non-blocking lock (POSIX ``flock``) on
-    ``<output_dir>/.run.lock`` for the whole run. A second process given the same folder (two sweeps over the same
+    """One run at a time in a run folder: an exclusive, non-blocking lock (:func:`~motion_relevance.checks.file_lock`)
+    on ``<output_dir>/.run.lock`` for the whole run. A second process given the same folder (two sweeps over the same
     grid, a job started twice) stops with one line before it touches the first one's record or checkpoints. Rank
     zero only: a DDP run's other ranks share its folder."""
-    try:
-        import fcntl  # deferred: POSIX only
-    except ImportError:  # pragma: no cover - Windows
+    with contextlib.ExitStack() as stack:
+        if process_rank() == 0:
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(file_lock(output_dir / RUN_LOCK, wait=False))
+            except BlockingIOError:
+                raise OneLineError(
+                    f"{output_dir} is in use: another process is running there (it holds {output_dir / RUN_LOCK}); "
+                    "wait for it to end, or give this run a folder of its own (hydra.run.dir, or hydra.sweep.dir / "
+                    "hydra.sweep.subdir in a multirun)") from None
+            except OSError:
+                pass  # the run's own checks name what is in the way (a file, no write permission)
         yield
-        return
-    if process_rank() != 0:
-        yield
-        return
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(output_dir / RUN_LOCK, "a")  # noqa: SIM115 - held until the run ends
-    except OSError:  # the run's own checks name what is in the way (a file, no write permission)
-        yield
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise OneLineError(f"{output_dir} is in use: another process is running there (it holds "
-                           f"{output_dir / RUN_LOCK}); wait for it to end, or give this run a folder of its own "
-                           "(hydra.run.dir, or hydra.sweep.dir / hydra.sweep.subdir in a multirun)") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
 
 
 def _run_and_record(
@@ -391,7 +379,7 @@ def _run_and_record(
     # the configuration as given: the task may fill in keys (a model's preprocessing, a checkpoint's pathways), and
     # the next run's skip_finished compares against the configuration as given too
     digest = config_digest(cfg)
-    done = finished_record(cfg, output_dir)
+    done = finished_record(cfg, output_dir, digest)
     if done is not None:
         if summary is not None:
             summary(done)
